@@ -1,0 +1,78 @@
+"""The GPT-2 style byte-level BPE tokenizer and the ChatML chat template, from GGUF metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from inference.gguf_model import GGUFModel
+
+CONTROL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
+ROLES = ("system", "user", "assistant")
+
+
+class ChatTokenizer:
+    """Encodes text and chat messages into token ids and decodes ids back into text."""
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str, *, eos_id: int, special_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.special_ids = frozenset(special_ids)
+        env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined)
+        self._template = env.from_string(chat_template)
+        # ChatML ends a turn with <|im_end|>; generation stops there as well as at the EOS token.
+        end_of_turn = tokenizer.token_to_id("<|im_end|>")
+        self.stop_ids = frozenset({eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
+
+    @classmethod
+    def from_gguf(cls, model: GGUFModel) -> ChatTokenizer:
+        tokens: list[str] = list(model.field("tokenizer.ggml.tokens"))
+        merges = [tuple(m.split(" ", 1)) for m in model.field("tokenizer.ggml.merges")]
+        types = list(model.field("tokenizer.ggml.token_type"))
+        bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
+        tokenizer = Tokenizer(bpe)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        special = [i for i, kind in enumerate(types) if kind == CONTROL_TOKEN_TYPE]
+        tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
+        return cls(
+            tokenizer,
+            model.field("tokenizer.chat_template"),
+            eos_id=int(model.field("tokenizer.ggml.eos_token_id")),
+            special_ids=special,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special))
+
+    def render_chat(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """The chat template applied to messages; it adds the default system prompt when none is given."""
+        validate_messages(messages)
+        return str(self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt))
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        return self.encode(self.render_chat(messages))
+
+
+def validate_messages(messages: Sequence[dict[str, Any]]) -> None:
+    if not messages:
+        raise ValueError("a chat needs at least one message")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise ValueError(f"message {index} must be an object with 'role' and 'content'")
+        if message.get("role") not in ROLES:
+            raise ValueError(f"message {index} has role {message.get('role')!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"message {index} needs text content")
