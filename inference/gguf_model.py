@@ -45,6 +45,15 @@ class Q4Blocks:
     scales: np.ndarray  # float32 (out, n_blocks)
     offsets: np.ndarray  # float32 (out, n_blocks)
 
+    @staticmethod
+    def concat(parts: list[Q4Blocks]) -> Q4Blocks:
+        """Several weights with the same input stacked along their output rows."""
+        return Q4Blocks(
+            np.concatenate([p.codes for p in parts]),
+            np.concatenate([p.scales for p in parts]),
+            np.concatenate([p.offsets for p in parts]),
+        )
+
     def dequantize(self) -> np.ndarray:
         values = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
         return values.reshape(self.codes.shape[0], -1)

@@ -18,10 +18,8 @@ import numpy as np
 import onnx
 
 from inference.config import LlamaConfig, ShardSpec
-from inference.gguf_model import Q4_1_BLOCK, GGUFModel
+from inference.gguf_model import Q4_1_BLOCK, GGUFModel, Q4Blocks
 from inference.onnx_graph import FLOAT, INT64, GraphBuilder
-
-MASK_VALUE = -1e9  # additive mask for future keys; finite so a fully masked row never yields NaN
 
 
 def build_shard(model: GGUFModel, spec: ShardSpec) -> onnx.ModelProto:
@@ -36,11 +34,10 @@ def build_shard(model: GGUFModel, spec: ShardSpec) -> onnx.ModelProto:
         hidden = g.op("Gather", [g.initializer("embedding", model.embedding()), ids], axis=0)
     else:
         hidden = g.add_input("hidden_in", FLOAT, [1, "seq", config.hidden])
-    cos, sin = writer.rotary_tables(positions)
-    mask = None
+    writer.attention_inputs(positions)
     newest = []
     for layer in range(spec.first_layer, spec.end_layer):
-        hidden, mask = writer.decoder_layer(layer, hidden, cos, sin, positions, mask)
+        hidden = writer.decoder_layer(layer, hidden)
         newest.append(g.op("Gather", [hidden, g.const(-1)], axis=1))  # [1, H]
     g.rename_output(g.op("Concat", newest, axis=0), "layer_hidden")
     g.add_output("layer_hidden", FLOAT, [spec.n_layers, config.hidden])
@@ -61,17 +58,24 @@ class _LayerWriter:
 
     def __init__(self, g: GraphBuilder, model: GGUFModel, config: LlamaConfig, *, quant: str) -> None:
         self.g, self.model, self.c, self.quant = g, model, config, quant
+        self._sums: dict[str, str] = {}
 
-    def rotary_tables(self, positions: str) -> tuple[str, str]:
-        half = self.c.head_dim // 2
-        inv_freq = 1.0 / (self.c.rope_theta ** (np.arange(half, dtype=np.float64) * 2 / self.c.head_dim))
-        angles = np.arange(self.c.max_context, dtype=np.float64)[:, None] * inv_freq[None, :]
-        table_cos = np.concatenate([np.cos(angles)] * 2, axis=1).astype(np.float32)
-        table_sin = np.concatenate([np.sin(angles)] * 2, axis=1).astype(np.float32)
-        g = self.g
-        cos = g.op("Gather", [g.initializer("rope_cos", table_cos), positions], axis=0)  # [S, head_dim]
-        sin = g.op("Gather", [g.initializer("rope_sin", table_sin), positions], axis=0)
-        return cos, sin
+    def attention_inputs(self, positions: str) -> None:
+        """What every layer's GroupQueryAttention shares: rotary caches and the total length as int32.
+
+        The kernel takes the cached length as past = total - S, so the new tokens sit at positions
+        [past, total): the `positions` input must be contiguous and follow the cache (the runtime ensures it).
+        """
+        g, c = self.g, self.c
+        half = c.head_dim // 2
+        inv_freq = 1.0 / (c.rope_theta ** (np.arange(half, dtype=np.float64) * 2 / c.head_dim))
+        angles = np.arange(c.max_context, dtype=np.float64)[:, None] * inv_freq[None, :]
+        self.cos = g.initializer("rope_cos", np.cos(angles).astype(np.float32))  # [max_context, head_dim / 2]
+        self.sin = g.initializer("rope_sin", np.sin(angles).astype(np.float32))
+        last = g.op("Gather", [positions, g.const([-1])], axis=0)  # [1]
+        self.seqlens_k = g.op("Cast", [last], to=onnx.TensorProto.INT32)  # total length - 1, per batch row
+        total = g.op("Add", [last, g.const(1)])
+        self.total = g.op("Cast", [g.op("Squeeze", [total, g.const([0])])], to=onnx.TensorProto.INT32)
 
     def rms_norm(self, x: str, weight: np.ndarray) -> str:
         # Pow-ReduceMean-Add-Sqrt-Div-Mul: the pattern onnxruntime fuses into one normalisation kernel.
@@ -80,106 +84,87 @@ class _LayerWriter:
         denom = g.op("Sqrt", [g.op("Add", [mean, g.const(self.c.rms_eps, np.float32)])])
         return g.op("Mul", [g.op("Div", [x, denom]), g.initializer(self.g.fresh("norm"), weight)])
 
-    def linear(self, x: str, layer: int, kind: str) -> str:
-        blocks = self.model.linear_q4(layer, kind) if self.quant == "q4" else None
-        if blocks is None:
-            weight_t = self.model.linear(layer, kind).T
-            return self.g.op("MatMul", [x, self.g.initializer(f"{kind}.{layer}.weight_t", weight_t)])
-        return self._linear_q4(x, f"{kind}.{layer}", blocks.codes, blocks.scales, blocks.offsets)
+    def linear(self, x: str, layer: int, kinds: tuple[str, ...], *, split: bool = True) -> list[str]:
+        """x times several weights that share the input, fused into one matmul (and split again)."""
+        name = f"{'+'.join(kinds)}.{layer}"
+        blocks = [self.model.linear_q4(layer, kind) for kind in kinds] if self.quant == "q4" else []
+        quantized = [b for b in blocks if b is not None]
+        if blocks and len(quantized) == len(kinds):
+            sizes = [b.codes.shape[0] for b in quantized]
+            fused = self._matmul_q4(x, name, Q4Blocks.concat(quantized))
+        else:
+            weights = [self.model.linear(layer, kind) for kind in kinds]
+            sizes = [w.shape[0] for w in weights]
+            weight_t = np.concatenate(weights, axis=0).T
+            fused = self.g.op("MatMul", [x, self.g.initializer(f"{name}.weight_t", weight_t)])
+        if len(kinds) == 1 or not split:
+            return [fused]
+        return list(self.g.op("Split", [fused, self.g.const(sizes)], n_out=len(kinds), axis=-1))
 
-    def _linear_q4(self, x: str, name: str, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> str:
-        """x @ (scale * code + offset)^T, exactly: MatMulNBits with zero points 0 does the scaled codes,
-        and the per-block offsets come back as (per-block sums of x) @ offsets^T."""
+    def _matmul_q4(self, x: str, name: str, blocks: Q4Blocks) -> str:
+        """x @ (scale * code + offset)^T, exactly.
+
+        MatMulNBits without zero points computes x @ (scale * (code - 8))^T on its fast path (explicit or
+        float zero points are slower or much slower); the rest, 8 * scale + offset per block, comes back
+        as (per-block sums of x) @ (8 * scale + offset)^T.
+        """
         g = self.g
-        out_dim, n_blocks, _ = codes.shape
+        out_dim, n_blocks, _ = blocks.codes.shape
+        codes = blocks.codes
         packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)  # low nibble first
-        zero_points = np.zeros(out_dim * ((n_blocks + 1) // 2), dtype=np.uint8)
         scaled = g.op(
             "MatMulNBits",
-            [
-                x,
-                g.initializer(f"{name}.q4", packed),
-                g.initializer(f"{name}.scales", scales.reshape(-1)),
-                g.initializer(f"{name}.zero_points", zero_points),
-            ],
+            [x, g.initializer(f"{name}.q4", packed), g.initializer(f"{name}.scales", blocks.scales)],
             domain="com.microsoft",
             K=n_blocks * Q4_1_BLOCK,
             N=out_dim,
             bits=4,
             block_size=Q4_1_BLOCK,
         )
-        block_sums = g.op(
-            "ReduceSum",
-            [g.op("Reshape", [x, g.const([0, 0, n_blocks, Q4_1_BLOCK])]), g.const([-1])],
-            keepdims=0,
-        )
-        shift = g.op("MatMul", [block_sums, g.initializer(f"{name}.offsets_t", np.ascontiguousarray(offsets.T))])
+        shift_t = np.ascontiguousarray((8.0 * blocks.scales + blocks.offsets).T)
+        shift = g.op("MatMul", [self._block_sums(x, n_blocks), g.initializer(f"{name}.shift_t", shift_t)])
         return g.op("Add", [scaled, shift])
 
+    def _block_sums(self, x: str, n_blocks: int) -> str:
+        """[1, S, n_blocks]: sums of x over each block of 32 inputs, computed once per input tensor."""
+        if x not in self._sums:
+            g = self.g
+            blocked = g.op("Reshape", [x, g.const([0, 0, n_blocks, Q4_1_BLOCK])])
+            self._sums[x] = g.op("ReduceSum", [blocked, g.const([-1])], keepdims=0)
+        return self._sums[x]
+
     def lm_head(self, normed: str) -> str:
+        g = self.g
+        # The head stays float32 in both quantisations: onnxruntime's 8-bit MatMulNBits (which could keep the
+        # Q8_0 table exactly) measured ~30x slower than this Gemm here.
         # Gemm with transB reads the (vocab, hidden) table in place: no transposed copy in the file.
         weight = self.model.output_weight()
-        name = "embedding" if any(i.name == "embedding" for i in self.g.initializers) else "lm_head"
+        name = "embedding" if any(i.name == "embedding" for i in g.initializers) else "lm_head"
         if name == "lm_head":
-            self.g.initializer(name, weight)
-        return self.g.op("Gemm", [normed, name], transB=1)
+            g.initializer(name, weight)
+        return g.op("Gemm", [normed, name], transB=1)
 
-    def decoder_layer(
-        self, layer: int, hidden: str, cos: str, sin: str, positions: str, mask: str | None
-    ) -> tuple[str, str]:
+    def decoder_layer(self, layer: int, hidden: str) -> str:
         g, c = self.g, self.c
         normed = self.rms_norm(hidden, self.model.norm(layer, "attn_norm"))
-        q = self._heads(self.linear(normed, layer, "attn_q"), c.n_heads)
-        k = self._heads(self.linear(normed, layer, "attn_k"), c.n_kv_heads)
-        v = self._heads(self.linear(normed, layer, "attn_v"), c.n_kv_heads)
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        (qkv,) = self.linear(normed, layer, ("attn_q", "attn_k", "attn_v"), split=False)  # packed for the kernel
         past_k = g.add_input(f"past_key.{layer}", FLOAT, [1, c.n_kv_heads, "past", c.head_dim])
         past_v = g.add_input(f"past_value.{layer}", FLOAT, [1, c.n_kv_heads, "past", c.head_dim])
-        keys = g.rename_output(g.op("Concat", [past_k, k], axis=2), f"present_key.{layer}")
-        values = g.rename_output(g.op("Concat", [past_v, v], axis=2), f"present_value.{layer}")
-        for name in (keys, values):
-            g.add_output(name, FLOAT, [1, c.n_kv_heads, "total", c.head_dim])
-        if mask is None:
-            mask = self._causal_mask(keys, positions)
-        attended = self._attention(q, keys, values, mask)
-        hidden = g.op("Add", [hidden, self.linear(attended, layer, "attn_output")])
-        normed = self.rms_norm(hidden, self.model.norm(layer, "ffn_norm"))
-        gate = self.linear(normed, layer, "ffn_gate")
-        up = self.linear(normed, layer, "ffn_up")
-        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
-        return g.op("Add", [hidden, self.linear(act, layer, "ffn_down")]), mask
-
-    def _heads(self, x: str, heads: int) -> str:
-        """[1, S, heads * D] -> [1, heads, S, D]"""
-        g = self.g
-        return g.op("Transpose", [g.op("Reshape", [x, g.const([0, 0, heads, self.c.head_dim])])], perm=[0, 2, 1, 3])
-
-    def _rotate(self, x: str, cos: str, sin: str) -> str:
-        g = self.g
-        half = self.c.head_dim // 2
-        x1, x2 = g.op("Split", [x, g.const([half, half])], n_out=2, axis=-1)
-        rotated = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
-        return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])])
-
-    def _causal_mask(self, keys: str, positions: str) -> str:
-        """[S, T] additive mask: a query at absolute position p sees keys at positions 0..p."""
-        g = self.g
-        total = g.op("Gather", [g.op("Shape", [keys]), g.const(2)], axis=0)
-        key_pos = g.op("Range", [g.const(0), total, g.const(1)])
-        future = g.op(
-            "Greater", [g.op("Unsqueeze", [key_pos, g.const([0])]), g.op("Unsqueeze", [positions, g.const([1])])]
+        attended, keys, values = g.op(
+            "GroupQueryAttention",
+            [qkv, "", "", past_k, past_v, self.seqlens_k, self.total, self.cos, self.sin],
+            n_out=3,
+            domain="com.microsoft",
+            num_heads=c.n_heads,
+            kv_num_heads=c.n_kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,  # half-split rotary, matching the un-permuted q/k rows
         )
-        return g.op("Where", [future, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32)])
-
-    def _attention(self, q: str, keys: str, values: str, mask: str) -> str:
-        """Grouped-query attention: query head h reads KV head h // (heads / kv_heads)."""
-        g, c = self.g, self.c
-        group = c.n_heads // c.n_kv_heads
-        q5 = g.op("Reshape", [q, g.const([1, c.n_kv_heads, group, -1, c.head_dim])])
-        k5 = g.op("Transpose", [g.op("Unsqueeze", [keys, g.const([2])])], perm=[0, 1, 2, 4, 3])
-        v5 = g.op("Unsqueeze", [values, g.const([2])])
-        scores = g.op("Mul", [g.op("MatMul", [q5, k5]), g.const(1.0 / np.sqrt(c.head_dim), np.float32)])
-        probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
-        context = g.op("Reshape", [g.op("MatMul", [probs, v5]), g.const([1, c.n_heads, -1, c.head_dim])])
-        merged = g.op("Transpose", [context], perm=[0, 2, 1, 3])
-        return g.op("Reshape", [merged, g.const([0, 0, c.hidden])])
+        for value, name in ((keys, f"present_key.{layer}"), (values, f"present_value.{layer}")):
+            g.rename_output(value, name)
+            g.add_output(name, FLOAT, [1, c.n_kv_heads, "total", c.head_dim])
+        hidden = g.op("Add", [hidden, self.linear(attended, layer, ("attn_output",))[0]])
+        normed = self.rms_norm(hidden, self.model.norm(layer, "ffn_norm"))
+        gate, up = self.linear(normed, layer, ("ffn_gate", "ffn_up"))
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
+        return g.op("Add", [hidden, self.linear(act, layer, ("ffn_down",))[0]])
