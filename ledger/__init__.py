@@ -1,0 +1,1 @@
+"""Accounts, double-entry transactions, escrow, settlement and the bridge to the chain."""

@@ -1,0 +1,1 @@
+"""Admin registrations of the ledger app (none yet)."""

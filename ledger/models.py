@@ -1,0 +1,1 @@
+"""Ledger models: accounts, double-entry transactions, escrow and settlement batches (none yet)."""

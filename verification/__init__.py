@@ -1,0 +1,1 @@
+"""Transcripts, commitments, audits and challenges, bisection, the referee and slashing."""

@@ -1,0 +1,1 @@
+"""Verification models: transcripts, commitments, audits, challenges and verdicts (none yet)."""

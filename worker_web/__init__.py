@@ -1,0 +1,1 @@
+"""The provider side: WebSocket consumer and protocol, provider tab, headless agent, benchmark endpoints."""

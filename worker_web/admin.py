@@ -1,0 +1,1 @@
+"""Admin registrations of the worker_web app (none yet)."""

@@ -1,0 +1,1 @@
+"""Provider-side models: connected provider sessions and benchmark results (none yet)."""
