@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ class ChatTokenizer:
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.special_ids = frozenset(special_ids)
+        self.chat_template = chat_template
         env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined)
         self._template = env.from_string(chat_template)
         # ChatML ends a turn with <|im_end|>; generation stops there as well as at the EOS token.
@@ -50,6 +52,23 @@ class ChatTokenizer:
             eos_id=int(model.field("tokenizer.ggml.eos_token_id")),
             special_ids=special,
         )
+
+    def to_json(self) -> str:
+        """Everything needed to tokenize and chat without the GGUF: stored beside the shards."""
+        return json.dumps(
+            {
+                "tokenizer": json.loads(self.tokenizer.to_str()),
+                "chat_template": self.chat_template,
+                "eos_id": self.eos_id,
+                "special_ids": sorted(self.special_ids),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ChatTokenizer:
+        data = json.loads(text)
+        tokenizer = Tokenizer.from_str(json.dumps(data["tokenizer"]))
+        return cls(tokenizer, data["chat_template"], eos_id=data["eos_id"], special_ids=data["special_ids"])
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
