@@ -26,9 +26,9 @@ class ChatTokenizer:
         self.chat_template = chat_template
         env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined)
         self._template = env.from_string(chat_template)
-        # ChatML ends a turn with <|im_end|>; generation stops there as well as at the EOS token.
-        end_of_turn = tokenizer.token_to_id("<|im_end|>")
-        self.stop_ids = frozenset({eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
+        # ChatML ends a turn with <|im_end|>; generation stops there, at end-of-text and at the EOS token.
+        ends = (tokenizer.token_to_id(text) for text in ("<|im_end|>", "<|endoftext|>"))
+        self.stop_ids = frozenset({eos_id, *(i for i in ends if i is not None)})
 
     @classmethod
     def from_gguf(cls, model: GGUFModel) -> ChatTokenizer:
