@@ -13,6 +13,7 @@ Rotary embedding uses the half-split (NeoX) form, because the GGUF reader un-per
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -22,7 +23,10 @@ from inference.gguf_model import Q4_1_BLOCK, GGUFModel, Q4Blocks
 from inference.onnx_graph import FLOAT, INT64, GraphBuilder
 
 
-def build_shard(model: GGUFModel, spec: ShardSpec) -> onnx.ModelProto:
+def build_shard(
+    model: GGUFModel, spec: ShardSpec, *, on_layer: Callable[[int], None] | None = None
+) -> onnx.ModelProto:
+    """The ONNX graph of one shard; `on_layer(layer)` is called after each layer is written (for progress)."""
     config = model.config
     if spec.n_layers_total != config.n_layers:
         raise ValueError(f"spec says {spec.n_layers_total} layers, the model has {config.n_layers}")
@@ -38,6 +42,8 @@ def build_shard(model: GGUFModel, spec: ShardSpec) -> onnx.ModelProto:
     newest = []
     for layer in range(spec.first_layer, spec.end_layer):
         hidden = writer.decoder_layer(layer, hidden)
+        if on_layer is not None:
+            on_layer(layer)
         newest.append(g.op("Gather", [hidden, g.const(-1)], axis=1))  # [1, H]
     g.rename_output(g.op("Concat", newest, axis=0), "layer_hidden")
     g.add_output("layer_hidden", FLOAT, [spec.n_layers, config.hidden])
