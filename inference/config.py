@@ -61,9 +61,7 @@ class ShardSpec:
         if self.quant not in QUANTS:
             raise BadShardPlan(f"unknown quantisation {self.quant!r}; expected one of {', '.join(QUANTS)}")
         if not 0 <= self.first_layer < self.end_layer <= self.n_layers_total:
-            raise BadShardPlan(
-                f"layer range {self.first_layer}-{self.end_layer} is not inside 0-{self.n_layers_total}"
-            )
+            raise BadShardPlan(f"layer range {self.first_layer}-{self.end_layer} is not inside 0-{self.n_layers_total}")
 
     @property
     def shard_id(self) -> str:

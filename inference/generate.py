@@ -82,7 +82,8 @@ class LocalChain:
         data = np.asarray([token_ids], dtype=np.int64)
         for shard in self.shards:
             data = shard.step(session_id, data).output
-        return data[0]
+        logits: np.ndarray = data[0]
+        return logits
 
 
 @dataclasses.dataclass

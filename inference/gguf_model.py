@@ -55,7 +55,7 @@ class Q4Blocks:
         )
 
     def dequantize(self) -> np.ndarray:
-        values = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
+        values: np.ndarray = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
         return values.reshape(self.codes.shape[0], -1)
 
 

@@ -35,7 +35,7 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.asarray(array, order="C"), name))
         return name
 
-    def const(self, values: Sequence[int] | Sequence[float] | np.ndarray, dtype: Any = np.int64) -> str:
+    def const(self, values: float | Sequence[int] | Sequence[float] | np.ndarray, dtype: Any = np.int64) -> str:
         """A small constant, deduplicated by value."""
         array = np.asarray(values, dtype=dtype)
         key = (str(array.dtype) + str(array.shape), array.tobytes())
@@ -43,12 +43,17 @@ class GraphBuilder:
             self._constants[key] = self.initializer(self.fresh("const"), array)
         return self._constants[key]
 
-    def op(self, op_type: str, inputs: Sequence[str], *, n_out: int = 1, domain: str = "", **attrs: Any) -> Any:
+    def op(self, op_type: str, inputs: Sequence[str], *, domain: str = "", **attrs: Any) -> str:
+        """Append a node with one output and return the output's name."""
+        return self.ops(op_type, inputs, n_out=1, domain=domain, **attrs)[0]
+
+    def ops(self, op_type: str, inputs: Sequence[str], *, n_out: int, domain: str = "", **attrs: Any) -> list[str]:
+        """Append a node with several outputs and return their names."""
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain or None, **attrs))
         if domain == "com.microsoft":
             self.uses_contrib = True
-        return outs[0] if n_out == 1 else outs
+        return outs
 
     def rename_output(self, value: str, name: str) -> str:
         """Give a computed value a public name (graph outputs need stable names)."""

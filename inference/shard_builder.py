@@ -23,9 +23,7 @@ from inference.gguf_model import Q4_1_BLOCK, GGUFModel, Q4Blocks
 from inference.onnx_graph import FLOAT, INT64, GraphBuilder
 
 
-def build_shard(
-    model: GGUFModel, spec: ShardSpec, *, on_layer: Callable[[int], None] | None = None
-) -> onnx.ModelProto:
+def build_shard(model: GGUFModel, spec: ShardSpec, *, on_layer: Callable[[int], None] | None = None) -> onnx.ModelProto:
     """The ONNX graph of one shard; `on_layer(layer)` is called after each layer is written (for progress)."""
     config = model.config
     if spec.n_layers_total != config.n_layers:
@@ -105,7 +103,7 @@ class _LayerWriter:
             fused = self.g.op("MatMul", [x, self.g.initializer(f"{name}.weight_t", weight_t)])
         if len(kinds) == 1 or not split:
             return [fused]
-        return list(self.g.op("Split", [fused, self.g.const(sizes)], n_out=len(kinds), axis=-1))
+        return self.g.ops("Split", [fused, self.g.const(sizes)], n_out=len(kinds), axis=-1)
 
     def _matmul_q4(self, x: str, name: str, blocks: Q4Blocks) -> str:
         """x @ (scale * code + offset)^T, exactly.
@@ -156,7 +154,7 @@ class _LayerWriter:
         (qkv,) = self.linear(normed, layer, ("attn_q", "attn_k", "attn_v"), split=False)  # packed for the kernel
         past_k = g.add_input(f"past_key.{layer}", FLOAT, [1, c.n_kv_heads, "past", c.head_dim])
         past_v = g.add_input(f"past_value.{layer}", FLOAT, [1, c.n_kv_heads, "past", c.head_dim])
-        attended, keys, values = g.op(
+        attended, keys, values = g.ops(
             "GroupQueryAttention",
             [qkv, "", "", past_k, past_v, self.seqlens_k, self.total, self.cos, self.sin],
             n_out=3,

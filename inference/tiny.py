@@ -18,7 +18,14 @@ from inference.config import LlamaConfig
 from inference.gguf_model import permute_rows_like_llama_cpp
 
 TINY_CONFIG = LlamaConfig(
-    n_layers=4, hidden=64, n_heads=4, n_kv_heads=2, ffn=128, vocab=0, rope_theta=10000.0, rms_eps=1e-5,
+    n_layers=4,
+    hidden=64,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn=128,
+    vocab=0,
+    rope_theta=10000.0,
+    rms_eps=1e-5,
     max_context=256,
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -59,7 +66,8 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layers: int = 4, seed: in
     writer.add_chat_template(CHAT_TEMPLATE)
 
     def linear(out_dim: int, in_dim: int) -> np.ndarray:
-        return (rng.standard_normal((out_dim, in_dim)) / np.sqrt(in_dim)).astype(np.float32)
+        weight: np.ndarray = rng.standard_normal((out_dim, in_dim)) / np.sqrt(in_dim)
+        return weight.astype(np.float32)
 
     def norm() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(c.hidden)).astype(np.float32)
@@ -68,8 +76,9 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layers: int = 4, seed: in
         writer.add_tensor(name, quantize(weight, GGMLQuantizationType.Q4_1), raw_dtype=GGMLQuantizationType.Q4_1)
 
     embedding = rng.standard_normal((len(tokens), c.hidden)).astype(np.float32)
-    writer.add_tensor("token_embd.weight", quantize(embedding, GGMLQuantizationType.Q8_0),
-                      raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.add_tensor(
+        "token_embd.weight", quantize(embedding, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0
+    )
     writer.add_tensor("output_norm.weight", norm())
     kv_dim = c.n_kv_heads * c.head_dim
     for i in range(n_layers):

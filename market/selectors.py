@@ -15,8 +15,10 @@ from market.models import LanguageModel, Shard
 def model_get(*, name: str, quant: str) -> LanguageModel:
     model = LanguageModel.objects.filter(name=name, quant=quant).first()
     if model is None:
-        raise NotFound(f"model {name} ({quant}) is not imported; run: manage.py import_model {name} --quant {quant}",
-                       code="unknown_model")
+        raise NotFound(
+            f"model {name} ({quant}) is not imported; run: manage.py import_model {name} --quant {quant}",
+            code="unknown_model",
+        )
     return model
 
 
@@ -32,8 +34,9 @@ def shard_chain(*, model: LanguageModel, plan: str | None) -> list[Shard]:
         ranges = parse_plan(plan, n_layers=n_layers)
         missing = [f"{a}-{b}" for a, b in ranges if (a, b) not in by_range]
         if missing:
-            raise NotFound(f"{model} has no shard {', '.join(missing)}; import it with --plan {plan}",
-                           code="shard_unavailable")
+            raise NotFound(
+                f"{model} has no shard {', '.join(missing)}; import it with --plan {plan}", code="shard_unavailable"
+            )
         return [by_range[r] for r in ranges]
     chain, layer = [], 0
     while layer < n_layers:
@@ -48,7 +51,7 @@ def shard_chain(*, model: LanguageModel, plan: str | None) -> list[Shard]:
 
 def shard_runtime(shard: Shard) -> ShardRuntime:
     """Load a stored shard, refusing bytes that do not match its registered SHA-256."""
-    return ShardRuntime(default_storage.path(shard.file.name), sha256=shard.sha256)
+    return ShardRuntime(default_storage.path(str(shard.file.name)), sha256=shard.sha256)
 
 
 def local_chain(shards: list[Shard]) -> LocalChain:
@@ -56,5 +59,5 @@ def local_chain(shards: list[Shard]) -> LocalChain:
 
 
 def model_tokenizer(model: LanguageModel) -> ChatTokenizer:
-    with default_storage.open(model.tokenizer_file.name, "rb") as handle:
+    with default_storage.open(str(model.tokenizer_file.name), "rb") as handle:
         return ChatTokenizer.from_json(handle.read().decode())

@@ -79,7 +79,7 @@ def model_import(
     for first, end in ranges:
         spec = ShardSpec(name, quant, first, end, gguf.config.n_layers)
         shard = Shard.objects.filter(shard_id=spec.shard_id).first()
-        if shard is not None and default_storage.exists(shard.file.name):
+        if shard is not None and default_storage.exists(str(shard.file.name)):
             report.existing.append(spec.shard_id)
             for layer in range(first, end):
                 layer_done(layer)

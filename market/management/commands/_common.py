@@ -84,7 +84,11 @@ def stream_generation(
             shown = text
 
     result = generate(
-        pipeline, prompt_ids, max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids, sampling=sampling,
+        pipeline,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        stop_ids=tokenizer.stop_ids,
+        sampling=sampling,
         on_token=on_token,
     )
     text = tokenizer.decode(result.tokens)

@@ -40,7 +40,11 @@ class Command(BaseCommand):
         messages = [{"role": "user", "content": options["prompt"]}]
         self.stdout.write(f"user> {options['prompt']}\nassistant> ", ending="")
         result, _ = stream_generation(
-            chain, tokenizer, messages, max_new_tokens=options["max_new_tokens"], sampling=SamplingParams(),
+            chain,
+            tokenizer,
+            messages,
+            max_new_tokens=options["max_new_tokens"],
+            sampling=SamplingParams(),
             write=self.stream,
         )
         self.stdout.write(timing_line(result))

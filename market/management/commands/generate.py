@@ -24,9 +24,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model", default="smollm2-135m")
         parser.add_argument("--quant", choices=["f32", "q4"], default="f32")
-        parser.add_argument("--shards", nargs="?", const="", default=None, metavar="PLAN",
-                            help="run the chain of shards (optionally a plan such as 0-10,10-20,20-30) "
-                                 "instead of the whole model")
+        parser.add_argument(
+            "--shards",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="PLAN",
+            help="run the chain of shards (optionally a plan such as 0-10,10-20,20-30) instead of the whole model",
+        )
         add_generation_arguments(parser)
 
     def stream(self, text: str) -> None:

