@@ -104,9 +104,13 @@ class GGUFModel:
     def embedding(self) -> np.ndarray:
         return self.dense("token_embd.weight")
 
+    @property
+    def tied_head(self) -> bool:
+        """Whether the LM head is the token embedding (as in SmolLM2) rather than its own tensor."""
+        return "output.weight" not in self._tensors
+
     def output_weight(self) -> np.ndarray:
-        """The LM head; SmolLM2 ties it to the token embedding."""
-        return self.dense("output.weight") if "output.weight" in self._tensors else self.embedding()
+        return self.embedding() if self.tied_head else self.dense("output.weight")
 
     def norm(self, layer: int | None, kind: str) -> np.ndarray:
         return self.dense("output_norm.weight" if layer is None else f"blk.{layer}.{kind}.weight")

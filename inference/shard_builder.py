@@ -141,11 +141,12 @@ class _LayerWriter:
         g = self.g
         # The head stays float32 in both quantisations: onnxruntime's 8-bit MatMulNBits (which could keep the
         # Q8_0 table exactly) measured ~30x slower than this Gemm here.
-        # Gemm with transB reads the (vocab, hidden) table in place: no transposed copy in the file.
-        weight = self.model.output_weight()
-        name = "embedding" if any(i.name == "embedding" for i in g.initializers) else "lm_head"
-        if name == "lm_head":
-            g.initializer(name, weight)
+        # Gemm with transB reads the (vocab, hidden) table in place: no transposed copy in the file, and a
+        # shard holding both ends of a tied model stores the table once.
+        if self.model.tied_head and any(i.name == "embedding" for i in g.initializers):
+            name = "embedding"
+        else:
+            name = g.initializer("lm_head", self.model.output_weight())
         return g.op("Gemm", [normed, name], transB=1)
 
     def decoder_layer(self, layer: int, hidden: str) -> str:

@@ -1,7 +1,8 @@
 """A tiny random Llama written as a real GGUF file, so fast tests run through the same code path.
 
 Linear weights are Q4_1, the embedding Q8_0 and norms F32, and q/k rows are permuted the way
-llama.cpp's converter stores them, exactly like the real SmolLM2 file.
+llama.cpp's converter stores them, like the real SmolLM2 file (which, unlike this one, ties its head
+to the embedding).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, n_layers: int = 4, seed: in
         "token_embd.weight", quantize(embedding, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0
     )
     writer.add_tensor("output_norm.weight", norm())
+    # An untied head: with the embedding as head, a random model just repeats its input token, and
+    # tests comparing token sequences would compare nothing but that.
+    head = rng.standard_normal((len(tokens), c.hidden)).astype(np.float32)
+    writer.add_tensor("output.weight", quantize(head, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
     kv_dim = c.n_kv_heads * c.head_dim
     for i in range(n_layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm())
