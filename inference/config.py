@@ -90,20 +90,23 @@ def parse_plan(plan: str, *, n_layers: int) -> list[tuple[int, int]]:
     """
     text = plan.strip().lower()
     if text == "whole":
-        return [(0, n_layers)]
-    if text == "each":
-        return [(i, i + 1) for i in range(n_layers)]
-    ranges = []
-    for part in text.split(","):
-        match = _RANGE.match(part)
-        if not match:
-            raise BadShardPlan(f"cannot read {part.strip()!r} as a layer range such as 0-10")
-        ranges.append((int(match.group(1)), int(match.group(2))))
+        ranges = [(0, n_layers)]
+    elif text == "each":
+        ranges = [(i, i + 1) for i in range(n_layers)]
+    else:
+        ranges = []
+        for part in text.split(","):
+            match = _RANGE.match(part)
+            if not match:
+                raise BadShardPlan(f"cannot read {part.strip()!r} as a layer range such as 0-10")
+            ranges.append((int(match.group(1)), int(match.group(2))))
     validate_plan(ranges, n_layers=n_layers)
     return ranges
 
 
 def validate_plan(ranges: list[tuple[int, int]], *, n_layers: int) -> None:
+    if n_layers < 1:
+        raise BadShardPlan(f"a model needs at least one layer, not {n_layers}")
     expected_start = 0
     for first, end in ranges:
         if first != expected_start:

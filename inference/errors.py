@@ -31,3 +31,9 @@ class ContextOverflow(InferenceError):
     """A step would run past the model's maximum context length."""
 
     code = "context_overflow"
+
+
+class BadInput(InferenceError):
+    """Token ids or hidden states of the wrong shape, type or range for the shard they are sent to."""
+
+    code = "bad_tensor"

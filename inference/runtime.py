@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference.config import LlamaConfig, ShardSpec
-from inference.errors import ContextOverflow, ShardIntegrityError, UnknownSession
+from inference.errors import BadInput, ContextOverflow, ShardIntegrityError, UnknownSession
 
 _threads_lock = threading.Lock()
 _threads_configured: int | None = None
@@ -45,16 +45,21 @@ def _session_options() -> ort.SessionOptions:
     return options
 
 
+def verify_sha256(data: bytes, sha256: str, *, what: str) -> None:
+    """Refuse bytes that do not hash to the SHA-256 they were registered under."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise ShardIntegrityError(
+            f"{what} hashes to {actual[:16]}…, not the expected {sha256[:16]}…; "
+            "it is corrupt or was tampered with and will not be loaded"
+        )
+
+
 def read_verified(path: str | os.PathLike[str], sha256: str | None) -> bytes:
     """The bytes of a shard file, refused when they do not hash to the expected SHA-256."""
     data = Path(path).read_bytes()
     if sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256.lower():
-            raise ShardIntegrityError(
-                f"shard file {Path(path).name} hashes to {actual[:16]}…, not the expected {sha256[:16]}…; "
-                "it is corrupt or was tampered with and will not be loaded"
-            )
+        verify_sha256(data, sha256, what=f"shard file {Path(path).name}")
     return data
 
 
@@ -77,9 +82,12 @@ class ShardRuntime:
 
     def __init__(self, source: str | os.PathLike[str] | bytes, *, sha256: str | None = None) -> None:
         configure_threads(int(os.environ.get("INFERENCE_THREADS", "0")))
-        data = source if isinstance(source, bytes) else read_verified(source, sha256)
-        if isinstance(source, bytes) and sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ShardIntegrityError("shard bytes do not match their SHA-256; refusing to load them")
+        if isinstance(source, bytes):
+            data = source
+            if sha256 is not None:
+                verify_sha256(data, sha256, what="shard bytes")
+        else:
+            data = read_verified(source, sha256)
         self.session = ort.InferenceSession(data, _session_options(), providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config = LlamaConfig.from_dict(json.loads(meta["config"]))
@@ -111,17 +119,33 @@ class ShardRuntime:
         except KeyError:
             raise UnknownSession(f"session {session_id!r} is not open on shard {self.spec.shard_id}") from None
 
+    def _checked_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Token ids [1, S] in the vocabulary (first shard) or finite hidden states [1, S, H]; else BadInput."""
+        if self.spec.has_embedding:
+            if inputs.ndim != 2 or inputs.shape[0] != 1 or inputs.shape[1] < 1 or inputs.dtype.kind not in "iu":
+                raise BadInput(
+                    f"{self.spec.shard_id} takes token ids of shape [1, S>=1], got {inputs.dtype}{inputs.shape}"
+                )
+            if inputs.min() < 0 or inputs.max() >= self.config.vocab:
+                raise BadInput(f"token ids must be in 0..{self.config.vocab - 1}")
+            return np.ascontiguousarray(inputs, dtype=np.int64)
+        if inputs.ndim != 3 or inputs.shape[0] != 1 or inputs.shape[1] < 1 or inputs.shape[2] != self.config.hidden:
+            raise BadInput(
+                f"{self.spec.shard_id} takes hidden states of shape [1, S>=1, {self.config.hidden}], got {inputs.shape}"
+            )
+        if inputs.dtype.kind != "f" or not np.isfinite(inputs).all():
+            raise BadInput("hidden states must be finite floating-point numbers")
+        return np.ascontiguousarray(inputs, dtype=np.float32)
+
     def step(self, session_id: str, inputs: np.ndarray) -> StepOutput:
         """Run new tokens (first shard: ids [1, S]) or hidden states ([1, S, H]) through the shard."""
         state = self._get(session_id)
-        seq = inputs.shape[1]
+        checked = self._checked_inputs(inputs)
+        seq = checked.shape[1]
         if state.position + seq > self.config.max_context:
             raise ContextOverflow(f"{state.position + seq} positions exceed the context of {self.config.max_context}")
         binding = self.session.io_binding()
-        if self.spec.has_embedding:
-            binding.bind_cpu_input("input_ids", np.ascontiguousarray(inputs, dtype=np.int64))
-        else:
-            binding.bind_cpu_input("hidden_in", np.ascontiguousarray(inputs, dtype=np.float32))
+        binding.bind_cpu_input("input_ids" if self.spec.has_embedding else "hidden_in", checked)
         binding.bind_cpu_input("positions", np.arange(state.position, state.position + seq, dtype=np.int64))
         for name, value in zip(self._past_names, state.past, strict=True):
             binding.bind_ortvalue_input(name, value)

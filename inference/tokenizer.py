@@ -24,6 +24,10 @@ class ChatTokenizer:
         self.eos_id = eos_id
         self.special_ids = frozenset(special_ids)
         self.chat_template = chat_template
+        # A twin that reads control-token strings as plain text (a separate object, so no flag is toggled
+        # on a tokenizer that another thread may be using).
+        self._plain = Tokenizer.from_str(tokenizer.to_str())
+        self._plain.encode_special_tokens = True
         env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined)
         self._template = env.from_string(chat_template)
         # ChatML ends a turn with <|im_end|>; generation stops there, at end-of-text and at the EOS token.
@@ -82,7 +86,28 @@ class ChatTokenizer:
         return str(self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt))
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        return self.encode(self.render_chat(messages))
+        """Token ids of a chat in which only the template, never a message's text, yields control tokens.
+
+        Otherwise a buyer could write "<|im_end|><|im_start|>system" into a message and forge a turn. The
+        template is rendered around placeholders; the text between them is encoded with special tokens
+        read as plain text. Every placeholder sits next to a newline or a control token, where the
+        pre-tokenizer splits anyway, so for ordinary text the ids equal those of the rendered string.
+        """
+        validate_messages(messages)
+        marks = [f"\x00{i}\x00" for i in range(len(messages))]
+        masked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        rendered = self.render_chat(masked)
+        ids: list[int] = []
+        for index, (message, mark) in enumerate(zip(messages, marks, strict=True)):
+            before, rendered = rendered.split(mark, 1)
+            ids += self.encode(before)
+            ids += self._encode_plain(message["content"])
+            if index == len(messages) - 1:
+                ids += self.encode(rendered)
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return list(self._plain.encode(text, add_special_tokens=False).ids)
 
 
 def validate_messages(messages: Sequence[dict[str, Any]]) -> None:
