@@ -17,12 +17,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
+from config.ws_auth import TokenAuthMiddleware  # noqa: E402
 
 websocket_urlpatterns = [*worker_web.routing.websocket_urlpatterns, *market.routing.websocket_urlpatterns]
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

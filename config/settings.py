@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "market",
     "ledger",
     "verification",
@@ -119,6 +121,19 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Compute market API",
+    "DESCRIPTION": "Buy LLM inference run by providers' idle compute, shard by shard. Authenticate with "
+    "`Authorization: Token <key>` (manage.py issue_token prints one).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from our own static files: the docs page works with no network.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Channels and Celery: in-process (embedded profile) unless REDIS_URL is set.
@@ -143,6 +158,29 @@ else:
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
+# Periodic tasks (celery beat); each app adds its own entries. Intervals in seconds.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Providers' earnings leave PENDING once their challenge window has closed.
+    "ledger.release_due_earnings": {
+        "task": "ledger.release_due_earnings",
+        "schedule": float(env_int("LEDGER_RELEASE_EVERY_SECONDS", 60)),
+    },
+}
+
+# Ledger (amounts in integer base units). With CONTRIBUTE_TO_USE on, a new account starts with nothing and earns
+# by providing before it can buy; off, each new account gets SIGNUP_GRANT (0: none). Providers' earnings stay
+# pending for CHALLENGE_WINDOW_SECONDS after settlement, while the buyer may challenge the job.
+CONTRIBUTE_TO_USE = env_bool("CONTRIBUTE_TO_USE", False)
+SIGNUP_GRANT = env_int("SIGNUP_GRANT", 1_000_000)
+CHALLENGE_WINDOW_SECONDS = env_int("CHALLENGE_WINDOW_SECONDS", 3600)
+
+# Orchestration. Where job runners live: "server" runs them on the ASGI server's event loop (the embedded profile,
+# where the in-memory channel layer reaches only that process); "celery" sends them to a Celery worker (the full
+# profile: any worker reaches any provider through Redis). Deadlines are seconds a provider may take.
+ORCHESTRATOR = env_str("ORCHESTRATOR", "celery" if REDIS_URL else "server")
+STEP_DEADLINE_SECONDS = float(env_int("STEP_DEADLINE_SECONDS", 20))
+SESSION_OPEN_DEADLINE_SECONDS = float(env_int("SESSION_OPEN_DEADLINE_SECONDS", 180))
+PROVIDER_HEARTBEAT_SECONDS = float(env_int("PROVIDER_HEARTBEAT_SECONDS", 15))
 
 # Threads for ONNX Runtime in this process (one shared pool for all shard sessions); 0 means all cores.
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)

@@ -69,3 +69,85 @@ class Shard(models.Model):
     @property
     def n_layers(self) -> int:
         return self.end_layer - self.first_layer
+
+
+class Provider(models.Model):
+    """One connected (or once connected) provider agent: a browser tab or a headless process.
+
+    A user may run several agents; each is its own row, created when it first says hello. Capacity and
+    the benchmark are what the agent last reported; `channel_name` reaches its WebSocket consumer
+    through the channel layer while it is online.
+    """
+
+    class State(models.TextChoices):
+        ONLINE = "online", "online"
+        OFFLINE = "offline", "offline"
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="providers")
+    name = models.CharField(max_length=100, help_text="What the agent calls itself (host name, browser).")
+    kind = models.CharField(max_length=16, default="headless", help_text="headless or browser")
+    backend = models.CharField(max_length=32, default="cpu", help_text="cpu, wasm or webgpu")
+    slots = models.PositiveIntegerField(default=1, help_text="Shard sessions it serves at once.")
+    busy_slots = models.PositiveIntegerField(
+        default=0, help_text="Slots held by running jobs; claimed and released by conditional UPDATEs."
+    )
+    memory_bytes = models.BigIntegerField(default=0)
+    ns_per_layer_token = models.BigIntegerField(
+        null=True, blank=True, help_text="Benchmark: nanoseconds per layer per token on the real shard workload."
+    )
+    reliability_permille = models.PositiveIntegerField(
+        default=1000, help_text="0..1000; falls when the provider drops a step, recovers with clean work."
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OFFLINE, db_index=True)
+    channel_name = models.CharField(max_length=200, blank=True)
+    steps_served = models.BigIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"provider {self.pk} ({self.name}, {self.state})"
+
+
+class Job(models.Model):
+    """A buyer's request for generated text, driven through a pipeline of providers by the orchestrator."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED)
+
+    buyer = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="jobs")
+    model = models.ForeignKey(LanguageModel, on_delete=models.PROTECT, related_name="jobs")
+    messages = models.JSONField(help_text="Chat messages [{role, content}]; a plain prompt is one user message.")
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    temperature = models.DecimalField(max_digits=4, decimal_places=2, default=0, help_text="0 = greedy")
+    top_p = models.DecimalField(max_digits=3, decimal_places=2, default=1)
+    seed = models.BigIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    tokens = models.JSONField(default=list, help_text="Generated token ids, in order.")
+    text = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=16, blank=True, help_text="stop, length, or empty")
+    error_code = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    pipeline = models.JSONField(
+        default=list, help_text="Every shard placement in order: [{shard, provider, from_step, until_step}]."
+    )
+    timings = models.JSONField(default=dict, help_text="Seconds: queued, prefill, decode; tokens per second.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.state})"

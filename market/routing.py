@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from market.consumers import JobConsumer
+
+websocket_urlpatterns: list[URLPattern] = [path("ws/jobs/<int:job_id>/", JobConsumer.as_asgi())]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
+from django.db.models import F
+from django.urls import reverse
 
 from config.errors import NotFound
 from inference.config import parse_plan
 from inference.generate import LocalChain
 from inference.runtime import ShardRuntime
 from inference.tokenizer import ChatTokenizer
-from market.models import LanguageModel, Shard
+from market.models import Job, LanguageModel, Provider, Shard
 
 
 def model_get(*, name: str, quant: str) -> LanguageModel:
@@ -58,6 +63,59 @@ def local_chain(shards: list[Shard]) -> LocalChain:
     return LocalChain(shard_runtime(s) for s in shards)
 
 
+_TOKENIZERS: dict[str, ChatTokenizer] = {}  # by the SHA-256 of the stored file: content never changes under it
+
+
 def model_tokenizer(model: LanguageModel) -> ChatTokenizer:
+    if (cached := _TOKENIZERS.get(model.tokenizer_sha256)) is not None:
+        return cached
     with default_storage.open(str(model.tokenizer_file.name), "rb") as handle:
-        return ChatTokenizer.from_json(handle.read().decode())
+        tokenizer = ChatTokenizer.from_json(handle.read().decode())
+    _TOKENIZERS[model.tokenizer_sha256] = tokenizer
+    return tokenizer
+
+
+def providers_free(*, exclude: set[int]) -> list[Provider]:
+    """Online providers with a free slot, fastest benchmark first (not yet benchmarked last), then most reliable."""
+    return list(
+        Provider.objects.filter(state=Provider.State.ONLINE, busy_slots__lt=F("slots"))
+        .exclude(pk__in=exclude)
+        .exclude(channel_name="")
+        .order_by(F("ns_per_layer_token").asc(nulls_last=True), "-reliability_permille", "pk")
+    )
+
+
+def shard_descriptor(shard: Shard) -> dict[str, Any]:
+    """What a provider needs to fetch, check and run a shard (the `shard` object of the protocol)."""
+    config = shard.model.config
+    return {
+        "id": shard.shard_id,
+        "sha256": shard.sha256,
+        "url": reverse("shard-download", kwargs={"sha256": shard.sha256}),
+        "size": shard.size_bytes,
+        "first_layer": shard.first_layer,
+        "end_layer": shard.end_layer,
+        "has_embedding": shard.first_layer == 0,
+        "has_head": shard.end_layer == int(config["n_layers"]),
+        "hidden": int(config["hidden"]),
+        "vocab": int(config["vocab"]),
+    }
+
+
+def benchmark_shard() -> Shard | None:
+    """The real workload providers time themselves on: the shortest middle shard (hidden in, hidden out) of the
+    newest model, or the shortest shard when a model has no middle one."""
+    model = LanguageModel.objects.order_by("-pk").first()
+    if model is None:
+        return None
+    n_layers = int(model.config["n_layers"])
+    shards = sorted(model.shards.all(), key=lambda s: (s.first_layer == 0 or s.end_layer == n_layers, s.n_layers))
+    return shards[0] if shards else None
+
+
+def job_for_buyer(*, buyer: User, job_id: int) -> Job:
+    """A buyer's own job; anyone else's is NotFound, exactly like one that does not exist."""
+    job = Job.objects.select_related("model").filter(pk=job_id, buyer=buyer).first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return job

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from worker_web.consumers import ProviderConsumer
+
+websocket_urlpatterns: list[URLPattern] = [path("ws/provider/", ProviderConsumer.as_asgi())]

@@ -1,0 +1,71 @@
+"""/ws/jobs/<id>/: a buyer watches the tokens of their own job as they are generated.
+
+On connect the consumer joins the job's group first and reads the stored tokens second, so no token can fall
+between the two; a token that arrives both ways is sent once (events carry their index).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from config.errors import NotFound
+from market import selectors
+from market.models import Job
+from market.orchestrator import remember_server_loop
+
+CLOSE_NOT_FOUND = 4404
+
+
+class JobConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+    async def connect(self) -> None:
+        remember_server_loop()
+        user = self.scope.get("user")
+        job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        await self.accept()
+        try:
+            if user is None or not user.is_authenticated:
+                raise NotFound(f"job {job_id} not found", code="job_not_found")
+            self.group = f"job-{job_id}"
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            job = await database_sync_to_async(selectors.job_for_buyer)(buyer=user, job_id=job_id)
+        except NotFound as exc:
+            await self.send(text_data=json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.sent = len(job.tokens)
+        await self._send("snapshot", state=job.state, tokens=job.tokens, text=job.text)
+        if job.state in Job.FINAL_STATES:
+            await self._done_from(job)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def _send(self, kind: str, **fields: Any) -> None:
+        await self.send(text_data=json.dumps({"type": kind, **fields}))
+
+    async def _done_from(self, job: Job) -> None:
+        await self._send(
+            "done",
+            state=job.state,
+            text=job.text,
+            tokens=len(job.tokens),
+            finish_reason=job.finish_reason,
+            error_code=job.error_code,
+            error=job.error,
+        )
+        await self.close()
+
+    async def job_token(self, event: dict[str, Any]) -> None:
+        if event["index"] < self.sent:
+            return  # already in the snapshot
+        self.sent = event["index"] + 1
+        await self._send("token", index=event["index"], token=event["token"], text=event["text"])
+
+    async def job_done(self, event: dict[str, Any]) -> None:
+        await self._send("done", **{k: v for k, v in event.items() if k != "type"})
+        await self.close()

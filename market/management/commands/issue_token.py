@@ -1,0 +1,27 @@
+"""manage.py issue_token: print the API token of a user (creating the user with --create)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = "Print a user's API token for the REST API and the provider WebSocket (--create makes the user)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--create", action="store_true", help="Create the user if it does not exist.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["username"]
+        user = User.objects.filter(username=name).first()
+        if user is None:
+            if not options["create"]:
+                raise CommandError(f"no user {name!r}; add --create to make one")
+            user = User.objects.create_user(username=name)
+        token, _ = Token.objects.get_or_create(user=user)
+        self.stdout.write(token.key)

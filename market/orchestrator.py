@@ -1,0 +1,410 @@
+"""The orchestrator: drives one job through a pipeline of providers, one per shard, over the channel layer.
+
+A JobRunner owns a private channel. For every step it sends the step's input to hop 0's provider, relays each
+hop's output to the next hop, samples the next token from the last hop's logits and streams it to the group
+`job-<id>` (read by /ws/jobs/<id>/). It records every hop's inputs, so that when a provider disconnects, errs or
+misses a deadline, a replacement opens a fresh session, is fed the recorded inputs step by step to rebuild its
+KV cache, and the step carries on there. Tokens are produced once, after the last hop, so the buyer sees each
+exactly once whatever happens underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import statistics
+import time
+import uuid
+from typing import Any, Protocol
+
+import numpy as np
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+
+from inference import wire
+from inference.generate import Sampler, SamplingParams
+from market import selectors, services
+from market.models import Job, Provider
+
+log = logging.getLogger(__name__)
+_SERVER_LOOP: asyncio.AbstractEventLoop | None = None
+_RUNNING: set[asyncio.Task[None]] = set()  # strong references, so running jobs are not garbage-collected
+
+
+def remember_server_loop() -> None:
+    """Called from the consumers: the ASGI server's event loop, where embedded-profile runners live."""
+    global _SERVER_LOOP
+    _SERVER_LOOP = asyncio.get_running_loop()
+
+
+def launch_in_server(job_id: int) -> None:
+    """Start a runner on the server's loop from any thread (a sync view, an on_commit hook)."""
+    loop = _SERVER_LOOP
+    if loop is None or loop.is_closed():
+        raise RuntimeError(
+            "the embedded profile runs jobs inside the ASGI server, and no server loop is known in this process; "
+            "submit jobs through the server (or set ORCHESTRATOR=celery with a worker)"
+        )
+
+    def spawn() -> None:
+        task = loop.create_task(run_job(job_id))
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
+
+    loop.call_soon_threadsafe(spawn)
+
+
+async def run_job(job_id: int, *, placement: Placement | None = None) -> None:
+    """Claim a queued job and drive it to its end; a job someone else claimed, or cancelled, is left alone."""
+    job = await sync_to_async(services.job_claim)(job_id=job_id)
+    if job is None:
+        return
+    runner = JobRunner(job, get_channel_layer(), placement or FastestFreePlacement())
+    await runner.run()
+
+
+class Placement(Protocol):
+    """Picks the provider for one hop of a job; the auction will take this over."""
+
+    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None: ...
+
+
+class FastestFreePlacement:
+    """The fastest online provider with a free slot that is not excluded (the job's other hops, and providers
+    that already failed this job)."""
+
+    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
+        return services.provider_claim_for_shard(exclude=exclude)
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HopFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Hop:
+    """One shard of the job's pipeline: the provider serving it now and everything it was fed so far."""
+
+    index: int
+    shard: dict[str, Any]
+    provider: Provider | None = None
+    session: uuid.UUID | None = None
+    inputs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    failed: set[int] = dataclasses.field(default_factory=set)
+    round_trips: list[float] = dataclasses.field(default_factory=list)
+
+
+class JobRunner:
+    def __init__(self, job: Job, layer: BaseChannelLayer, placement: Placement) -> None:
+        self.job = job
+        self.layer = layer
+        self.placement = placement
+        self.channel = ""
+        self.group = f"job-{job.pk}"
+        self.hops: list[Hop] = []
+        self.record: list[dict[str, Any]] = []  # the pipeline as the buyer sees it: every placement, in order
+        self.tokens: list[int] = []
+        self.text = ""
+        self.timings: dict[str, Any] = {}
+        self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
+
+    async def run(self) -> None:
+        state, reason, code, message = Job.State.FAILED, "", "", ""
+        try:
+            self.channel = await self.layer.new_channel()
+            await self._prepare()
+            reason = await self._generate()
+            state = Job.State.DONE
+        except JobFailed as exc:
+            code, message = exc.code, exc.message
+        except Cancelled:
+            code, message = "cancelled", "cancelled by the buyer"
+        except Exception:  # a bug must not leave the job running forever or hold providers' slots
+            log.exception("job %s failed unexpectedly", self.job.pk)
+            code, message = "internal_error", "the orchestrator failed; the job was stopped"
+        finally:
+            await self._release()
+        await self._finish(state, reason, code, message)
+
+    # --- setting up -------------------------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        shards, tokenizer = await sync_to_async(self._load_model)()
+        self.tokenizer = tokenizer
+        self.prompt = tokenizer.encode_chat(self.job.messages)
+        self.hops = [Hop(index=i, shard=shard) for i, shard in enumerate(shards)]
+        for hop in self.hops:
+            await self._place(hop, from_step=0)
+        for hop in self.hops:  # all open at once (downloads and loads overlap); answers are collected in turn
+            try:
+                await self._await_opened(hop)
+            except HopFailed as failure:
+                await self._replace(hop, 0, failure)
+
+    def _load_model(self) -> tuple[list[dict[str, Any]], Any]:
+        shards = selectors.shard_chain(model=self.job.model, plan=None)
+        return [selectors.shard_descriptor(s) for s in shards], selectors.model_tokenizer(self.job.model)
+
+    async def _place(self, hop: Hop, *, from_step: int) -> None:
+        """Claim a provider for the hop and ask it to open a session (the answer is awaited separately)."""
+        exclude = hop.failed | {h.provider.pk for h in self.hops if h.provider is not None and h is not hop}
+        provider = await sync_to_async(self.placement.place)(job=self.job, shard=hop.shard, exclude=exclude)
+        if provider is None:
+            raise JobFailed(
+                "no_provider",
+                f"no provider is free to serve shard {hop.shard['id']}"
+                + (f" after {len(hop.failed)} failed" if hop.failed else ""),
+            )
+        hop.provider, hop.session = provider, uuid.uuid4()
+        self.record.append(
+            {
+                "hop": hop.index,
+                "shard": hop.shard["id"],
+                "provider": provider.pk,
+                "provider_name": provider.name,
+                "backend": provider.backend,
+                "session": str(hop.session),
+                "from_step": from_step,
+                "until_step": None,
+                "ended": "",
+            }
+        )
+        await sync_to_async(services.job_progress)(
+            job_id=self.job.pk, tokens=self.tokens, text=self.text, pipeline=self.record
+        )
+        await self.layer.send(
+            provider.channel_name,
+            {
+                "type": "provider.open",
+                "session": str(hop.session),
+                "hop": hop.index,
+                "shard": hop.shard,
+                "reply_to": self.channel,
+            },
+        )
+
+    async def _await_opened(self, hop: Hop) -> None:
+        await self._await(hop, "runner.opened", None, settings.SESSION_OPEN_DEADLINE_SECONDS)
+
+    # --- the generation loop ----------------------------------------------------------------------------------
+
+    async def _generate(self) -> str:
+        params = SamplingParams(
+            temperature=float(self.job.temperature), top_p=float(self.job.top_p), seed=self.job.seed
+        )
+        sampler = Sampler(params)
+        stops = self.tokenizer.stop_ids
+        started = time.perf_counter()
+        logits = await self._forward(0, np.asarray([self.prompt], dtype=np.int64))
+        prefilled = time.perf_counter()
+        self.timings["prefill_s"] = round(prefilled - started, 4)
+        step, reason = 0, "length"
+        while True:
+            token = sampler(logits)
+            if token in stops:
+                reason = "stop"
+                break
+            await self._emit(token)
+            if len(self.tokens) >= self.job.max_new_tokens:
+                break
+            step += 1
+            logits = await self._forward(step, np.asarray([[token]], dtype=np.int64))
+        finished = time.perf_counter()
+        self.timings.update(
+            decode_s=round(finished - prefilled, 4),
+            decode_steps=step,
+            decode_tokens_per_s=round(step / (finished - prefilled), 2) if step else 0.0,
+        )
+        return reason
+
+    async def _forward(self, step: int, ids: np.ndarray) -> np.ndarray:
+        data = ids
+        for hop in self.hops:
+            data = await self._hop_step(hop, step, data)
+        return data[0]
+
+    async def _hop_step(self, hop: Hop, step: int, tensor: np.ndarray) -> np.ndarray:
+        if len(hop.inputs) == step:
+            hop.inputs.append(tensor)
+        while True:
+            try:
+                return await self._exchange(hop, step, tensor)
+            except HopFailed as failure:
+                await self._replace(hop, step, failure)
+
+    async def _exchange(self, hop: Hop, step: int, tensor: np.ndarray) -> np.ndarray:
+        await self._send_step(hop, step, tensor)
+        sent = time.perf_counter()
+        out = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
+        hop.round_trips.append(time.perf_counter() - sent)
+        return out
+
+    async def _send_step(self, hop: Hop, step: int, tensor: np.ndarray) -> None:
+        assert hop.provider is not None and hop.session is not None
+        if tensor.dtype == np.float32:
+            tensor = tensor.astype(np.float16)  # hidden states travel as float16 (half the bytes)
+        frame = wire.encode(wire.MessageType.STEP_INPUT, hop.session, step, hop.index, tensor)
+        await self.layer.send(
+            hop.provider.channel_name,
+            {
+                "type": "provider.step",
+                "session": str(hop.session),
+                "step": step,
+                "tokens": int(tensor.shape[1]),
+                "frame": frame,
+            },
+        )
+
+    async def _await(self, hop: Hop, kind: str, step: int | None, deadline: float) -> Any:
+        """Wait for the hop's answer; its provider's failure raises HopFailed, and so does the deadline.
+
+        One receiver reads the runner's channel: messages of the job's other current sessions wait in the inbox
+        for their turn, those of replaced sessions (a late output of a provider that failed) are dropped.
+        """
+        session = str(hop.session)
+        until = time.monotonic() + deadline
+        while True:
+            queued = self.inbox.get(session)
+            message = queued.pop(0) if queued else await self._receive(until, deadline)
+            if message.get("session") != session:
+                if any(str(h.session) == message.get("session") for h in self.hops):
+                    self.inbox.setdefault(message["session"], []).append(message)
+                continue
+            if message["type"] == "runner.lost":
+                raise HopFailed("provider_lost", "the provider disconnected")
+            if message["type"] == "runner.error":
+                raise HopFailed(message["code"], message["message"])
+            if message["type"] == kind == "runner.opened":
+                return None
+            if message["type"] == kind == "runner.output" and message["step"] == step:
+                return wire.decode(message["frame"]).tensor
+
+    async def _receive(self, until: float, deadline: float) -> dict[str, Any]:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            raise HopFailed("deadline", f"no answer within {deadline:.0f} s")
+        try:
+            message: dict[str, Any] = await asyncio.wait_for(self.layer.receive(self.channel), remaining)
+        except TimeoutError:
+            raise HopFailed("deadline", f"no answer within {deadline:.0f} s") from None
+        return message
+
+    async def _replace(self, hop: Hop, step: int, failure: HopFailed) -> None:
+        """Put another provider on the hop and rebuild its KV cache by replaying steps 0..step-1 into a fresh
+        session; a replacement that fails too is replaced in turn, until no provider is left."""
+        while True:
+            lost = await self._drop(hop, step, failure)
+            try:
+                await self._place(hop, from_step=step)
+            except JobFailed as exc:
+                raise JobFailed(
+                    "no_replacement",
+                    f"provider {lost.name} serving shard {hop.shard['id']} failed at step {step} ({failure.code}: "
+                    f"{failure}) and {exc.message.replace('no provider is', 'no other provider is')}",
+                ) from None
+            try:
+                await self._await_opened(hop)
+                for earlier in range(step):  # pipelined: all sent, then collected in order
+                    await self._send_step(hop, earlier, hop.inputs[earlier])
+                for earlier in range(step):
+                    await self._await(hop, "runner.output", earlier, settings.STEP_DEADLINE_SECONDS)
+                return
+            except HopFailed as again:
+                failure = again
+
+    async def _drop(self, hop: Hop, step: int, failure: HopFailed) -> Provider:
+        """Take the hop off its provider: record why, free the slot, lower the provider's reliability."""
+        lost = hop.provider
+        assert lost is not None
+        log.warning("job %s: provider %s failed hop %d at step %d (%s)", self.job.pk, lost.pk, hop.index, step, failure)
+        self.record[self._record_index(hop)].update(until_step=step, ended=f"{failure.code}: {failure}")
+        hop.failed.add(lost.pk)
+        self.inbox.pop(str(hop.session), None)
+        await self.layer.send(lost.channel_name, {"type": "provider.close", "session": str(hop.session)})
+        await sync_to_async(services.provider_release)(provider_id=lost.pk, channel_name=lost.channel_name)
+        await sync_to_async(services.provider_record_failure)(provider_id=lost.pk)
+        hop.provider = None
+        return lost
+
+    def _record_index(self, hop: Hop) -> int:
+        return max(i for i, entry in enumerate(self.record) if entry["hop"] == hop.index)
+
+    async def _emit(self, token: int) -> None:
+        """Store, then publish: a buyer who connects in between finds the token in the snapshot it reads."""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens)
+        delta = text[len(self.text) :] if text.startswith(self.text) else text
+        self.text = text
+        still_running = await sync_to_async(services.job_progress)(
+            job_id=self.job.pk, tokens=self.tokens, text=self.text, pipeline=self.record
+        )
+        await self.layer.group_send(
+            self.group, {"type": "job.token", "index": len(self.tokens) - 1, "token": token, "text": delta}
+        )
+        if not still_running:
+            raise Cancelled()
+
+    # --- the end ----------------------------------------------------------------------------------------------
+
+    async def _release(self) -> None:
+        for hop in self.hops:
+            if hop.provider is None:
+                continue
+            await self.layer.send(hop.provider.channel_name, {"type": "provider.close", "session": str(hop.session)})
+            await sync_to_async(services.provider_release)(
+                provider_id=hop.provider.pk, channel_name=hop.provider.channel_name
+            )
+        self.timings["hop_round_trip_ms_median"] = [
+            round(statistics.median(h.round_trips[1:]) * 1000, 3) if len(h.round_trips) > 1 else None for h in self.hops
+        ]
+
+    async def _finish(self, state: str, reason: str, code: str, message: str) -> None:
+        for entry in self.record:
+            if entry["until_step"] is None:
+                entry["until_step"] = len(self.tokens)
+                entry["ended"] = state
+        job = await sync_to_async(services.job_finish)(
+            job_id=self.job.pk,
+            state=state,
+            tokens=self.tokens,
+            text=self.text,
+            finish_reason=reason,
+            error_code=code,
+            error=message,
+            pipeline=self.record,
+            timings=self.timings,
+        )
+        if state == Job.State.DONE:
+            for hop in self.hops:
+                if hop.provider is not None:
+                    await sync_to_async(services.provider_record_success)(
+                        provider_id=hop.provider.pk, steps=len(hop.inputs)
+                    )
+        await self.layer.group_send(
+            self.group,
+            {
+                "type": "job.done",
+                "state": job.state,
+                "text": job.text,
+                "tokens": len(job.tokens),
+                "finish_reason": job.finish_reason,
+                "error_code": job.error_code,
+                "error": job.error,
+            },
+        )
+        log.info("job %s %s (%s%s)", job.pk, job.state, reason or code, f": {message}" if message else "")

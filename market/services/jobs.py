@@ -1,0 +1,137 @@
+"""Jobs: created by buyers, claimed and driven by the orchestrator, finished once; provider slots they hold."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidInput
+from inference.errors import InferenceError
+from inference.tokenizer import validate_messages
+from market import selectors
+from market.models import Job, LanguageModel, Provider
+
+MAX_NEW_TOKENS = 1024
+
+
+def job_create(
+    *,
+    buyer: User,
+    model: LanguageModel,
+    messages: list[dict[str, Any]],
+    max_new_tokens: int,
+    temperature: Decimal,
+    top_p: Decimal,
+    seed: int | None,
+) -> Job:
+    """Check the request against the model (roles, context length, a full chain of shards), store it queued, and
+    hand it to the orchestrator once the row is committed."""
+    try:
+        validate_messages(messages)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="bad_messages") from None
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}")
+    selectors.shard_chain(model=model, plan=None)  # NotFound (shard_unavailable) when the model cannot run
+    try:
+        prompt_ids = selectors.model_tokenizer(model).encode_chat(messages)
+    except (ValueError, InferenceError) as exc:
+        raise InvalidInput(str(exc), code="bad_messages") from None
+    context = int(model.config["max_context"])
+    if len(prompt_ids) + max_new_tokens > context:
+        raise InvalidInput(
+            f"the prompt is {len(prompt_ids)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+            f"model's context of {context}",
+            code="context_overflow",
+        )
+    with transaction.atomic():
+        job = Job.objects.create(
+            buyer=buyer,
+            model=model,
+            messages=messages,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            prompt_tokens=len(prompt_ids),
+        )
+        transaction.on_commit(lambda: _launch(job.pk))
+    return job
+
+
+def _launch(job_id: int) -> None:
+    from market.tasks import job_launch  # the task module imports the orchestrator, which imports these services
+
+    job_launch(job_id)
+
+
+def job_claim(*, job_id: int) -> Job | None:
+    """Move a queued job to running; None when another runner has it or it was cancelled (safe to run twice)."""
+    claimed = Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(
+        state=Job.State.RUNNING, started_at=timezone.now()
+    )
+    return Job.objects.select_related("model").get(pk=job_id) if claimed else None
+
+
+def job_progress(*, job_id: int, tokens: list[int], text: str, pipeline: list[dict[str, Any]]) -> bool:
+    """Store the tokens so far (every token: the buyer's stream snapshot reads them). False once cancelled."""
+    return bool(
+        Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(tokens=tokens, text=text, pipeline=pipeline)
+    )
+
+
+def job_finish(
+    *,
+    job_id: int,
+    state: str,
+    tokens: list[int],
+    text: str,
+    finish_reason: str = "",
+    error_code: str = "",
+    error: str = "",
+    pipeline: list[dict[str, Any]],
+    timings: dict[str, Any],
+) -> Job:
+    """The end of a running job (done or failed); a job cancelled meanwhile keeps its state but gets the record."""
+    if state not in (Job.State.DONE, Job.State.FAILED):
+        raise InvalidInput(f"a job finishes done or failed, not {state}")
+    fields = {"tokens": tokens, "text": text, "pipeline": pipeline, "timings": timings, "finished_at": timezone.now()}
+    Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
+        state=state, finish_reason=finish_reason, error_code=error_code, error=error, **fields
+    )
+    Job.objects.filter(pk=job_id, state=Job.State.CANCELLED, finished_at__isnull=True).update(**fields)
+    return Job.objects.get(pk=job_id)
+
+
+def job_cancel(*, job: Job) -> Job:
+    """Cancel a queued or running job; the runner notices before its next step. Finished jobs cannot be."""
+    cancelled = Job.objects.filter(pk=job.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
+        state=Job.State.CANCELLED, error_code="cancelled", error="cancelled by the buyer"
+    )
+    if not cancelled:
+        raise Conflict(f"job {job.pk} is already {Job.objects.get(pk=job.pk).state}", code="job_finished")
+    return Job.objects.get(pk=job.pk)
+
+
+def provider_claim_for_shard(*, exclude: set[int]) -> Provider | None:
+    """Take one free slot on the fastest online provider not in `exclude` (the job's other hops, the ones that
+    failed it). The claim is a conditional UPDATE, so two runners can never both take a provider's last slot."""
+    for provider in selectors.providers_free(exclude=exclude):
+        claimed = Provider.objects.filter(
+            pk=provider.pk, state=Provider.State.ONLINE, busy_slots__lt=F("slots"), channel_name=provider.channel_name
+        ).update(busy_slots=F("busy_slots") + 1)
+        if claimed:
+            return provider
+    return None
+
+
+def provider_release(*, provider_id: int, channel_name: str) -> None:
+    """Give back a slot; a provider that reconnected meanwhile has a new channel and already starts from zero."""
+    Provider.objects.filter(pk=provider_id, channel_name=channel_name, busy_slots__gt=0).update(
+        busy_slots=F("busy_slots") - 1
+    )

@@ -1,0 +1,296 @@
+"""The headless provider agent: lends this machine's CPU to the market over one WebSocket.
+
+It says hello with its capacity, times itself on the real shard workload, then serves what the server asks:
+open a session on a shard (downloading and hash-checking the shard into a disk cache keyed by SHA-256 first),
+run step frames through it with a KV cache per session, close sessions. When the connection drops it
+reconnects with capped exponential backoff; shards stay cached and loaded. No Django: it needs only
+inference/ and this app's protocol module, so it runs anywhere the model runtime runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import statistics
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from inference import wire
+from inference.errors import InferenceError, ShardIntegrityError
+from inference.runtime import ShardRuntime
+from worker_web import protocol as p
+
+log = logging.getLogger("provider")
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
+
+
+class AuthRefused(Exception):
+    """The server refused the token: retrying cannot help."""
+
+
+class ShardCache:
+    """Shard files on disk under their SHA-256; a file is fetched once and checked before it is kept."""
+
+    def __init__(self, directory: Path, server: str, token: str) -> None:
+        self.directory = directory
+        self.server = server
+        self.token = token
+        self.downloads = 0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.onnx"
+
+    def fetch(self, shard: dict[str, Any]) -> Path:
+        """The shard's file, downloaded only when it is not cached (blocking: run it in a thread)."""
+        path = self.path(shard["sha256"])
+        if path.exists():
+            return path
+        request = urllib.request.Request(self.server + shard["url"], headers={"Authorization": f"Token {self.token}"})
+        partial = path.with_suffix(f".part{os.getpid()}")
+        digest = hashlib.sha256()
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != shard["sha256"]:
+            partial.unlink()
+            raise ShardIntegrityError(f"downloaded {shard['id']} does not match its SHA-256; discarded")
+        partial.rename(path)  # atomic: a crash mid-download never leaves a file under the final name
+        self.downloads += 1
+        log.info(
+            "downloaded %s (%.1f MB) in %.1f s", shard["id"], path.stat().st_size / 1e6, time.perf_counter() - started
+        )
+        return path
+
+    def discard(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class Session:
+    runtime: ShardRuntime
+    hop: int
+    next_step: int = 0
+
+
+class ProviderAgent:
+    def __init__(
+        self, *, server: str, token: str, name: str, slots: int, cache_dir: Path, memory_bytes: int = 0
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.name = name
+        self.slots = slots
+        self.memory_bytes = memory_bytes
+        self.cache = ShardCache(cache_dir, self.server, token)
+        self.runtimes: dict[str, ShardRuntime] = {}  # by SHA-256: loaded once, kept across reconnects
+        self.sessions: dict[uuid.UUID, Session] = {}
+        self.ns_per_layer_token: int | None = None
+        self.steps_served = 0
+        self.welcomed = False
+        # One thread runs the model: steps of all sessions take turns, and ONNX Runtime's own pool uses the cores.
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
+
+    @property
+    def ws_url(self) -> str:
+        parts = urlsplit(self.server)
+        return urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, "/ws/provider/", "", ""))
+
+    async def run_forever(self) -> None:
+        """Connect, serve, and reconnect after a drop: 1 s, 2 s, 4 s ... at most 30 s, with jitter."""
+        delay = BACKOFF_FIRST
+        while True:
+            self.welcomed = False
+            try:
+                await self.serve_once()
+            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus, p.ProtocolError) as exc:
+                if self.welcomed:
+                    delay = BACKOFF_FIRST  # it was a working connection: start the backoff again
+                log.warning("connection to %s lost (%s); retrying in %.1f s", self.server, exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, BACKOFF_CAP)
+
+    async def serve_once(self) -> None:
+        """One connection, served until it closes (then ConnectionClosed, or AuthRefused for a refused token)."""
+        async with connect(
+            self.ws_url,
+            origin=self.server,
+            additional_headers={"Authorization": f"Token {self.token}"},
+            max_size=wire.MAX_FRAME_BYTES + 4096,
+            compression=None,
+            proxy=None,
+        ) as ws:
+            self.sessions.clear()  # the server forgot this connection's sessions when it dropped
+            await ws.send(
+                p.dumps(
+                    p.HELLO,
+                    protocol=p.PROTOCOL_VERSION,
+                    name=self.name,
+                    kind="headless",
+                    backend="cpu",
+                    slots=self.slots,
+                    memory_bytes=self.memory_bytes,
+                )
+            )
+            queue: asyncio.Queue[str | bytes] = asyncio.Queue()
+            worker = asyncio.create_task(self._work(ws, queue))
+            beat = asyncio.create_task(self._heartbeat(ws))
+            try:
+                async for message in ws:
+                    if isinstance(message, str) and await self._control(ws, message):
+                        continue
+                    queue.put_nowait(message)
+            finally:
+                worker.cancel()
+                beat.cancel()
+            if ws.close_code == p.CLOSE_UNAUTHORIZED:
+                raise AuthRefused(f"the server refused the token: {ws.close_reason or 'unauthorized'}")
+            raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+
+    async def _control(self, ws: ClientConnection, text: str) -> bool:
+        """Handle the welcome and the server's errors at once (True); session messages are queued in order."""
+        message = p.loads(text)
+        if message["type"] == p.WELCOME:
+            self.welcomed = True
+            log.info("connected to %s as provider %s", self.server, message["provider_id"])
+            if message.get("benchmark"):
+                await self._benchmark(ws, message["benchmark"])
+            return True
+        if message["type"] == p.ERROR:
+            log.warning("server says %s: %s", message.get("code"), message.get("message"))
+            return True
+        return False
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(15)
+            await ws.send(p.dumps(p.HEARTBEAT, sessions=len(self.sessions), steps_served=self.steps_served))
+
+    async def _work(self, ws: ClientConnection, queue: asyncio.Queue[str | bytes]) -> None:
+        """Queued messages one at a time, in arrival order: a session is open before its first frame runs."""
+        while True:
+            message = await queue.get()
+            try:
+                if isinstance(message, bytes):
+                    await self._step(ws, message)
+                else:
+                    await self._session_message(ws, p.loads(message))
+            except (p.ProtocolError, wire.BadFrame, InferenceError, OSError) as exc:
+                code = getattr(exc, "code", p.STEP_FAILED)
+                session = getattr(exc, "session", None)
+                log.warning("%s: %s", code, exc)
+                await ws.send(
+                    p.dumps(p.ERROR, code=code, message=str(exc), **({"session": session} if session else {}))
+                )
+
+    async def _session_message(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == p.OPEN_SESSION:
+            session = message["session"]
+            started = time.perf_counter()
+            try:
+                runtime = await self._runtime(message["shard"])
+            except (InferenceError, OSError) as exc:
+                raise _for_session(p.ProtocolError(str(exc), code=p.SHARD_FAILED), session) from None
+            await self._in_thread(runtime.open, session)
+            self.sessions[uuid.UUID(session)] = Session(runtime=runtime, hop=int(message["hop"]))
+            load_ms = round((time.perf_counter() - started) * 1000, 1)
+            await ws.send(p.dumps(p.SESSION_OPENED, session=session, load_ms=load_ms))
+        elif kind == p.CLOSE_SESSION:
+            closed = self.sessions.pop(uuid.UUID(message["session"]), None)
+            if closed is not None:
+                closed.runtime.close(message["session"])
+        elif kind == p.LOAD_SHARD:
+            await self._runtime(message["shard"])
+            await ws.send(p.dumps(p.SHARD_LOADED, shard_id=message["shard"]["id"], sha256=message["shard"]["sha256"]))
+        else:
+            raise p.ProtocolError(f"unknown message type {kind!r}")
+
+    async def _step(self, ws: ClientConnection, data: bytes) -> None:
+        frame = wire.decode(data)
+        session = self.sessions.get(frame.session)
+        if session is None:
+            raise _for_session(p.ProtocolError("session is not open here", code=p.UNKNOWN_SESSION), frame.session)
+        if frame.kind != wire.MessageType.STEP_INPUT or frame.step != session.next_step:
+            message = f"expected step input {session.next_step}, got type {int(frame.kind)} step {frame.step}"
+            raise _for_session(p.ProtocolError(message, code=p.UNEXPECTED_STEP), frame.session)
+        try:
+            result = await self._in_thread(session.runtime.step, str(frame.session), frame.tensor)
+        except InferenceError as exc:
+            raise _for_session(exc, frame.session) from None
+        session.next_step += 1
+        self.steps_served += 1
+        output = result.output if session.runtime.spec.has_head else result.output.astype(np.float16)
+        await ws.send(wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output))
+
+    async def _runtime(self, shard: dict[str, Any]) -> ShardRuntime:
+        """The loaded shard, fetched into the cache first if needed; a cached file that fails its hash check is
+        discarded and downloaded once more."""
+        sha = shard["sha256"]
+        if sha not in self.runtimes:
+            for attempt in (1, 2):
+                path = await self._in_thread(self.cache.fetch, shard)
+                try:
+                    self.runtimes[sha] = await self._in_thread(ShardRuntime, path, sha256=sha)
+                    break
+                except ShardIntegrityError:
+                    log.warning("cached %s is corrupt; downloading it again", shard["id"])
+                    self.cache.discard(sha)
+                    if attempt == 2:
+                        raise
+        return self.runtimes[sha]
+
+    async def _benchmark(self, ws: ClientConnection, shard: dict[str, Any]) -> None:
+        """ns per layer-token of decode steps on a real shard (once per process; reconnects reuse it)."""
+        if self.ns_per_layer_token is None:
+            runtime = await self._runtime(shard)
+            self.ns_per_layer_token = await self._in_thread(time_decode, runtime)
+            log.info("benchmark: %.3f ms per layer-token on %s", self.ns_per_layer_token / 1e6, shard["id"])
+        await ws.send(p.dumps(p.BENCHMARK, ns_per_layer_token=self.ns_per_layer_token, shard_id=shard["id"]))
+
+    async def _in_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+
+def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> int:
+    """Median ns per layer per token of single-token decode steps after a prompt, on hidden-state inputs (or
+    token ids for a first shard): the workload a provider serves most."""
+    rng = np.random.default_rng(0)
+    session = f"benchmark-{uuid.uuid4().hex}"
+    runtime.open(session)
+
+    def inputs(n: int) -> np.ndarray:
+        if runtime.spec.has_embedding:
+            return rng.integers(0, runtime.config.vocab, size=(1, n), dtype=np.int64)
+        return rng.standard_normal((1, n, runtime.config.hidden)).astype(np.float32)
+
+    try:
+        runtime.step(session, inputs(prompt))
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter_ns()
+            runtime.step(session, inputs(1))
+            times.append(time.perf_counter_ns() - started)
+    finally:
+        runtime.close(session)
+    return max(1, int(statistics.median(times) / len(runtime.layers)))
+
+
+def _for_session(exc: Exception, session: uuid.UUID | str) -> Exception:
+    exc.session = str(session)  # type: ignore[attr-defined]  # read back where the error is reported
+    return exc

@@ -1,0 +1,238 @@
+"""The provider endpoint, /ws/provider/: transport between provider agents and the job runners.
+
+Runners reach a provider through the channel layer (events `provider.open`, `provider.step`, `provider.close`
+sent to its channel); the consumer forwards them as protocol messages and binary frames, and sends what the
+provider returns to the runner that asked (`runner.opened`, `runner.output`, `runner.error`, `runner.lost`).
+Every frame from a provider is checked here, so a malformed or misdirected one costs only an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from inference import wire
+from market import selectors, services
+from market.models import Job
+from market.orchestrator import remember_server_loop
+from worker_web import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Route:
+    """A session a runner opened on this provider: where its outputs go and what shape they must have."""
+
+    reply_to: str
+    hop: int
+    has_head: bool
+    hidden: int
+    vocab: int
+    pending: dict[int, int] = dataclasses.field(default_factory=dict)  # step -> tokens sent, awaiting output
+
+    def check_output(self, frame: wire.Frame, tokens: int) -> None:
+        tensor = frame.tensor
+        if self.has_head:
+            expected, dtypes = (1, self.vocab), ("float32",)
+        else:
+            expected, dtypes = (1, tokens, self.hidden), ("float16", "float32")
+        if tensor.shape != expected or tensor.dtype.name not in dtypes:
+            raise wire.BadFrame(
+                f"step {frame.step} must return {'/'.join(dtypes)}{list(expected)}, "
+                f"got {tensor.dtype.name}{list(tensor.shape)}"
+            )
+        if not np.isfinite(tensor).all():
+            raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
+
+
+class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+    provider_id: int | None = None
+
+    async def connect(self) -> None:
+        remember_server_loop()
+        self.routes: dict[uuid.UUID, Route] = {}
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self._error("unauthorized", "send a valid API token (Authorization: Token <key>, or ?token=)")
+            await self.close(code=p.CLOSE_UNAUTHORIZED)
+
+    async def disconnect(self, code: int) -> None:
+        if self.provider_id is None:
+            return
+        await database_sync_to_async(services.provider_disconnect)(
+            provider_id=self.provider_id, channel_name=self.channel_name
+        )
+        for session, route in self.routes.items():
+            await self.channel_layer.send(
+                route.reply_to, {"type": "runner.lost", "session": str(session), "provider": self.provider_id}
+            )
+        log.info("provider %s disconnected (code %s) with %d session(s)", self.provider_id, code, len(self.routes))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return
+        try:
+            if bytes_data is not None:
+                await self._frame(bytes_data)
+                return
+            message = p.loads(text_data or "")
+            if self.provider_id is None and message["type"] != p.HELLO:
+                raise p.ProtocolError("say hello first")
+            handler = self._handlers().get(message["type"])
+            if handler is None:
+                raise p.ProtocolError(f"unknown message type {message['type']!r}")
+            await handler(message)
+        except (p.ProtocolError, wire.BadFrame) as exc:
+            code = exc.code if isinstance(exc, p.ProtocolError) else p.BAD_FRAME
+            await self._error(code, exc.message if isinstance(exc, p.ProtocolError) else str(exc))
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            p.HELLO: self._hello,
+            p.BENCHMARK: self._benchmark,
+            p.SESSION_OPENED: self._session_opened,
+            p.SHARD_LOADED: self._shard_loaded,
+            p.HEARTBEAT: self._heartbeat,
+            p.ERROR: self._provider_error,
+        }
+
+    async def _error(self, code: str, message: str, **extra: Any) -> None:
+        await self.send(text_data=p.dumps(p.ERROR, code=code, message=message, **extra))
+
+    # --- control messages from the provider ---------------------------------------------------------------------
+
+    async def _hello(self, message: dict[str, Any]) -> None:
+        capacity = p.hello_fields(message)
+        provider = await database_sync_to_async(services.provider_connect)(
+            user=self.scope["user"], channel_name=self.channel_name, capacity=capacity
+        )
+        self.provider_id = provider.pk
+        bench = await database_sync_to_async(_benchmark_descriptor)()
+        await self.send(
+            text_data=p.dumps(
+                p.WELCOME,
+                provider_id=provider.pk,
+                protocol=p.PROTOCOL_VERSION,
+                benchmark=bench,
+                max_frame_bytes=wire.MAX_FRAME_BYTES,
+            )
+        )
+        log.info("provider %s (%s) online with %d slot(s)", provider.pk, provider.name, provider.slots)
+
+    async def _benchmark(self, message: dict[str, Any]) -> None:
+        ns = p.field(message, "ns_per_layer_token", int, low=1, high=10**12)
+        await database_sync_to_async(services.provider_benchmark)(
+            provider_id=self.provider_id, channel_name=self.channel_name, ns_per_layer_token=ns
+        )
+
+    async def _heartbeat(self, message: dict[str, Any]) -> None:
+        await database_sync_to_async(services.provider_heartbeat)(
+            provider_id=self.provider_id, channel_name=self.channel_name
+        )
+
+    async def _shard_loaded(self, message: dict[str, Any]) -> None:
+        log.info("provider %s loaded %s", self.provider_id, message.get("shard_id"))
+
+    async def _session_opened(self, message: dict[str, Any]) -> None:
+        session, route = await self._own_route(p.field(message, "session", str))
+        await self.channel_layer.send(
+            route.reply_to, {"type": "runner.opened", "session": str(session), "load_ms": message.get("load_ms")}
+        )
+
+    async def _provider_error(self, message: dict[str, Any]) -> None:
+        if not isinstance(message.get("session"), str):
+            log.warning("provider %s reports %s: %s", self.provider_id, message.get("code"), message.get("message"))
+            return
+        session, route = await self._own_route(message["session"])
+        await self.channel_layer.send(
+            route.reply_to,
+            {
+                "type": "runner.error",
+                "session": str(session),
+                "code": str(message.get("code", "error"))[:64],
+                "message": str(message.get("message", ""))[:500],
+            },
+        )
+
+    async def _own_route(self, session_text: str) -> tuple[uuid.UUID, Route]:
+        """The route of a session of this provider; another provider's or an unknown one is a ProtocolError."""
+        try:
+            session = uuid.UUID(session_text)
+        except ValueError:
+            raise p.ProtocolError(f"{session_text!r} is not a session id") from None
+        route = self.routes.get(session)
+        if route is None:
+            if await database_sync_to_async(_session_is_live)(session):
+                raise p.ProtocolError(f"session {session} is not yours", code=p.NOT_YOUR_SESSION)
+            raise p.ProtocolError(f"session {session} is not open", code=p.UNKNOWN_SESSION)
+        return session, route
+
+    # --- tensor frames from the provider ------------------------------------------------------------------------
+
+    async def _frame(self, data: bytes) -> None:
+        if self.provider_id is None:
+            raise p.ProtocolError("say hello before sending frames")
+        frame = wire.decode(data)
+        if frame.kind != wire.MessageType.STEP_OUTPUT:
+            raise wire.BadFrame("a provider sends step outputs (message type 2) only")
+        session, route = await self._own_route(str(frame.session))
+        tokens = route.pending.get(frame.step)
+        if tokens is None:
+            raise p.ProtocolError(f"step {frame.step} of session {session} was not asked for", code=p.UNEXPECTED_STEP)
+        try:
+            route.check_output(frame, tokens)
+        except wire.BadFrame as exc:
+            # A real step answered wrongly: the runner hears of it now instead of waiting for the deadline.
+            await self.channel_layer.send(
+                route.reply_to,
+                {"type": "runner.error", "session": str(session), "code": p.BAD_FRAME, "message": str(exc)},
+            )
+            raise
+        del route.pending[frame.step]
+        await self.channel_layer.send(
+            route.reply_to, {"type": "runner.output", "session": str(session), "step": frame.step, "frame": data}
+        )
+
+    # --- events from runners (channel layer) --------------------------------------------------------------------
+
+    async def provider_open(self, event: dict[str, Any]) -> None:
+        shard = event["shard"]
+        session = uuid.UUID(event["session"])
+        self.routes[session] = Route(
+            reply_to=event["reply_to"],
+            hop=event["hop"],
+            has_head=shard["has_head"],
+            hidden=shard["hidden"],
+            vocab=shard["vocab"],
+        )
+        await self.send(text_data=p.dumps(p.OPEN_SESSION, session=str(session), hop=event["hop"], shard=shard))
+
+    async def provider_step(self, event: dict[str, Any]) -> None:
+        route = self.routes.get(uuid.UUID(event["session"]))
+        if route is None:
+            return  # closed meanwhile: the runner has moved on and ignores this session
+        route.pending[event["step"]] = event["tokens"]
+        await self.send(bytes_data=event["frame"])
+
+    async def provider_close(self, event: dict[str, Any]) -> None:
+        if self.routes.pop(uuid.UUID(event["session"]), None) is not None:
+            await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))
+
+
+def _benchmark_descriptor() -> dict[str, Any] | None:
+    shard = selectors.benchmark_shard()
+    return selectors.shard_descriptor(shard) if shard is not None else None
+
+
+def _session_is_live(session: uuid.UUID) -> bool:
+    """Whether a running job uses this session id (on some other provider): the runner records it in the pipeline."""
+    return Job.objects.filter(state=Job.State.RUNNING, pipeline__icontains=str(session)).exists()

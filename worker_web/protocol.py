@@ -1,0 +1,95 @@
+"""The provider protocol's JSON control messages, shared by the server's consumer and the headless agent.
+
+docs/protocol.md is the readable version. Tensors never travel as JSON: they are binary frames
+(inference/wire.py). This module imports nothing from Django, so the agent can run without the server's code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Close codes (4000-4999 are the application's own).
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_PROTOCOL = 4400
+CLOSE_REPLACED = 4409  # the same provider connected again; the older connection is closed
+
+# provider -> server
+HELLO = "hello"
+BENCHMARK = "benchmark"
+SHARD_LOADED = "shard_loaded"
+SESSION_OPENED = "session_opened"
+HEARTBEAT = "heartbeat"
+ERROR = "error"
+# server -> provider
+WELCOME = "welcome"
+LOAD_SHARD = "load_shard"
+OPEN_SESSION = "open_session"
+CLOSE_SESSION = "close_session"
+
+KINDS = ("headless", "browser")
+BACKENDS = ("cpu", "wasm", "webgpu")
+
+# Error codes either side may send.
+BAD_FRAME = "bad_tensor_frame"
+BAD_MESSAGE = "bad_message"
+UNKNOWN_SESSION = "unknown_session"
+NOT_YOUR_SESSION = "not_your_session"
+UNEXPECTED_STEP = "unexpected_step"
+SHARD_FAILED = "shard_failed"
+STEP_FAILED = "step_failed"
+
+
+class ProtocolError(Exception):
+    """A control message that cannot be accepted; `code` is one of the error codes above."""
+
+    def __init__(self, message: str, *, code: str = BAD_MESSAGE) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def dumps(message_type: str, /, **fields: Any) -> str:
+    return json.dumps({"type": message_type, **fields}, separators=(",", ":"))
+
+
+def loads(text: str) -> dict[str, Any]:
+    """Parse a control message: a JSON object with a string `type`, else ProtocolError."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError('a control message is a JSON object with a string "type"')
+    return message
+
+
+def field(
+    message: dict[str, Any], name: str, kind: type, *, low: float | None = None, high: float | None = None
+) -> Any:
+    """One typed field of a message, with bounds for numbers; ProtocolError names what is wrong."""
+    value = message.get(name)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError(f'"{message.get("type")}" needs "{name}" as {kind.__name__}, got {value!r}')
+    if low is not None and value < low or high is not None and value > high:
+        raise ProtocolError(f'"{name}" must be between {low} and {high}, got {value!r}')
+    return value
+
+
+def hello_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """The capacity a provider announces, checked: what `provider_connect` stores."""
+    if message.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol {message.get('protocol')!r} is not spoken here (this server speaks 1)")
+    kind = field(message, "kind", str)
+    backend = field(message, "backend", str)
+    if kind not in KINDS or backend not in BACKENDS:
+        raise ProtocolError(f"kind must be one of {KINDS} and backend one of {BACKENDS}")
+    return {
+        "name": field(message, "name", str)[:100] or "provider",
+        "kind": kind,
+        "backend": backend,
+        "slots": field(message, "slots", int, low=1, high=64),
+        "memory_bytes": field(message, "memory_bytes", int, low=0, high=2**50),
+    }

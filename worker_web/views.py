@@ -1,0 +1,33 @@
+"""Shard distribution: providers download shard files by SHA-256, with an ETag so a cached copy costs nothing."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpResponse, HttpResponseBase
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from config.errors import NotFound
+from market.models import Shard
+
+
+class ShardDownloadApi(APIView):
+    @extend_schema(
+        summary="Download a shard (ONNX) by its SHA-256",
+        responses={200: OpenApiResponse(description="the ONNX file"), 304: OpenApiResponse(description="cached")},
+    )
+    def get(self, request: Request, sha256: str) -> HttpResponseBase:
+        shard = Shard.objects.filter(sha256=sha256.lower()).first()
+        if shard is None:
+            raise NotFound(f"no shard has SHA-256 {sha256}", code="shard_unavailable")
+        etag = f'"{shard.sha256}"'
+        if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
+            response: HttpResponseBase = HttpResponse(status=304)
+        else:
+            response = FileResponse(default_storage.open(str(shard.file.name), "rb"), content_type="application/onnx")
+            response["Content-Length"] = str(shard.size_bytes)
+        response["ETag"] = etag
+        response["X-Shard-SHA256"] = shard.sha256
+        response["Cache-Control"] = "private, max-age=31536000, immutable"  # content-addressed: never changes
+        return response
