@@ -23,7 +23,7 @@ FULL_PROFILE := DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_U
 test: venv
 	$(PY) manage.py check
 	$(PY) -m pytest -q
-	$(FULL_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/inference
+	$(FULL_PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/inference --ignore=tests/e2e
 
 demo: venv
 	$(PY) manage.py migrate --noinput

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -11,8 +11,8 @@ from rest_framework.views import APIView
 
 from config.errors import NotFound
 from market import selectors, services
-from market.models import Job, LanguageModel
-from market.serializers import JobCreateSerializer, JobSerializer, ModelSerializer
+from market.models import Job, LanguageModel, Provider
+from market.serializers import JobCreateSerializer, JobSerializer, ModelSerializer, ProviderSerializer
 
 
 class ModelListApi(generics.ListAPIView):  # type: ignore[type-arg]
@@ -20,6 +20,17 @@ class ModelListApi(generics.ListAPIView):  # type: ignore[type-arg]
 
     serializer_class = ModelSerializer
     queryset = LanguageModel.objects.prefetch_related("shards").order_by("name", "quant")
+
+
+class ProviderListApi(generics.ListAPIView):  # type: ignore[type-arg]
+    """Providers online now, fastest first: the capacity the market can place shards on."""
+
+    serializer_class = ProviderSerializer
+
+    def get_queryset(self) -> QuerySet[Provider]:
+        return Provider.objects.filter(state=Provider.State.ONLINE).order_by(
+            F("ns_per_layer_token").asc(nulls_last=True), "pk"
+        )
 
 
 class JobListCreateApi(APIView):

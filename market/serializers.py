@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from market.models import Job, LanguageModel
+from market.models import Job, LanguageModel, Provider
 from market.services.jobs import MAX_NEW_TOKENS
 
 
@@ -90,3 +90,15 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
 
     def get_stream(self, job: Job) -> str:
         return f"/ws/jobs/{job.pk}/"
+
+
+class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """What the market shows of a provider: capacity and record, never its owner."""
+
+    class Meta:
+        model = Provider
+        fields = [
+            "id", "name", "kind", "backend", "state", "slots", "busy_slots", "memory_bytes", "ns_per_layer_token",
+            "reliability_permille", "steps_served", "failures", "last_seen",
+        ]
+        read_only_fields = fields

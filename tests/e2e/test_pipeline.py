@@ -1,0 +1,91 @@
+"""Jobs through real providers over the real server: exact output, failover with and without a spare."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from market.localstack import stream_tokens
+
+pytestmark = pytest.mark.slow
+
+STORY = "Write a long story about a dragon."
+
+
+def _indices(events: list[dict[str, Any]]) -> list[int]:
+    snapshot = next(e for e in events if e["type"] == "snapshot")
+    return list(range(len(snapshot["tokens"]))) + [e["index"] for e in events if e["type"] == "token"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_new_tokens"), [("What is the capital of France?", 32), ("Explain photosynthesis briefly.", 48)]
+)
+def test_greedy_output_equals_the_whole_model(
+    market: Any, whole_model_tokens: Callable[[str, int], list[int]], prompt: str, max_new_tokens: int
+) -> None:
+    market.ensure_providers(3)
+    job = market.submit(market.alice, model="smollm2-135m", prompt=prompt, max_new_tokens=max_new_tokens)
+    events = market.stream(job["id"], market.alice)
+    expected = whole_model_tokens(prompt, max_new_tokens)
+    status, done = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
+    assert status == 200 and done["state"] == "done", done
+    assert done["tokens"] == expected
+    assert list(stream_tokens(events)) == expected
+    assert _indices(events) == list(range(len(expected)))
+    assert [hop["hop"] for hop in done["pipeline"]] == [0, 1, 2]
+    assert len({hop["provider"] for hop in done["pipeline"]}) == 3, "each shard runs on a different provider"
+    if prompt.startswith("What is the capital"):
+        assert done["text"] == "The capital of France is Paris."
+
+
+def _kill_hop_provider_at(market: Any, job_id: int, hop: int, at_token: int) -> tuple[Callable[..., None], list[str]]:
+    killed: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "token" and event["index"] >= at_token and not killed:
+            _, job = market.api("GET", f"/api/jobs/{job_id}/", token=market.alice)
+            name = next(h["provider_name"] for h in job["pipeline"] if h["hop"] == hop and h["until_step"] is None)
+            market.kill(name, signal.SIGKILL)
+            killed.append(name)
+
+    return on_event, killed
+
+
+def test_sigkilled_provider_is_replaced_by_the_spare_with_identical_output(
+    market: Any, whole_model_tokens: Callable[[str, int], list[int]]
+) -> None:
+    market.ensure_providers(4)
+    job = market.submit(market.alice, model="smollm2-135m", prompt=STORY, max_new_tokens=120)
+    on_event, killed = _kill_hop_provider_at(market, job["id"], hop=1, at_token=20)
+    events = market.stream(job["id"], market.alice, on_event=on_event)
+    _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
+    expected = whole_model_tokens(STORY, 120)
+    assert killed, "the provider was never killed: the job ended before token 20"
+    assert done["state"] == "done", done
+    assert list(stream_tokens(events)) == expected == done["tokens"]
+    assert _indices(events) == list(range(len(expected))), "a token was lost or repeated"
+    hop1 = [h for h in done["pipeline"] if h["hop"] == 1]
+    assert len(hop1) == 2 and hop1[0]["provider_name"] == killed[0]
+    assert hop1[0]["ended"].startswith("provider_lost") and hop1[1]["ended"] == "done"
+    assert hop1[1]["from_step"] == hop1[0]["until_step"] > 0
+
+
+def test_sigkilled_provider_without_a_spare_fails_the_job_with_its_reason(
+    market: Any, whole_model_tokens: Callable[[str, int], list[int]]
+) -> None:
+    market.ensure_providers(3)
+    job = market.submit(market.alice, model="smollm2-135m", prompt=STORY, max_new_tokens=120)
+    on_event, killed = _kill_hop_provider_at(market, job["id"], hop=2, at_token=10)
+    events = market.stream(job["id"], market.alice, on_event=on_event)
+    _, failed = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
+    assert killed
+    assert failed["state"] == "failed" and failed["error_code"] == "no_replacement"
+    assert killed[0] in failed["error"] and "smollm2-135m:q4:20-30" in failed["error"]
+    assert events[-1]["type"] == "done" and events[-1]["state"] == "failed"
+    streamed = list(stream_tokens(events))
+    assert streamed == failed["tokens"] == whole_model_tokens(STORY, 120)[: len(streamed)]
+    _, providers = market.api("GET", "/api/providers/", token=market.carol)
+    assert all(p["busy_slots"] == 0 for p in providers), "the failed job still holds provider slots"
