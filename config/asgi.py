@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -18,10 +19,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
+from market.orchestrator import remember_server_loop  # noqa: E402
 
 websocket_urlpatterns = [*worker_web.routing.websocket_urlpatterns, *market.routing.websocket_urlpatterns]
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
@@ -29,3 +31,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    # The embedded profile runs job runners on this server's event loop: note it on the first request of any kind.
+    remember_server_loop()
+    await router(scope, receive, send)

@@ -28,7 +28,7 @@ class ProviderListApi(generics.ListAPIView):  # type: ignore[type-arg]
     serializer_class = ProviderSerializer
 
     def get_queryset(self) -> QuerySet[Provider]:
-        return Provider.objects.filter(state=Provider.State.ONLINE).order_by(
+        return selectors.providers_online().order_by(
             F("ns_per_layer_token").asc(nulls_last=True), "pk"
         )
 

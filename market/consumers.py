@@ -15,14 +15,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from config.errors import NotFound
 from market import selectors
 from market.models import Job
-from market.orchestrator import remember_server_loop
 
 CLOSE_NOT_FOUND = 4404
 
 
 class JobConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     async def connect(self) -> None:
-        remember_server_loop()
         user = self.scope.get("user")
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
         await self.accept()

@@ -197,9 +197,8 @@ class LocalMarket:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_text(name)[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(self.url + "/healthz/", timeout=2) as response:
-                return response.status == 200
+        with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/healthz/", timeout=2) as response:
+            return response.status == 200
         return False
 
     @staticmethod

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.urls import reverse
+from django.utils import timezone
 
 from config.errors import NotFound
 from inference.config import parse_plan
@@ -75,12 +78,19 @@ def model_tokenizer(model: LanguageModel) -> ChatTokenizer:
     return tokenizer
 
 
+def providers_online() -> QuerySet[Provider]:
+    """Providers connected now: online, and heard from within three heartbeats (a server that died cannot mark
+    its providers offline, so an old `online` alone proves nothing)."""
+    fresh = timezone.now() - timedelta(seconds=3 * settings.PROVIDER_HEARTBEAT_SECONDS)
+    return Provider.objects.filter(state=Provider.State.ONLINE, last_seen__gte=fresh).exclude(channel_name="")
+
+
 def providers_free(*, exclude: set[int]) -> list[Provider]:
     """Online providers with a free slot, fastest benchmark first (not yet benchmarked last), then most reliable."""
     return list(
-        Provider.objects.filter(state=Provider.State.ONLINE, busy_slots__lt=F("slots"))
+        providers_online()
+        .filter(busy_slots__lt=F("slots"))
         .exclude(pk__in=exclude)
-        .exclude(channel_name="")
         .order_by(F("ns_per_layer_token").asc(nulls_last=True), "-reliability_permille", "pk")
     )
 

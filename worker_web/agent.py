@@ -103,6 +103,7 @@ class ProviderAgent:
         self.ns_per_layer_token: int | None = None
         self.steps_served = 0
         self.welcomed = False
+        self.heartbeat_seconds = 15.0
         # One thread runs the model: steps of all sessions take turns, and ONNX Runtime's own pool uses the cores.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
 
@@ -167,6 +168,7 @@ class ProviderAgent:
         message = p.loads(text)
         if message["type"] == p.WELCOME:
             self.welcomed = True
+            self.heartbeat_seconds = float(message.get("heartbeat_seconds", self.heartbeat_seconds))
             log.info("connected to %s as provider %s", self.server, message["provider_id"])
             if message.get("benchmark"):
                 await self._benchmark(ws, message["benchmark"])
@@ -178,7 +180,7 @@ class ProviderAgent:
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
-            await asyncio.sleep(15)
+            await asyncio.sleep(self.heartbeat_seconds)
             await ws.send(p.dumps(p.HEARTBEAT, sessions=len(self.sessions), steps_served=self.steps_served))
 
     async def _work(self, ws: ClientConnection, queue: asyncio.Queue[str | bytes]) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from inference import wire
 from market import selectors, services
 from market.models import Job
-from market.orchestrator import remember_server_loop
 from worker_web import protocol as p
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
     provider_id: int | None = None
 
     async def connect(self) -> None:
-        remember_server_loop()
         self.routes: dict[uuid.UUID, Route] = {}
         await self.accept()
         user = self.scope.get("user")
@@ -124,6 +123,7 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
                 protocol=p.PROTOCOL_VERSION,
                 benchmark=bench,
                 max_frame_bytes=wire.MAX_FRAME_BYTES,
+                heartbeat_seconds=settings.PROVIDER_HEARTBEAT_SECONDS,
             )
         )
         log.info("provider %s (%s) online with %d slot(s)", provider.pk, provider.name, provider.slots)

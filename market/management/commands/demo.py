@@ -1,50 +1,117 @@
-"""manage.py demo: the main job. Imports the real model and answers a sample chat through its shards."""
+"""manage.py demo: the main job. A whole market on this machine serving a sample job end to end.
+
+Imports SmolLM2-135M as three shards, starts the ASGI server and three headless providers as child processes,
+submits a chat job through the REST API as a buyer would, prints the tokens as they stream in over the job's
+WebSocket and the pipeline of providers that served it, then keeps the market running until interrupted
+(`--once` stops after the sample).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework.authtoken.models import Token
 
-from inference.generate import SamplingParams
 from market import selectors
-from market.management.commands._common import (
-    SAMPLE_CHAT,
-    import_with_progress,
-    shard_table,
-    stream_generation,
-    timing_line,
-)
+from market.localstack import LocalMarket, free_port
+from market.management.commands._common import SAMPLE_CHAT, import_with_progress, shard_table
 
 DEMO_PLAN = "0-10,10-20,20-30"
 
 
+def _token(username: str) -> str:
+    user, _ = User.objects.get_or_create(username=username)
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock, contextlib.suppress(OSError):
+        sock.bind(("127.0.0.1", port))
+        return True
+    return False
+
+
 class Command(BaseCommand):
-    help = "Import SmolLM2-135M as three shards and generate an answer to a sample chat through them."
+    help = "Run the market with three local providers and serve a sample chat job through it end to end."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--quant", choices=["f32", "q4"], default="f32")
+        parser.add_argument("--quant", choices=["f32", "q4"], default="q4")
         parser.add_argument("--prompt", default=SAMPLE_CHAT[0]["content"])
         parser.add_argument("--max-new-tokens", type=int, default=64)
-
-    def stream(self, text: str) -> None:
-        self.stdout.write(text, ending="")
-        self.stdout.flush()
+        parser.add_argument("--providers", type=int, default=3)
+        parser.add_argument("--port", type=int, default=8000, help="Server port (another free one if taken).")
+        parser.add_argument("--once", action="store_true", help="Stop after the sample job instead of serving on.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = import_with_progress(source="smollm2-135m", plan=DEMO_PLAN, quant=options["quant"])
-        shards = selectors.shard_chain(model=report.model, plan=DEMO_PLAN)
-        self.stdout.write(f"\nShard plan of {report.model}:\n{shard_table(shards)}\n")
-        chain = selectors.local_chain(shards)
-        tokenizer = selectors.model_tokenizer(report.model)
-        messages = [{"role": "user", "content": options["prompt"]}]
-        self.stdout.write(f"user> {options['prompt']}\nassistant> ", ending="")
-        result, _ = stream_generation(
-            chain,
-            tokenizer,
-            messages,
-            max_new_tokens=options["max_new_tokens"],
-            sampling=SamplingParams(),
-            write=self.stream,
+        self.stdout.write(
+            f"\nShards of {report.model}:\n{shard_table(selectors.shard_chain(model=report.model, plan=DEMO_PLAN))}\n"
         )
-        self.stdout.write(timing_line(result))
+        buyer, provider = _token("demo-buyer"), _token("demo-provider")
+        port = options["port"] if _port_free(options["port"]) else free_port()
+        work = Path(settings.VAR_DIR) / "demo"
+        with LocalMarket(env={}, logs=work / "logs", port=port) as market:
+            self.stdout.write(f"Starting the server on {market.url} and {options['providers']} providers …")
+            market.start_server()
+            for index in range(1, options["providers"] + 1):
+                market.start_provider(f"demo-provider-{index}", token=provider)
+            market.wait_providers(options["providers"], provider, timeout=300)
+            self._providers(market, provider)
+            self._sample(market, buyer, options)
+            if options["once"]:
+                return
+            self.stdout.write(
+                f"\nThe market keeps serving at {market.url} (API docs: {market.url}/api/docs/; "
+                f"buyer token: {buyer}). Ctrl-C stops it."
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+
+    def _providers(self, market: LocalMarket, token: str) -> None:
+        self.stdout.write("Providers online (benchmarked on a real shard):")
+        for p in market.online_providers(token):
+            self.stdout.write(
+                f"  {p['name']:<20} {p['backend']:<5} {p['ns_per_layer_token'] / 1e6:7.3f} ms/layer-token"
+            )
+
+    def _sample(self, market: LocalMarket, token: str, options: dict[str, Any]) -> None:
+        job = market.submit(
+            token,
+            model="smollm2-135m",
+            quant=options["quant"],
+            prompt=options["prompt"],
+            max_new_tokens=options["max_new_tokens"],
+        )
+        self.stdout.write(
+            f"\nJob {job['id']} submitted through {market.url}/api/jobs/\nuser> {options['prompt']}\nassistant> ",
+            ending="",
+        )
+
+        def show(event: dict[str, Any]) -> None:
+            if event["type"] in ("token", "snapshot"):
+                self.stdout.write(event["text"], ending="")
+                self.stdout.flush()
+
+        market.stream(job["id"], token, on_event=show)
+        _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=token)
+        if done["state"] != "done":
+            raise CommandError(f"job {done['id']} {done['state']}: {done['error_code']}: {done['error']}")
+        timings = done["timings"]
+        self.stdout.write(
+            f"\n\n{len(done['tokens'])} tokens ({done['finish_reason']}); "
+            f"prefill {timings['prefill_s'] * 1000:.0f} ms, "
+            f"decode {timings['decode_tokens_per_s']:.1f} tokens/s over the network pipeline\nPipeline:"
+        )
+        for hop in done["pipeline"]:
+            self.stdout.write(
+                f"  hop {hop['hop']}  {hop['shard']:<24} on {hop['provider_name']:<18} "
+                f"steps {hop['from_step']}-{hop['until_step']}  {hop['ended']}"
+            )
