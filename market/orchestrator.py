@@ -27,6 +27,7 @@ from inference import wire
 from inference.generate import Sampler, SamplingParams
 from market import selectors, services
 from market.models import Job, Provider
+from market.streaming import TokenStream
 
 log = logging.getLogger(__name__)
 _SERVER_LOOP: asyncio.AbstractEventLoop | None = None
@@ -118,8 +119,8 @@ class JobRunner:
         self.group = f"job-{job.pk}"
         self.hops: list[Hop] = []
         self.record: list[dict[str, Any]] = []  # the pipeline as the buyer sees it: every placement, in order
-        self.tokens: list[int] = []
-        self.text = ""
+        self.stream = TokenStream(job_id=job.pk, layer=layer, decode=lambda ids: self.tokenizer.decode(ids))
+        self.tokens = self.stream.tokens  # the generated ids, in order (the stream owns the list)
         self.timings: dict[str, Any] = {}
         self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
 
@@ -127,6 +128,8 @@ class JobRunner:
         state, reason, code, message = Job.State.FAILED, "", "", ""
         try:
             self.channel = await self.layer.new_channel()
+            self.stream.pipeline = self.record
+            self.stream.start()
             await self._prepare()
             reason = await self._generate()
             state = Job.State.DONE
@@ -139,6 +142,7 @@ class JobRunner:
             code, message = "internal_error", "the orchestrator failed; the job was stopped"
         finally:
             await self._release()
+            await self.stream.flush()
         await self._finish(state, reason, code, message)
 
     # --- setting up -------------------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ class JobRunner:
             }
         )
         await sync_to_async(services.job_progress)(
-            job_id=self.job.pk, tokens=self.tokens, text=self.text, pipeline=self.record
+            job_id=self.job.pk, tokens=self.tokens, text=self.stream.text, pipeline=self.record
         )
         await self.layer.send(
             provider.channel_name,
@@ -219,7 +223,9 @@ class JobRunner:
             if token in stops:
                 reason = "stop"
                 break
-            await self._emit(token)
+            self.stream.add(token)
+            if self.stream.cancelled:
+                raise Cancelled()
             if len(self.tokens) >= self.job.max_new_tokens:
                 break
             step += 1
@@ -344,21 +350,6 @@ class JobRunner:
     def _record_index(self, hop: Hop) -> int:
         return max(i for i, entry in enumerate(self.record) if entry["hop"] == hop.index)
 
-    async def _emit(self, token: int) -> None:
-        """Store, then publish: a buyer who connects in between finds the token in the snapshot it reads."""
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
-        delta = text[len(self.text) :] if text.startswith(self.text) else text
-        self.text = text
-        still_running = await sync_to_async(services.job_progress)(
-            job_id=self.job.pk, tokens=self.tokens, text=self.text, pipeline=self.record
-        )
-        await self.layer.group_send(
-            self.group, {"type": "job.token", "index": len(self.tokens) - 1, "token": token, "text": delta}
-        )
-        if not still_running:
-            raise Cancelled()
-
     # --- the end ----------------------------------------------------------------------------------------------
 
     async def _release(self) -> None:
@@ -382,7 +373,7 @@ class JobRunner:
             job_id=self.job.pk,
             state=state,
             tokens=self.tokens,
-            text=self.text,
+            text=self.stream.final_text() if self.tokens else "",
             finish_reason=reason,
             error_code=code,
             error=message,

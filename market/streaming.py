@@ -1,0 +1,89 @@
+"""A job's tokens on their way to the buyer, off the step loop's critical path.
+
+The runner hands each token over and carries on with the next step at once; a background task stores the tokens
+and then publishes them to the group `job-<id>`, in order. Storing before publishing is what lets the stream
+consumer join the group first and read the stored tokens second without missing any. Several tokens that pile up
+while a write is in flight go into one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer
+
+from market import services
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    index: int
+    token: int
+    text: str  # the text this token adds (held back while it ends inside a multi-byte character)
+    text_length: int  # length of the job's whole text after this token
+
+
+class TokenStream:
+    def __init__(self, *, job_id: int, layer: BaseChannelLayer, decode: Callable[[list[int]], str]) -> None:
+        self.job_id = job_id
+        self.layer = layer
+        self.group = f"job-{job_id}"
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.text = ""
+        self.pipeline: list[dict[str, Any]] = []
+        self.cancelled = False  # set when a write finds the job no longer running
+        self._pieces: list[Piece] = []
+        self._published = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        stable = text[:-1] if text.endswith("\ufffd") else text  # an incomplete UTF-8 sequence: wait for the rest
+        delta = stable[len(self.text) :] if stable.startswith(self.text) else ""
+        self.text += delta
+        self._pieces.append(Piece(len(self.tokens) - 1, token, delta, len(self.text)))
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every token added so far is stored and published, then stop the background task."""
+        while self._task is not None and self._published < len(self._pieces) and not self._task.done():
+            self._wake.set()
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def final_text(self) -> str:
+        return self.decode(self.tokens)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            upto = len(self._pieces)
+            if upto == self._published:
+                continue
+            stored = await sync_to_async(services.job_progress)(
+                job_id=self.job_id,
+                tokens=self.tokens[:upto],
+                text=self.text[: self._pieces[upto - 1].text_length],
+                pipeline=self.pipeline,
+            )
+            self.cancelled = self.cancelled or not stored
+            for piece in self._pieces[self._published : upto]:
+                await self.layer.group_send(
+                    self.group, {"type": "job.token", "index": piece.index, "token": piece.token, "text": piece.text}
+                )
+            self._published = upto
