@@ -30,7 +30,7 @@ def _first_message(detail: Any, prefix: str = "") -> str:
     """The first leaf of a DRF error tree, named by its field path: `messages.0.role: "x" is not a valid choice.`"""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = key if key != "non_field_errors" else ""
+            name = "" if key == "non_field_errors" else str(key)  # str: list items are keyed 0, 1, ...; 0 is falsy
             return _first_message(value, f"{prefix}.{name}" if prefix and name else prefix or name)
     if isinstance(detail, list) and detail:
         return _first_message(detail[0], prefix)

@@ -16,7 +16,7 @@ Layout (little-endian), 36 bytes of header then the raw tensor bytes:
     36     4*n   dimensions (uint32 each)
     ...          payload: the tensor, C order, little-endian
 
-No base64 and no JSON arrays of numbers: a decode step of SmolLM2 is 1,152 bytes of float16 plus 44 of header.
+No base64 and no JSON arrays of numbers: a decode step of SmolLM2 is 1,152 bytes of float16 plus 48 of header.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ MAGIC = b"CMTF"
 VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # 8 MiB: a 4,096-token prefill of 576 float16 values is 4.7 MB
 _HEADER = struct.Struct("<4sBBBB16sIHHI")
+HEADER_BYTES = _HEADER.size  # 36; the dimensions (4 bytes each) and the payload follow
 
 
 class MessageType(enum.IntEnum):
@@ -112,3 +113,11 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         )
     tensor = np.frombuffer(data, dtype=dtype, offset=dims_end).reshape(shape)
     return Frame(MessageType(kind), uuid.UUID(bytes=session), step, shard, tensor)
+
+
+def readdress(data: bytes, *, kind: MessageType, session: uuid.UUID, shard: int) -> bytes:
+    """The same tensor under another header: a hop's output becomes the next hop's input without being parsed
+    again (the caller has checked the frame with `decode`)."""
+    return b"".join(
+        (data[:5], bytes((int(kind),)), data[6:8], session.bytes, data[24:28], struct.pack("<H", shard), data[30:])
+    )

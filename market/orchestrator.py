@@ -154,6 +154,8 @@ class JobRunner:
         self.hops = [Hop(index=i, shard=shard) for i, shard in enumerate(shards)]
         for hop in self.hops:
             await self._place(hop, from_step=0)
+        for hop in reversed(self.hops):  # each open names the next hop, where the provider's outputs go on to
+            await self._open(hop)
         for hop in self.hops:  # all open at once (downloads and loads overlap); answers are collected in turn
             try:
                 await self._await_opened(hop)
@@ -191,15 +193,39 @@ class JobRunner:
         await sync_to_async(services.job_progress)(
             job_id=self.job.pk, tokens=self.tokens, text=self.stream.text, pipeline=self.record
         )
+
+    def _next_address(self, hop: Hop) -> dict[str, Any] | None:
+        """Where the consumer of `hop` sends its outputs on to: the next hop's provider and session."""
+        if hop.index + 1 == len(self.hops):
+            return None
+        after = self.hops[hop.index + 1]
+        assert after.provider is not None
+        return {"channel": after.provider.channel_name, "session": str(after.session), "hop": after.index}
+
+    async def _open(self, hop: Hop) -> None:
+        """Ask the hop's provider to open its session (the answer is awaited separately)."""
+        assert hop.provider is not None
         await self.layer.send(
-            provider.channel_name,
+            hop.provider.channel_name,
             {
                 "type": "provider.open",
                 "session": str(hop.session),
                 "hop": hop.index,
                 "shard": hop.shard,
                 "reply_to": self.channel,
+                "forward": self._next_address(hop),
             },
+        )
+
+    async def _reroute(self, hop: Hop) -> None:
+        """Point the previous hop's outputs at this hop's (new) session."""
+        if hop.index == 0:
+            return
+        before = self.hops[hop.index - 1]
+        assert before.provider is not None
+        await self.layer.send(
+            before.provider.channel_name,
+            {"type": "provider.route", "session": str(before.session), "forward": self._next_address(before)},
         )
 
     async def _await_opened(self, hop: Hop) -> None:
@@ -239,28 +265,31 @@ class JobRunner:
         return reason
 
     async def _forward(self, step: int, ids: np.ndarray) -> np.ndarray:
-        data = ids
-        for hop in self.hops:
-            data = await self._hop_step(hop, step, data)
-        return data[0]
+        """One step through every hop. The runner sends the input to hop 0; each hop's consumer sends the output
+        on to the next hop itself and a copy here, which is recorded as the next hop's input (for replay, and the
+        transcript). A hop that fails is replaced, and the step resumes from its recorded input."""
+        hops = self.hops
+        if len(hops[0].inputs) == step:
+            hops[0].inputs.append(ids)
+        await self._send_step(hops[0], step, ids)
+        started = time.perf_counter()
+        for hop in hops:
+            while True:
+                try:
+                    out = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
+                    break
+                except HopFailed as failure:
+                    await self._replace(hop, step, failure)
+                    await self._send_step(hop, step, hop.inputs[step])
+            now = time.perf_counter()
+            hop.round_trips.append(now - started)
+            started = now
+            if hop.index + 1 < len(hops) and len(hops[hop.index + 1].inputs) == step:
+                hops[hop.index + 1].inputs.append(out)
+        logits: np.ndarray = out[0]
+        return logits
 
-    async def _hop_step(self, hop: Hop, step: int, tensor: np.ndarray) -> np.ndarray:
-        if len(hop.inputs) == step:
-            hop.inputs.append(tensor)
-        while True:
-            try:
-                return await self._exchange(hop, step, tensor)
-            except HopFailed as failure:
-                await self._replace(hop, step, failure)
-
-    async def _exchange(self, hop: Hop, step: int, tensor: np.ndarray) -> np.ndarray:
-        await self._send_step(hop, step, tensor)
-        sent = time.perf_counter()
-        out = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
-        hop.round_trips.append(time.perf_counter() - sent)
-        return out
-
-    async def _send_step(self, hop: Hop, step: int, tensor: np.ndarray) -> None:
+    async def _send_step(self, hop: Hop, step: int, tensor: np.ndarray, *, forward: bool = True) -> None:
         assert hop.provider is not None and hop.session is not None
         if tensor.dtype == np.float32:
             tensor = tensor.astype(np.float16)  # hidden states travel as float16 (half the bytes)
@@ -273,6 +302,7 @@ class JobRunner:
                 "step": step,
                 "tokens": int(tensor.shape[1]),
                 "frame": frame,
+                "forward": forward,
             },
         )
 
@@ -323,10 +353,12 @@ class JobRunner:
                     f"provider {lost.name} serving shard {hop.shard['id']} failed at step {step} ({failure.code}: "
                     f"{failure}) and {exc.message.replace('no provider is', 'no other provider is')}",
                 ) from None
+            await self._open(hop)
+            await self._reroute(hop)
             try:
                 await self._await_opened(hop)
-                for earlier in range(step):  # pipelined: all sent, then collected in order
-                    await self._send_step(hop, earlier, hop.inputs[earlier])
+                for earlier in range(step):  # pipelined: all sent, then collected in order; nothing goes on
+                    await self._send_step(hop, earlier, hop.inputs[earlier], forward=False)
                 for earlier in range(step):
                     await self._await(hop, "runner.output", earlier, settings.STEP_DEADLINE_SECONDS)
                 return

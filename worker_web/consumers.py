@@ -35,7 +35,8 @@ class Route:
     has_head: bool
     hidden: int
     vocab: int
-    pending: dict[int, int] = dataclasses.field(default_factory=dict)  # step -> tokens sent, awaiting output
+    forward: dict[str, Any] | None = None  # the next hop {channel, session, hop}; None for the last
+    pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
 
     def check_output(self, frame: wire.Frame, tokens: int) -> None:
         tensor = frame.tensor
@@ -185,9 +186,9 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
         if frame.kind != wire.MessageType.STEP_OUTPUT:
             raise wire.BadFrame("a provider sends step outputs (message type 2) only")
         session, route = await self._own_route(str(frame.session))
-        tokens = route.pending.get(frame.step)
-        if tokens is None:
+        if frame.step not in route.pending:
             raise p.ProtocolError(f"step {frame.step} of session {session} was not asked for", code=p.UNEXPECTED_STEP)
+        tokens, go_on = route.pending[frame.step]
         try:
             route.check_output(frame, tokens)
         except wire.BadFrame as exc:
@@ -198,7 +199,22 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
             )
             raise
         del route.pending[frame.step]
-        await self.channel_layer.send(
+        if go_on and route.forward is not None:  # straight on to the next hop: the runner is not on this path
+            following = uuid.UUID(route.forward["session"])
+            await self.channel_layer.send(
+                route.forward["channel"],
+                {
+                    "type": "provider.step",
+                    "session": str(following),
+                    "step": frame.step,
+                    "tokens": tokens,
+                    "frame": wire.readdress(
+                        data, kind=wire.MessageType.STEP_INPUT, session=following, shard=route.forward["hop"]
+                    ),
+                    "forward": True,
+                },
+            )
+        await self.channel_layer.send(  # the runner's copy: the next hop's recorded input, or the logits
             route.reply_to, {"type": "runner.output", "session": str(session), "step": frame.step, "frame": data}
         )
 
@@ -209,6 +225,7 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
         session = uuid.UUID(event["session"])
         self.routes[session] = Route(
             reply_to=event["reply_to"],
+            forward=event.get("forward"),
             hop=event["hop"],
             has_head=shard["has_head"],
             hidden=shard["hidden"],
@@ -220,8 +237,13 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
         route = self.routes.get(uuid.UUID(event["session"]))
         if route is None:
             return  # closed meanwhile: the runner has moved on and ignores this session
-        route.pending[event["step"]] = event["tokens"]
+        route.pending[event["step"]] = (event["tokens"], bool(event.get("forward", False)))
         await self.send(bytes_data=event["frame"])
+
+    async def provider_route(self, event: dict[str, Any]) -> None:
+        route = self.routes.get(uuid.UUID(event["session"]))
+        if route is not None:
+            route.forward = event["forward"]
 
     async def provider_close(self, event: dict[str, Any]) -> None:
         if self.routes.pop(uuid.UUID(event["session"]), None) is not None:

@@ -11,6 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput
+from inference import wire
 from inference.errors import InferenceError
 from inference.tokenizer import validate_messages
 from market import selectors
@@ -49,6 +50,12 @@ def job_create(
             f"model's context of {context}",
             code="context_overflow",
         )
+    if len(prompt_ids) > (most := prefill_limit(model)):
+        raise InvalidInput(
+            f"the prompt is {len(prompt_ids)} tokens; its hidden states travel between shards in one frame, which "
+            f"holds at most {most} tokens of this model",
+            code="context_overflow",
+        )
     with transaction.atomic():
         job = Job.objects.create(
             buyer=buyer,
@@ -62,6 +69,12 @@ def job_create(
         )
         transaction.on_commit(lambda: _launch(job.pk))
     return job
+
+
+def prefill_limit(model: LanguageModel) -> int:
+    """The longest prompt whose prefill fits in one tensor frame: hidden states [1, S, hidden] in float16 plus the
+    header and three dimensions. A longer one would be accepted here and then fail at every provider."""
+    return (wire.MAX_FRAME_BYTES - wire.HEADER_BYTES - 3 * 4) // (2 * int(model.config["hidden"]))
 
 
 def _launch(job_id: int) -> None:

@@ -1,0 +1,231 @@
+"""The headless provider agent: reconnect backoff, the shard cache keyed by SHA-256, and the decode benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import random
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from inference.config import ShardSpec
+from inference.errors import ShardIntegrityError
+from inference.gguf_model import GGUFModel
+from inference.runtime import ShardRuntime
+from inference.shard_builder import build_shard
+from inference.tiny import write_tiny_gguf
+from worker_web import protocol as p
+from worker_web.agent import AuthRefused, ProviderAgent, ShardCache, time_decode
+
+
+class Stop(Exception):
+    """Raised by the fake sleep to end run_forever after enough attempts."""
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[ProviderAgent]:
+    made = ProviderAgent(server="http://127.0.0.1:1/", token="t", name="test", slots=1, cache_dir=tmp_path / "cache")
+    yield made
+    made.executor.shutdown(wait=False)
+
+
+def run_with_fake_sleep(
+    agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch, serve: Callable[[int], None], *, sleeps: int = 8
+) -> tuple[list[float], int]:
+    """Run agent.run_forever with serve_once replaced by serve(call number) and asyncio.sleep recording its delays
+    instead of waiting; returns (the delays, how many times serve_once ran)."""
+    delays: list[float] = []
+    calls = 0
+
+    async def serve_once() -> None:
+        nonlocal calls
+        calls += 1
+        serve(calls)
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == sleeps:
+            raise Stop
+
+    monkeypatch.setattr(agent, "serve_once", serve_once)
+    monkeypatch.setattr(asyncio, "sleep", sleep)  # the agent calls asyncio.sleep
+    with pytest.raises(Stop):
+        asyncio.run(agent.run_forever())
+    return delays, calls
+
+
+def assert_jittered(delays: list[float], expected: list[float]) -> None:
+    assert len(delays) == len(expected)
+    for got, nominal in zip(delays, expected, strict=True):
+        assert nominal * 0.8 <= got <= nominal * 1.2, f"{got:.2f} s is not within 20% of {nominal} s"
+
+
+def refused(_: int) -> None:
+    raise OSError("connection refused")
+
+
+def test_reconnect_delays_double_from_one_second_up_to_thirty(
+    agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays, calls = run_with_fake_sleep(agent, monkeypatch, refused)
+    assert calls == 8
+    assert_jittered(delays, [1, 2, 4, 8, 16, 30, 30, 30])
+
+
+def test_reconnect_delays_are_jittered(agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    high, _ = run_with_fake_sleep(agent, monkeypatch, refused, sleeps=7)
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    low, _ = run_with_fake_sleep(agent, monkeypatch, refused, sleeps=7)
+    assert high == pytest.approx([1.2, 2.4, 4.8, 9.6, 19.2, 36.0, 36.0])
+    assert low == pytest.approx([0.8, 1.6, 3.2, 6.4, 12.8, 24.0, 24.0])
+
+
+def test_a_welcomed_connection_resets_the_backoff(agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    def serve(call: int) -> None:
+        if call == 5:
+            agent.welcomed = True  # what _control does on the server's welcome
+        raise ConnectionClosed(None, None)
+
+    delays, _ = run_with_fake_sleep(agent, monkeypatch, serve)
+    assert_jittered(delays, [1, 2, 4, 8, 1, 2, 4, 8])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TimeoutError("slow"), OSError("refused"), ConnectionClosed(None, None), p.ProtocolError("not JSON")],
+    ids=["timeout", "os-error", "closed", "protocol"],
+)
+def test_connection_failures_are_retried(
+    agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def serve(_: int) -> None:
+        raise error
+
+    delays, calls = run_with_fake_sleep(agent, monkeypatch, serve, sleeps=3)
+    assert calls == 3
+    assert_jittered(delays, [1, 2, 4])
+
+
+def test_a_refused_token_is_not_retried(agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    def serve(_: int) -> None:
+        raise AuthRefused("the server refused the token")
+
+    with pytest.raises(AuthRefused, match="refused the token"):
+        run_with_fake_sleep(agent, monkeypatch, serve)
+
+
+def test_the_websocket_url_follows_the_server_scheme(tmp_path: Path) -> None:
+    plain = ProviderAgent(server="http://h:8000/", token="t", name="n", slots=1, cache_dir=tmp_path)
+    secure = ProviderAgent(server="https://market.example", token="t", name="n", slots=1, cache_dir=tmp_path)
+    assert (plain.ws_url, secure.ws_url) == ("ws://h:8000/ws/provider/", "wss://market.example/ws/provider/")
+
+
+# --- the shard cache -------------------------------------------------------------------------------------------
+
+
+class ShardServer:
+    """A tiny HTTP server on 127.0.0.1 that serves `body` at any path and records each request's path and token."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802  # the name http.server calls
+                server.requests.append((self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+BODY = b"onnx bytes " * 50_000  # over 512 KB: read in more than one chunk
+
+
+@pytest.fixture
+def shard_server() -> Iterator[ShardServer]:
+    server = ShardServer(BODY)
+    yield server
+    server.close()
+
+
+def descriptor(data: bytes) -> dict[str, Any]:
+    sha = hashlib.sha256(data).hexdigest()
+    return {"id": "m:f32:1-2", "sha256": sha, "url": f"/shards/{sha}/", "size": len(data)}
+
+
+def test_a_shard_is_downloaded_once_and_then_read_from_the_cache(tmp_path: Path, shard_server: ShardServer) -> None:
+    cache = ShardCache(tmp_path / "cache", shard_server.url, "secret")
+    shard = descriptor(BODY)
+    first = cache.fetch(shard)
+    assert first == tmp_path / "cache" / f"{shard['sha256']}.onnx"
+    assert first.read_bytes() == BODY
+    assert shard_server.requests == [(shard["url"], "Token secret")]
+    again = ShardCache(tmp_path / "cache", shard_server.url, "secret")  # a restarted provider, same cache folder
+    assert again.fetch(shard) == first
+    assert cache.fetch(shard) == first
+    assert len(shard_server.requests) == 1
+    assert (cache.downloads, again.downloads) == (1, 0)
+
+
+def test_a_download_that_does_not_match_its_sha256_is_discarded(tmp_path: Path, shard_server: ShardServer) -> None:
+    cache = ShardCache(tmp_path / "cache", shard_server.url, "secret")
+    shard = descriptor(b"the bytes the server registered")
+    with pytest.raises(ShardIntegrityError, match="does not match its SHA-256; discarded"):
+        cache.fetch(shard)
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert cache.downloads == 0
+    with pytest.raises(ShardIntegrityError):
+        cache.fetch(shard)  # nothing was kept, so it is fetched (and refused) again
+    assert len(shard_server.requests) == 2
+
+
+def test_discard_removes_a_cached_shard(tmp_path: Path, shard_server: ShardServer) -> None:
+    cache = ShardCache(tmp_path / "cache", shard_server.url, "secret")
+    shard = descriptor(BODY)
+    cache.fetch(shard)
+    cache.discard(shard["sha256"])
+    assert not cache.path(shard["sha256"]).exists()
+    cache.fetch(shard)
+    assert len(shard_server.requests) == 2
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> GGUFModel:
+    return GGUFModel(write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", n_layers=4))
+
+
+@pytest.mark.parametrize(("first", "end"), [(1, 3), (0, 1)], ids=["middle", "first"])
+def test_time_decode_times_a_real_shard(tiny_model: GGUFModel, first: int, end: int) -> None:
+    spec = ShardSpec("tiny", "f32", first, end, tiny_model.config.n_layers)
+    runtime = ShardRuntime(build_shard(tiny_model, spec).SerializeToString())
+    ns = time_decode(runtime, prompt=4, steps=3)
+    assert isinstance(ns, int) and ns > 0
+    assert runtime.sessions == []  # the benchmark's session is closed again
+    runtime.open("after")
+    inputs = np.zeros((1, 1), dtype=np.int64) if spec.has_embedding else np.zeros((1, 1, 64), dtype=np.float32)
+    assert runtime.step("after", inputs).output.shape[1] == 1  # the runtime still serves real sessions

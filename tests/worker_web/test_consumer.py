@@ -1,0 +1,292 @@
+"""/ws/provider/ through the real ASGI application (token auth, origin check, consumer, channel layer): who may
+connect, the hello, what every malformed message costs (an error, never the connection), and the relay of a
+session between a job runner and its provider. Runs on the in-memory channel layer or Redis, whichever is set."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from config.asgi import application
+from inference import wire
+from market.models import Job, LanguageModel, Provider, Shard
+from worker_web import protocol as p
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HELLO = {"protocol": 1, "name": "box", "kind": "headless", "backend": "cpu", "slots": 3, "memory_bytes": 1 << 30}
+SHARD = {"id": "tiny:f32:1-3", "sha256": "ab" * 32, "url": "/shards/x/", "has_head": False, "hidden": 8, "vocab": 10}
+WAIT = 5  # seconds for any one message; Redis is a little slower than memory
+
+
+def run_async(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test on its own event loop; database_sync_to_async calls come back to the test's thread."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        async_to_sync(test)(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.fixture
+def alice_token() -> str:
+    return str(Token.objects.create(user=User.objects.create_user("alice")).key)
+
+
+def client(token: str | None = None, *, path: str = "/ws/provider/", origin: bool = True) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://127.0.0.1")] if origin else []
+    if token is not None:
+        headers.append((b"authorization", f"Token {token}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def say_hello(ws: WebsocketCommunicator) -> dict[str, Any]:
+    connected, _ = await ws.connect(timeout=WAIT)
+    assert connected
+    await ws.send_json_to({"type": "hello", **HELLO})
+    welcome: dict[str, Any] = await ws.receive_json_from(timeout=WAIT)
+    assert welcome["type"] == "welcome", welcome
+    return welcome
+
+
+async def reply_to(ws: WebsocketCommunicator, message: str | bytes) -> dict[str, Any]:
+    await (ws.send_to(bytes_data=message) if isinstance(message, bytes) else ws.send_to(text_data=message))
+    reply: dict[str, Any] = await ws.receive_json_from(timeout=WAIT)
+    return reply
+
+
+def output(session: uuid.UUID, step: int, tensor: np.ndarray) -> bytes:
+    return wire.encode(wire.MessageType.STEP_OUTPUT, session, step, 1, tensor)
+
+
+async def provider_row() -> Provider:
+    provider: Provider = await database_sync_to_async(Provider.objects.select_related("user").get)()
+    return provider
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"], ids=["no-token", "bad-token"])
+@run_async
+async def test_without_a_valid_token_the_provider_is_told_and_closed_with_4401(token: str | None) -> None:
+    ws = client(token)
+    assert (await ws.connect(timeout=WAIT))[0]
+    error = await ws.receive_json_from(timeout=WAIT)
+    assert (error["type"], error["code"]) == ("error", "unauthorized")
+    assert await ws.receive_output(timeout=WAIT) == {"type": "websocket.close", "code": p.CLOSE_UNAUTHORIZED}
+    await ws.disconnect()
+
+
+@run_async
+async def test_a_connection_without_an_allowed_origin_is_refused(alice_token: str) -> None:
+    connected, _ = await client(alice_token, origin=False).connect(timeout=WAIT)
+    assert not connected
+
+
+@run_async
+async def test_hello_is_welcomed_and_the_provider_is_online_until_it_disconnects(alice_token: str) -> None:
+    ws = client(path=f"/ws/provider/?token={alice_token}")  # the browser's way: no headers on a WebSocket
+    welcome = await say_hello(ws)
+    provider = await provider_row()
+    assert welcome == {
+        "type": "welcome",
+        "provider_id": provider.pk,
+        "protocol": 1,
+        "benchmark": None,
+        "max_frame_bytes": wire.MAX_FRAME_BYTES,
+        "heartbeat_seconds": 15.0,
+    }
+    assert (provider.state, provider.name, provider.slots, provider.busy_slots) == ("online", "box", 3, 0)
+    assert (provider.kind, provider.backend, provider.memory_bytes) == ("headless", "cpu", 1 << 30)
+    assert provider.channel_name and provider.user.username == "alice"
+    await ws.disconnect()
+    provider = await provider_row()
+    assert (provider.state, provider.channel_name) == ("offline", "")
+
+
+def add_model() -> None:
+    config = {"n_layers": 4, "hidden": 8, "vocab": 10, "max_context": 64}
+    model = LanguageModel.objects.create(name="tiny", source_sha256="0" * 64, config=config, tokenizer_sha256="0")
+    for first, end in [(0, 1), (1, 3), (3, 4)]:
+        Shard.objects.create(
+            model=model, shard_id=f"tiny:f32:{first}-{end}", first_layer=first, end_layer=end, sha256=f"{first}" * 64,
+            size_bytes=100 * end, file=f"shards/{first}.onnx",
+        )  # fmt: skip
+
+
+@run_async
+async def test_the_welcome_names_the_benchmark_shard_and_the_result_is_stored(alice_token: str) -> None:
+    await database_sync_to_async(add_model)()
+    ws = client(alice_token)
+    bench = (await say_hello(ws))["benchmark"]
+    assert bench == {
+        "id": "tiny:f32:1-3", "sha256": "1" * 64, "url": f"/shards/{'1' * 64}/", "size": 300, "first_layer": 1,
+        "end_layer": 3, "has_embedding": False, "has_head": False, "hidden": 8, "vocab": 10,
+    }  # fmt: skip
+    await ws.send_json_to({"type": "benchmark", "ns_per_layer_token": 12345, "shard_id": bench["id"]})
+    assert (await reply_to(ws, "{nope"))["code"] == p.BAD_MESSAGE  # answered in order: the benchmark came first
+    assert (await provider_row()).ns_per_layer_token == 12345
+    await ws.disconnect()
+
+
+@run_async
+async def test_nothing_but_hello_is_accepted_before_hello(alice_token: str) -> None:
+    ws = client(alice_token)
+    assert (await ws.connect(timeout=WAIT))[0]
+    frame = output(uuid.uuid4(), 0, np.zeros((1, 1, 8), dtype=np.float16))
+    assert await reply_to(ws, frame) == {
+        "type": "error",
+        "code": p.BAD_MESSAGE,
+        "message": "say hello before sending frames",
+    }
+    assert await reply_to(ws, p.dumps(p.HEARTBEAT)) == {
+        "type": "error",
+        "code": p.BAD_MESSAGE,
+        "message": "say hello first",
+    }
+    assert not await database_sync_to_async(Provider.objects.exists)()
+    await say_hello(ws)  # still open, and hello works
+    await ws.disconnect()
+
+
+def malformed() -> list[tuple[str, str | bytes, str]]:
+    good = output(uuid.uuid4(), 0, np.zeros((1, 1, 8), dtype=np.float16))
+    step_input = wire.encode(wire.MessageType.STEP_INPUT, uuid.uuid4(), 0, 1, np.zeros((1, 1, 8), dtype=np.float16))
+    return [
+        ("truncated header", good[:20], p.BAD_FRAME),
+        ("bad magic", b"XXXX" + good[4:], p.BAD_FRAME),
+        ("wrong version", good[:4] + b"\x02" + good[5:], p.BAD_FRAME),
+        ("unknown dtype", good[:6] + b"\x09" + good[7:], p.BAD_FRAME),
+        ("payload shorter than its shape", good[:-2], p.BAD_FRAME),
+        ("oversize", good + bytes(wire.MAX_FRAME_BYTES), p.BAD_FRAME),
+        ("a step input from a provider", step_input, p.BAD_FRAME),
+        ("a session nobody opened", good, p.UNKNOWN_SESSION),
+        ("not JSON", "{nope", p.BAD_MESSAGE),
+        ("not an object", "[1]", p.BAD_MESSAGE),
+        ("unknown type", p.dumps("dance"), p.BAD_MESSAGE),
+        ("wrong field type", p.dumps(p.BENCHMARK, ns_per_layer_token="fast"), p.BAD_MESSAGE),
+        ("benchmark out of range", p.dumps(p.BENCHMARK, ns_per_layer_token=0), p.BAD_MESSAGE),
+        ("session id that is not a UUID", p.dumps(p.SESSION_OPENED, session="x"), p.BAD_MESSAGE),
+        ("session_opened for no session", p.dumps(p.SESSION_OPENED, session=str(uuid.uuid4())), p.UNKNOWN_SESSION),
+        ("a bad second hello", p.dumps(p.HELLO, **{**HELLO, "slots": 0}), p.BAD_MESSAGE),
+    ]
+
+
+@run_async
+async def test_each_malformed_message_gets_its_error_code_and_the_connection_stays_open(alice_token: str) -> None:
+    ws = client(alice_token)
+    await say_hello(ws)
+    got = [(what, (await reply_to(ws, message))["code"]) for what, message, _ in malformed()]
+    assert got == [(what, code) for what, _, code in malformed()]
+    long_ago = timezone.now() - timedelta(hours=1)
+    await database_sync_to_async(Provider.objects.update)(last_seen=long_ago)
+    await ws.send_json_to({"type": "heartbeat", "sessions": 0, "steps_served": 0})
+    await reply_to(ws, "{nope")  # answered after the heartbeat was handled
+    provider = await provider_row()
+    assert provider.last_seen is not None and provider.last_seen > long_ago
+    assert (provider.state, provider.slots) == ("online", 3)
+    await ws.disconnect()
+
+
+def job_using(session: uuid.UUID, state: str) -> None:
+    buyer = User.objects.create_user(f"buyer-{state}")
+    model = LanguageModel.objects.create(
+        name=f"m-{state}", source_sha256="0" * 64, config={"n_layers": 2}, tokenizer_sha256="0"
+    )
+    pipeline = [{"hop": 0, "shard": "m:f32:0-1", "provider": 999, "session": str(session), "until_step": None}]
+    Job.objects.create(buyer=buyer, model=model, messages=[], state=state, pipeline=pipeline)
+
+
+@run_async
+async def test_another_providers_live_session_is_not_yours(alice_token: str) -> None:
+    live, finished = uuid.uuid4(), uuid.uuid4()
+    await database_sync_to_async(job_using)(live, Job.State.RUNNING)
+    await database_sync_to_async(job_using)(finished, Job.State.DONE)
+    ws = client(alice_token)
+    await say_hello(ws)
+    hidden = np.zeros((1, 1, 8), dtype=np.float16)
+    for message in (
+        output(live, 0, hidden),
+        p.dumps(p.SESSION_OPENED, session=str(live)),
+        p.dumps(p.ERROR, session=str(live), code="step_failed", message="boom"),
+    ):
+        reply = await reply_to(ws, message)
+        assert (reply["code"], reply["message"]) == (p.NOT_YOUR_SESSION, f"session {live} is not yours")
+    assert (await reply_to(ws, output(finished, 0, hidden)))["code"] == p.UNKNOWN_SESSION
+    await ws.disconnect()
+
+
+@run_async
+async def test_a_session_is_relayed_between_its_runner_and_its_provider(alice_token: str) -> None:
+    layer = get_channel_layer()
+    runner = await layer.new_channel()
+    ws = client(alice_token)
+    await say_hello(ws)
+    provider = await provider_row()
+    session = uuid.uuid4()
+
+    async def from_runner(kind: str, **fields: Any) -> None:
+        await layer.send(provider.channel_name, {"type": kind, "session": str(session), **fields})
+
+    async def to_runner() -> dict[str, Any]:
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(runner), WAIT)
+        assert message["session"] == str(session)
+        return message
+
+    await from_runner("provider.open", hop=1, shard=SHARD, reply_to=runner)
+    assert await ws.receive_json_from(timeout=WAIT) == {
+        "type": "open_session",
+        "session": str(session),
+        "hop": 1,
+        "shard": SHARD,
+    }
+    await ws.send_json_to({"type": "session_opened", "session": str(session), "load_ms": 12.5})
+    assert await to_runner() == {"type": "runner.opened", "session": str(session), "load_ms": 12.5}
+
+    step0 = wire.encode(wire.MessageType.STEP_INPUT, session, 0, 1, np.ones((1, 3, 8), dtype=np.float16))
+    await from_runner("provider.step", step=0, tokens=3, frame=step0)
+    assert await ws.receive_from(timeout=WAIT) == step0
+    answer = output(session, 0, np.full((1, 3, 8), 0.5, dtype=np.float16))
+    await ws.send_to(bytes_data=answer)
+    assert await to_runner() == {"type": "runner.output", "session": str(session), "step": 0, "frame": answer}
+    assert (await reply_to(ws, answer))["code"] == p.UNEXPECTED_STEP  # step 0 was answered already
+
+    await from_runner("provider.step", step=1, tokens=1, frame=step0)
+    await ws.receive_from(timeout=WAIT)
+    wrong = await reply_to(ws, output(session, 1, np.zeros((1, 3, 8), dtype=np.float16)))
+    assert (
+        wrong["code"] == p.BAD_FRAME
+        and "must return float16/float32[1, 1, 8], got float16[1, 3, 8]" in wrong["message"]
+    )
+    assert (await to_runner())["type"] == "runner.error"
+    await ws.send_json_to({"type": "error", "session": str(session), "code": "context_overflow", "message": "full"})
+    assert await to_runner() == {
+        "type": "runner.error",
+        "session": str(session),
+        "code": "context_overflow",
+        "message": "full",
+    }
+
+    await from_runner("provider.close")
+    assert await ws.receive_json_from(timeout=WAIT) == {"type": "close_session", "session": str(session)}
+    assert (await reply_to(ws, p.dumps(p.SESSION_OPENED, session=str(session))))["code"] == p.UNKNOWN_SESSION
+
+    session = uuid.uuid4()  # a second session, still open when the provider drops
+    await from_runner("provider.open", hop=0, shard=SHARD, reply_to=runner)
+    await ws.receive_json_from(timeout=WAIT)
+    await ws.disconnect()
+    assert await to_runner() == {"type": "runner.lost", "session": str(session), "provider": provider.pk}
+    assert (await provider_row()).state == "offline"
