@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
@@ -123,12 +125,30 @@ def job_finish(
 
 def job_cancel(*, job: Job) -> Job:
     """Cancel a queued or running job; the runner notices before its next step. Finished jobs cannot be."""
-    cancelled = Job.objects.filter(pk=job.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
-        state=Job.State.CANCELLED, error_code="cancelled", error="cancelled by the buyer"
-    )
-    if not cancelled:
-        raise Conflict(f"job {job.pk} is already {Job.objects.get(pk=job.pk).state}", code="job_finished")
+    fields = {"state": Job.State.CANCELLED, "error_code": "cancelled", "error": "cancelled by the buyer"}
+    with transaction.atomic():
+        if Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(**fields, finished_at=timezone.now()):
+            # No runner will ever hold this job, so nobody else would end its stream.
+            transaction.on_commit(lambda: _publish_end(job.pk))
+        elif not Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(**fields):
+            raise Conflict(f"job {job.pk} is already {Job.objects.get(pk=job.pk).state}", code="job_finished")
     return Job.objects.get(pk=job.pk)
+
+
+def _publish_end(job_id: int) -> None:
+    job = Job.objects.get(pk=job_id)
+    async_to_sync(get_channel_layer().group_send)(
+        f"job-{job.pk}",
+        {
+            "type": "job.done",
+            "state": job.state,
+            "text": job.text,
+            "tokens": len(job.tokens),
+            "finish_reason": job.finish_reason,
+            "error_code": job.error_code,
+            "error": job.error,
+        },
+    )
 
 
 def provider_claim_for_shard(*, exclude: set[int]) -> Provider | None:

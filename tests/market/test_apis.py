@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -271,6 +273,19 @@ def test_the_owner_cancels_a_job_once(model: LanguageModel, alice: User, state: 
     again = api(alice).post(f"/api/jobs/{job.pk}/cancel/")
     assert again.status_code == 409
     assert again.json() == {"code": "job_finished", "message": f"job {job.pk} is already cancelled"}
+
+
+def test_cancelling_a_queued_job_ends_its_stream(
+    model: LanguageModel, alice: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(alice, model, Job.State.QUEUED)
+    layer = get_channel_layer()
+    listener = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(f"job-{job.pk}", listener)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api(alice).post(f"/api/jobs/{job.pk}/cancel/").status_code == 200
+    event = async_to_sync(layer.receive)(listener)
+    assert (event["type"], event["state"], event["error_code"]) == ("job.done", "cancelled", "cancelled")
 
 
 def test_a_finished_job_cannot_be_cancelled(model: LanguageModel, alice: User) -> None:
