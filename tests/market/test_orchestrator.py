@@ -1,0 +1,152 @@
+"""The orchestrator against the real provider consumer and channel layer, with scripted providers that run the tiny
+model's real shards: exact output, a provider that misses its deadline is replaced and the job's output does not
+change, and with no one left the job fails with its reason. (tests/e2e does the same with real processes.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+from rest_framework.authtoken.models import Token
+
+from config.asgi import application
+from inference import wire
+from inference.generate import SamplingParams, generate
+from inference.runtime import ShardRuntime
+from inference.tiny import write_tiny_gguf
+from market import selectors, services
+from market.models import Job, LanguageModel
+from market.orchestrator import run_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture
+def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.STEP_DEADLINE_SECONDS = 1.5
+    return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
+
+
+class ScriptedProvider:
+    """A provider client that runs real shards, and goes silent from step `stall_at` on if told to."""
+
+    def __init__(self, token: str, name: str, *, stall_at: int | None = None) -> None:
+        headers = [(b"origin", b"http://127.0.0.1"), (b"authorization", f"Token {token}".encode())]
+        self.ws = WebsocketCommunicator(application, "/ws/provider/", headers=headers)
+        self.name = name
+        self.stall_at = stall_at
+        self.sessions: dict[uuid.UUID, ShardRuntime] = {}
+        self.steps = 0
+
+    async def start(self) -> None:
+        assert (await self.ws.connect(timeout=5))[0]
+        hello = {"protocol": 1, "name": self.name, "kind": "headless", "backend": "cpu", "slots": 1, "memory_bytes": 0}
+        await self.ws.send_json_to({"type": "hello", **hello})
+        assert (await self.ws.receive_json_from(timeout=5))["type"] == "welcome"
+        await self.ws.send_json_to({"type": "benchmark", "ns_per_layer_token": 1000})
+
+    async def serve(self) -> None:
+        while True:
+            message = await self.ws.receive_output(timeout=60)
+            if message["type"] != "websocket.send":
+                return
+            if message.get("bytes") is not None:
+                await self._step(message["bytes"])
+            else:
+                await self._control(message["text"])
+
+    async def _control(self, text: str) -> None:
+        import json
+
+        message = json.loads(text)
+        if message["type"] == "open_session":
+            path = default_storage.path(f"shards/{message['shard']['sha256']}.onnx")
+            self.sessions[uuid.UUID(message["session"])] = runtime = ShardRuntime(path)
+            runtime.open(message["session"])
+            await self.ws.send_json_to({"type": "session_opened", "session": message["session"]})
+
+    async def _step(self, data: bytes) -> None:
+        frame = wire.decode(data)
+        if self.stall_at is not None and frame.step >= self.stall_at:
+            return
+        runtime = self.sessions[frame.session]
+        out = runtime.step(str(frame.session), frame.tensor).output
+        self.steps += 1
+        tensor = out if runtime.spec.has_head else out.astype("float16")
+        await self.ws.send_to(
+            bytes_data=wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, tensor)
+        )
+
+
+def expected_tokens(model: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
+    chain = selectors.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
+    tokenizer = selectors.model_tokenizer(model)
+    ids = tokenizer.encode_chat(messages)
+    return generate(chain, ids, max_new_tokens=MAX_NEW, stop_ids=tokenizer.stop_ids, sampling=SamplingParams()).tokens
+
+
+async def run_with(providers: list[ScriptedProvider], job_id: int) -> Job:
+    for provider in providers:
+        await provider.start()
+    await asyncio.sleep(0.2)  # the benchmark results are stored: placement prefers benchmarked providers
+    serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
+    try:
+        await run_job(job_id)
+    finally:
+        for task in serving:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for provider in providers:
+            await provider.ws.disconnect()
+    job: Job = await sync_to_async(Job.objects.get)(pk=job_id)
+    return job
+
+
+def queued_job(model: LanguageModel, messages: list[dict[str, str]]) -> tuple[Job, str]:
+    buyer = User.objects.create_user("alice")
+    job = Job.objects.create(buyer=buyer, model=model, messages=messages, max_new_tokens=MAX_NEW)
+    token = Token.objects.create(user=User.objects.create_user("carol")).key
+    return job, token
+
+
+def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is_replaced(
+    model: LanguageModel,
+) -> None:
+    messages = [{"role": "user", "content": "hello there"}]
+    job, token = queued_job(model, messages)
+    providers = [ScriptedProvider(token, f"p{i}", stall_at=3 if i == 0 else None) for i in range(3)]
+    done = async_to_sync(run_with)(providers, job.pk)
+    assert done.state == Job.State.DONE, (done.error_code, done.error)
+    assert done.tokens == expected_tokens(model, messages)
+    stalled = [hop for hop in done.pipeline if hop["provider_name"] == "p0"]
+    assert len(stalled) == 1 and stalled[0]["ended"].startswith("deadline") and stalled[0]["until_step"] == 3
+    replacement = next(h for h in done.pipeline if h["hop"] == stalled[0]["hop"] and h["provider_name"] != "p0")
+    assert replacement["from_step"] == 3 and replacement["ended"] == "done"
+    assert providers[0].steps == 3
+
+
+def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> None:
+    messages = [{"role": "user", "content": "hello there"}]
+    job, token = queued_job(model, messages)
+    providers = [ScriptedProvider(token, "p0", stall_at=2), ScriptedProvider(token, "p1")]
+    failed = async_to_sync(run_with)(providers, job.pk)
+    assert (failed.state, failed.error_code) == (Job.State.FAILED, "no_replacement")
+    assert "provider p0" in failed.error and "deadline" in failed.error
+    assert failed.tokens == expected_tokens(model, messages)[: len(failed.tokens)] and len(failed.tokens) == 2
