@@ -16,12 +16,12 @@ def _token_from(scope: dict[str, Any]) -> str | None:
         if name == b"authorization":
             kind, _, key = value.decode("latin-1").partition(" ")
             if kind.lower() == "token" and key:
-                return key.strip()
+                return str(key).strip()
     keys = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return keys[0] if keys else None
+    return str(keys[0]) if keys else None
 
 
-@database_sync_to_async
+@database_sync_to_async  # type: ignore[untyped-decorator]  # channels ships no type hints
 def _user_for(key: str) -> User | None:
     token = Token.objects.select_related("user").filter(key=key).first()
     return token.user if token is not None and token.user.is_active else None

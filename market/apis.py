@@ -15,25 +15,23 @@ from market.models import Job, LanguageModel, Provider
 from market.serializers import JobCreateSerializer, JobSerializer, ModelSerializer, ProviderSerializer
 
 
-class ModelListApi(generics.ListAPIView):  # type: ignore[type-arg]
+class ModelListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
     """Models that can be bought, with their shards."""
 
     serializer_class = ModelSerializer
     queryset = LanguageModel.objects.prefetch_related("shards").order_by("name", "quant")
 
 
-class ProviderListApi(generics.ListAPIView):  # type: ignore[type-arg]
+class ProviderListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
     """Providers online now, fastest first: the capacity the market can place shards on."""
 
     serializer_class = ProviderSerializer
 
     def get_queryset(self) -> QuerySet[Provider]:
-        return selectors.providers_online().order_by(
-            F("ns_per_layer_token").asc(nulls_last=True), "pk"
-        )
+        return selectors.providers_online().order_by(F("ns_per_layer_token").asc(nulls_last=True), "pk")
 
 
-class JobListCreateApi(APIView):
+class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(responses=JobSerializer(many=True), summary="Your jobs, newest first")
     def get(self, request: Request) -> Response:
         jobs: QuerySet[Job] = Job.objects.filter(buyer=request.user).select_related("model")[:100]
@@ -57,13 +55,13 @@ class JobListCreateApi(APIView):
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(responses=JobSerializer, summary="One of your jobs (another buyer's is 404)")
     def get(self, request: Request, job_id: int) -> Response:
         return Response(JobSerializer(selectors.job_for_buyer(buyer=request.user, job_id=job_id)).data)
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(request=None, responses=JobSerializer, summary="Cancel a queued or running job")
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_cancel(job=selectors.job_for_buyer(buyer=request.user, job_id=job_id))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from inference import wire
 
@@ -181,7 +182,7 @@ class LocalMarket:
     async def _stream(self, job_id: int, token: str, on_event: Any, timeout: float) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         url = f"ws://127.0.0.1:{self.port}/ws/jobs/{job_id}/?token={token}"
-        async with asyncio.timeout(timeout), connect(url, origin=self.url, proxy=None) as ws:
+        async with asyncio.timeout(timeout), connect(url, origin=Origin(self.url), proxy=None) as ws:
             async for raw in ws:
                 event = json.loads(raw)
                 events.append(event)
@@ -198,7 +199,7 @@ class LocalMarket:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_text(name)[-3000:]}")
         with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/healthz/", timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
         return False
 
     @staticmethod

@@ -11,12 +11,12 @@ from market.models import Job, LanguageModel, Provider
 from market.services.jobs import MAX_NEW_TOKENS
 
 
-class MessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class MessageSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints
     role = serializers.ChoiceField(choices=["system", "user", "assistant"])
     content = serializers.CharField(allow_blank=False, trim_whitespace=False, max_length=100_000)
 
 
-class JobCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class JobCreateSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints
     """A chat (`messages`) or a plain `prompt` (one user message), for a model by name (and quantisation)."""
 
     model = serializers.CharField(max_length=100, help_text="Model name, e.g. smollm2-135m (see /api/models/).")
@@ -36,7 +36,7 @@ class JobCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
         return attrs
 
 
-class ModelSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class ModelSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
     layers = serializers.SerializerMethodField()
     shards = serializers.SerializerMethodField()
 
@@ -54,7 +54,7 @@ class ModelSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         ]
 
 
-class JobSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
     """A job as its buyer reads it. Price and escrow fields join when the market prices jobs."""
 
     model = serializers.CharField(source="model.name")
@@ -92,13 +92,24 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         return f"/ws/jobs/{job.pk}/"
 
 
-class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
     """What the market shows of a provider: capacity and record, never its owner."""
 
     class Meta:
         model = Provider
         fields = [
-            "id", "name", "kind", "backend", "state", "slots", "busy_slots", "memory_bytes", "ns_per_layer_token",
-            "reliability_permille", "steps_served", "failures", "last_seen",
+            "id",
+            "name",
+            "kind",
+            "backend",
+            "state",
+            "slots",
+            "busy_slots",
+            "memory_bytes",
+            "ns_per_layer_token",
+            "reliability_permille",
+            "steps_served",
+            "failures",
+            "last_seen",
         ]
         read_only_fields = fields

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from inference import wire
 from inference.errors import InferenceError, ShardIntegrityError
@@ -39,6 +40,10 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
 
 class AuthRefused(Exception):
     """The server refused the token: retrying cannot help."""
+
+
+class Disconnected(Exception):
+    """The server closed the connection cleanly (a restart, a deploy): reconnect."""
 
 
 class ShardCache:
@@ -119,7 +124,7 @@ class ProviderAgent:
             self.welcomed = False
             try:
                 await self.serve_once()
-            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus, p.ProtocolError) as exc:
+            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus, Disconnected, p.ProtocolError) as exc:
                 if self.welcomed:
                     delay = BACKOFF_FIRST  # it was a working connection: start the backoff again
                 log.warning("connection to %s lost (%s); retrying in %.1f s", self.server, exc, delay)
@@ -127,10 +132,10 @@ class ProviderAgent:
             delay = min(delay * 2, BACKOFF_CAP)
 
     async def serve_once(self) -> None:
-        """One connection, served until it closes (then ConnectionClosed, or AuthRefused for a refused token)."""
+        """One connection, served until it closes (then Disconnected or ConnectionClosed, or AuthRefused)."""
         async with connect(
             self.ws_url,
-            origin=self.server,
+            origin=Origin(self.server),
             additional_headers={"Authorization": f"Token {self.token}"},
             max_size=wire.MAX_FRAME_BYTES + 4096,
             compression=None,
@@ -161,7 +166,7 @@ class ProviderAgent:
                 beat.cancel()
             if ws.close_code == p.CLOSE_UNAUTHORIZED:
                 raise AuthRefused(f"the server refused the token: {ws.close_reason or 'unauthorized'}")
-            raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+            raise Disconnected(f"the server closed the connection ({ws.close_code} {ws.close_reason or ''})".strip())
 
     async def _control(self, ws: ClientConnection, text: str) -> bool:
         """Handle the welcome and the server's errors at once (True); session messages are queued in order."""

@@ -40,6 +40,8 @@ class Route:
 
     def check_output(self, frame: wire.Frame, tokens: int) -> None:
         tensor = frame.tensor
+        expected: tuple[int, ...]
+        dtypes: tuple[str, ...]
         if self.has_head:
             expected, dtypes = (1, self.vocab), ("float32",)
         else:

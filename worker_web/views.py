@@ -12,7 +12,7 @@ from config.errors import NotFound
 from market.models import Shard
 
 
-class ShardDownloadApi(APIView):
+class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         summary="Download a shard (ONNX) by its SHA-256",
         responses={200: OpenApiResponse(description="the ONNX file"), 304: OpenApiResponse(description="cached")},

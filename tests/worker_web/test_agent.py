@@ -229,3 +229,26 @@ def test_time_decode_times_a_real_shard(tiny_model: GGUFModel, first: int, end: 
     runtime.open("after")
     inputs = np.zeros((1, 1), dtype=np.int64) if spec.has_embedding else np.zeros((1, 1, 64), dtype=np.float32)
     assert runtime.step("after", inputs).output.shape[1] == 1  # the runtime still serves real sessions
+
+
+def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: ProviderAgent) -> None:
+    """A restarting server closes with 1001: serve_once reports Disconnected, which run_forever retries."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from worker_web.agent import Disconnected
+
+    async def server(ws: ServerConnection) -> None:
+        hello = p.loads(str(await ws.recv()))
+        assert hello["type"] == p.HELLO and hello["name"] == agent.name
+        await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
+        await ws.close(1001, "going away")
+
+    async def scenario() -> None:
+        async with serve(server, "127.0.0.1", 0) as running:
+            port = next(iter(running.sockets)).getsockname()[1]
+            agent.server = f"http://127.0.0.1:{port}"
+            with pytest.raises(Disconnected, match="1001"):
+                await agent.serve_once()
+        assert agent.welcomed
+
+    asyncio.run(scenario())
