@@ -36,6 +36,7 @@ from worker_web import protocol as p
 
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
+INLINE_TOKENS = 16  # steps of at most this many tokens run on the event loop itself (milliseconds each)
 
 
 class AuthRefused(Exception):
@@ -237,7 +238,10 @@ class ProviderAgent:
             message = f"expected step input {session.next_step}, got type {int(frame.kind)} step {frame.step}"
             raise _for_session(p.ProtocolError(message, code=p.UNEXPECTED_STEP), frame.session)
         try:
-            result = await self._in_thread(session.runtime.step, str(frame.session), frame.tensor)
+            if frame.tensor.shape[1] <= INLINE_TOKENS:  # a decode step: a thread handoff would cost more than it saves
+                result = session.runtime.step(str(frame.session), frame.tensor)
+            else:  # a prefill may take seconds: keep the connection's loop free meanwhile
+                result = await self._in_thread(session.runtime.step, str(frame.session), frame.tensor)
         except InferenceError as exc:
             raise _for_session(exc, frame.session) from None
         session.next_step += 1
