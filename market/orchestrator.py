@@ -57,12 +57,12 @@ def launch_in_server(job_id: int) -> None:
     loop.call_soon_threadsafe(spawn)
 
 
-async def run_job(job_id: int, *, placement: Placement | None = None) -> None:
+async def run_job(job_id: int, *, placement: Placement | None = None, layer: BaseChannelLayer | None = None) -> None:
     """Claim a queued job and drive it to its end; a job someone else claimed, or cancelled, is left alone."""
     job = await sync_to_async(services.job_claim)(job_id=job_id)
     if job is None:
         return
-    runner = JobRunner(job, get_channel_layer(), placement or FastestFreePlacement())
+    runner = JobRunner(job, layer or get_channel_layer(), placement or FastestFreePlacement())
     await runner.run()
 
 

@@ -15,9 +15,13 @@ def run_job(job_id: int) -> None:
 
     The runner mostly waits on the channel layer, so workers run these in a thread pool
     (`celery worker -P threads`), many jobs at once."""
+    from channels.layers import channel_layers
+
     from market.orchestrator import run_job as drive
 
-    asyncio.run(drive(job_id))
+    # Each job gets its own layer instance: a worker runs many jobs at once, each on its own event loop in its own
+    # thread, and one layer instance may only receive on one loop.
+    asyncio.run(drive(job_id, layer=channel_layers.make_backend("default")))
 
 
 def job_launch(job_id: int) -> None:

@@ -43,7 +43,7 @@ class E2EMarket(LocalMarket):
             self.kill(name, signal.SIGTERM)
         while len(self.alive()) < count:
             self.serial += 1
-            self.start_provider(f"p{self.serial}", token=self.carol)
+            self.start_provider(f"p{self.serial}", token=self.carol, slots=2)
         self.wait(lambda: len(self.online_providers(self.carol)) == count, 120, f"{count} providers online")
 
 

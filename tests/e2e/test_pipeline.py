@@ -89,3 +89,23 @@ def test_sigkilled_provider_without_a_spare_fails_the_job_with_its_reason(
     assert streamed == failed["tokens"] == whole_model_tokens(STORY, 120)[: len(streamed)]
     _, providers = market.api("GET", "/api/providers/", token=market.carol)
     assert all(p["busy_slots"] == 0 for p in providers), "the failed job still holds provider slots"
+
+
+def test_two_jobs_run_at_once_and_each_gets_its_own_exact_output(
+    market: Any, whole_model_tokens: Callable[[str, int], list[int]]
+) -> None:
+    """Every provider has two slots: both jobs are placed at once, and the worker drives them side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    market.ensure_providers(3)
+    prompts = ["Write a long story about a dragon.", "Explain photosynthesis briefly."]
+    jobs = [market.submit(market.alice, model="smollm2-135m", prompt=p, max_new_tokens=48) for p in prompts]
+    with ThreadPoolExecutor(2) as pool:
+        streams = list(pool.map(lambda job: market.stream(job["id"], market.alice), jobs))
+    for prompt, job, events in zip(prompts, jobs, streams, strict=True):
+        _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
+        assert done["state"] == "done", done
+        assert done["tokens"] == list(stream_tokens(events)) == whole_model_tokens(prompt, 48)
+    _, first = market.api("GET", f"/api/jobs/{jobs[0]['id']}/", token=market.alice)
+    _, second = market.api("GET", f"/api/jobs/{jobs[1]['id']}/", token=market.alice)
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"], "not at once"
