@@ -167,7 +167,7 @@ class JobRunner:
         return [selectors.shard_descriptor(s) for s in shards], selectors.model_tokenizer(self.job.model)
 
     async def _place(self, hop: Hop, *, from_step: int) -> None:
-        """Claim a provider for the hop and ask it to open a session (the answer is awaited separately)."""
+        """Claim a provider for the hop (with a fresh session id) and record the placement; `_open` opens it."""
         exclude = hop.failed | {h.provider.pk for h in self.hops if h.provider is not None and h is not hop}
         provider = await sync_to_async(self.placement.place)(job=self.job, shard=hop.shard, exclude=exclude)
         if provider is None:
