@@ -87,13 +87,14 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(VAR_DIR / "db.sqlite3"),
-            # Several threads (Daphne, eager Celery) write to the same file: wait for the lock, don't fail.
-            "OPTIONS": {"timeout": 20},
-        }
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads and processes (Daphne, eager Celery, commands) share the file: wait for the lock, don't fail.
+    # WAL lets readers proceed while a job's runner writes its tokens, and synchronous=NORMAL makes each of those
+    # small commits cheap (durable at the next checkpoint: a power cut may lose the last few, never corrupt).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
