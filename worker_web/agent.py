@@ -142,7 +142,9 @@ class ProviderAgent:
             compression=None,
             proxy=None,
         ) as ws:
-            self.sessions.clear()  # the server forgot this connection's sessions when it dropped
+            for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
+                session.runtime.close(str(session_id))
+            self.sessions.clear()
             await ws.send(
                 p.dumps(
                     p.HELLO,
