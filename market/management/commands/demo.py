@@ -9,7 +9,9 @@ WebSocket and the pipeline of providers that served it, then keeps the market ru
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ class Command(BaseCommand):
         buyer, provider = _token("demo-buyer"), _token("demo-provider")
         port = options["port"] if _port_free(options["port"]) else free_port()
         work = Path(settings.VAR_DIR) / "demo"
+        # A TERM (a supervisor, `timeout`) unwinds like Ctrl-C, so the server and providers are stopped with us.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with LocalMarket(env={}, logs=work / "logs", port=port) as market:
             self.stdout.write(f"Starting the server on {market.url} and {options['providers']} providers …")
             market.start_server()
