@@ -274,11 +274,18 @@ class JobRunner:
         await self._send_step(hops[0], step, ids)
         started = time.perf_counter()
         for hop in hops:
+            asked_again = False
             while True:
                 try:
                     out = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
                     break
                 except HopFailed as failure:
+                    if failure.code == "deadline" and not asked_again:
+                        # A message may have been lost between processes: ask once more before giving up on the
+                        # provider (it answers a repeated step from its last output without running it again).
+                        asked_again = True
+                        await self._send_step(hop, step, hop.inputs[step])
+                        continue
                     await self._replace(hop, step, failure)
                     await self._send_step(hop, step, hop.inputs[step])
             now = time.perf_counter()

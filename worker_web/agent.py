@@ -92,6 +92,7 @@ class Session:
     runtime: ShardRuntime
     hop: int
     next_step: int = 0
+    last_output: bytes = b""  # the frame answering step next_step - 1, sent again if that step is asked again
 
 
 class ProviderAgent:
@@ -236,6 +237,10 @@ class ProviderAgent:
         session = self.sessions.get(frame.session)
         if session is None:
             raise _for_session(p.ProtocolError("session is not open here", code=p.UNKNOWN_SESSION), frame.session)
+        if frame.kind == wire.MessageType.STEP_INPUT and frame.step == session.next_step - 1 and session.last_output:
+            # The server asks again (a message was lost on its way): the same answer, without running the step twice.
+            await ws.send(session.last_output)
+            return
         if frame.kind != wire.MessageType.STEP_INPUT or frame.step != session.next_step:
             message = f"expected step input {session.next_step}, got type {int(frame.kind)} step {frame.step}"
             raise _for_session(p.ProtocolError(message, code=p.UNEXPECTED_STEP), frame.session)
@@ -249,7 +254,8 @@ class ProviderAgent:
         session.next_step += 1
         self.steps_served += 1
         output = result.output if session.runtime.spec.has_head else result.output.astype(np.float16)
-        await ws.send(wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output))
+        session.last_output = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output)
+        await ws.send(session.last_output)
 
     async def _runtime(self, shard: dict[str, Any]) -> ShardRuntime:
         """The loaded shard, fetched into the cache first if needed; a cached file that fails its hash check is

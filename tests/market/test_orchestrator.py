@@ -46,11 +46,13 @@ def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
 class ScriptedProvider:
     """A provider client that runs real shards, and goes silent from step `stall_at` on if told to."""
 
-    def __init__(self, token: str, name: str, *, stall_at: int | None = None) -> None:
+    def __init__(self, token: str, name: str, *, stall_at: int | None = None, lose_once: int | None = None) -> None:
         headers = [(b"origin", b"http://127.0.0.1"), (b"authorization", f"Token {token}".encode())]
         self.ws = WebsocketCommunicator(application, "/ws/provider/", headers=headers)
         self.name = name
         self.stall_at = stall_at
+        self.lose_once = lose_once  # the answer to this step is "lost" once; asked again, the kept answer is sent
+        self.kept: bytes | None = None
         self.sessions: dict[uuid.UUID, ShardRuntime] = {}
         self.steps = 0
 
@@ -85,13 +87,18 @@ class ScriptedProvider:
         frame = wire.decode(data)
         if self.stall_at is not None and frame.step >= self.stall_at:
             return
+        if self.kept is not None and frame.step == self.lose_once:
+            await self.ws.send_to(bytes_data=self.kept)
+            return
         runtime = self.sessions[frame.session]
         out = runtime.step(str(frame.session), frame.tensor).output
         self.steps += 1
         tensor = out if runtime.spec.has_head else out.astype("float16")
-        await self.ws.send_to(
-            bytes_data=wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, tensor)
-        )
+        answer = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, tensor)
+        if frame.step == self.lose_once:
+            self.kept = answer
+            return
+        await self.ws.send_to(bytes_data=answer)
 
 
 def expected_tokens(model: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
@@ -150,3 +157,18 @@ def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> 
     assert (failed.state, failed.error_code) == (Job.State.FAILED, "no_replacement")
     assert "provider p0" in failed.error and "deadline" in failed.error
     assert failed.tokens == expected_tokens(model, messages)[: len(failed.tokens)] and len(failed.tokens) == 2
+
+
+def test_a_lost_answer_is_asked_for_again_and_the_provider_keeps_its_place(model: LanguageModel) -> None:
+    messages = [{"role": "user", "content": "hello there"}]
+    job, token = queued_job(model, messages)
+    providers = [
+        ScriptedProvider(token, "p0"),
+        ScriptedProvider(token, "p1", lose_once=4),
+        ScriptedProvider(token, "p2"),
+    ]
+    done = async_to_sync(run_with)(providers, job.pk)
+    assert done.state == Job.State.DONE, (done.error_code, done.error)
+    assert done.tokens == expected_tokens(model, messages)
+    assert [hop["ended"] for hop in done.pipeline] == ["done", "done"], "the provider was replaced"
+    assert providers[1].kept is not None and providers[1].steps == len(done.tokens)
