@@ -142,7 +142,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         left.bar([i + offset * width for i in range(len(profiles))], values, width, label=label)
     left.set_xticks([i + width / 2 for i in range(len(profiles))], [f"{p} layer" for p in profiles])
     left.set_ylabel("decode tokens/s (median)")
-    left.legend()
+    left.set_ylim(0, 1.3 * max(results["profiles"][p]["whole_tokens_per_s_median"] for p in profiles))
+    left.legend(loc="upper center", ncols=2, fontsize="small")
     left.set_title("Decode speed")
     for i, p in enumerate(profiles):
         right.bar(
@@ -153,7 +154,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_xticks([i * 4 + 1 for i in range(len(profiles))], profiles)
     right.set_ylabel("ms per step (median)")
     right.set_title("Round trip per hop (hops 0, 1, 2)")
-    right.legend()
+    right.set_ylim(0, 1.3 * max(max(results["profiles"][p]["hop_round_trip_ms_median"]) for p in profiles))
+    right.legend(loc="upper center", ncols=2, fontsize="small")
     fig.suptitle(f"SmolLM2-135M q4 over loopback; target ratio ≥ {TARGET}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -193,7 +195,8 @@ def main() -> None:
     )
     print(
         " | ".join(
-            f"{p}: pipeline {r['pipeline_tokens_per_s_median']:.1f} tok/s vs whole {r['whole_tokens_per_s_median']:.1f}, "
+            f"{p}: pipeline {r['pipeline_tokens_per_s_median']:.1f} tok/s "
+            f"vs whole {r['whole_tokens_per_s_median']:.1f}, "
             f"ratio {r['ratio_median']:.3f} (target ≥ {TARGET}), overhead/hop {r['overhead_per_hop_ms_median']:.2f} ms"
             for p, r in profiles.items()
         )
