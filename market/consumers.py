@@ -27,7 +27,7 @@ class JobConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
         try:
             if user is None or not user.is_authenticated:
                 raise NotFound(f"job {job_id} not found", code="job_not_found")
-            self.group = f"job-{job_id}"
+            self.group = selectors.job_group(job_id)
             await self.channel_layer.group_add(self.group, self.channel_name)
             job = await database_sync_to_async(selectors.job_for_buyer)(buyer=user, job_id=job_id)
         except NotFound as exc:
@@ -37,7 +37,7 @@ class JobConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
         self.sent = len(job.tokens)
         await self._send("snapshot", state=job.state, tokens=job.tokens, text=job.text)
         if job.state in Job.FINAL_STATES:
-            await self._done_from(job)
+            await self.job_done(selectors.job_done_event(job))
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
@@ -45,18 +45,6 @@ class JobConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
 
     async def _send(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))
-
-    async def _done_from(self, job: Job) -> None:
-        await self._send(
-            "done",
-            state=job.state,
-            text=job.text,
-            tokens=len(job.tokens),
-            finish_reason=job.finish_reason,
-            error_code=job.error_code,
-            error=job.error,
-        )
-        await self.close()
 
     async def job_token(self, event: dict[str, Any]) -> None:
         if event["index"] < self.sent:

@@ -116,7 +116,7 @@ class JobRunner:
         self.layer = layer
         self.placement = placement
         self.channel = ""
-        self.group = f"job-{job.pk}"
+        self.group = selectors.job_group(job.pk)
         self.hops: list[Hop] = []
         self.record: list[dict[str, Any]] = []  # the pipeline as the buyer sees it: every placement, in order
         self.stream = TokenStream(job_id=job.pk, layer=layer, decode=lambda ids: self.tokenizer.decode(ids))
@@ -425,16 +425,5 @@ class JobRunner:
                     await sync_to_async(services.provider_record_success)(
                         provider_id=hop.provider.pk, steps=len(hop.inputs)
                     )
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "job.done",
-                "state": job.state,
-                "text": job.text,
-                "tokens": len(job.tokens),
-                "finish_reason": job.finish_reason,
-                "error_code": job.error_code,
-                "error": job.error,
-            },
-        )
+        await self.layer.group_send(self.group, selectors.job_done_event(job))
         log.info("job %s %s (%s%s)", job.pk, job.state, reason or code, f": {message}" if message else "")

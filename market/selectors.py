@@ -123,6 +123,24 @@ def benchmark_shard() -> Shard | None:
     return shards[0] if shards else None
 
 
+def job_group(job_id: int) -> str:
+    """The channel-layer group that carries a job's stream to its buyer's /ws/jobs/<id>/ connections."""
+    return f"job-{job_id}"
+
+
+def job_done_event(job: Job) -> dict[str, Any]:
+    """The last event of a job's stream, from the finished (or cancelled) row."""
+    return {
+        "type": "job.done",
+        "state": job.state,
+        "text": job.text,
+        "tokens": len(job.tokens),
+        "finish_reason": job.finish_reason,
+        "error_code": job.error_code,
+        "error": job.error,
+    }
+
+
 def job_for_buyer(*, buyer: User, job_id: int) -> Job:
     """A buyer's own job; anyone else's is NotFound, exactly like one that does not exist."""
     job = Job.objects.select_related("model").filter(pk=job_id, buyer=buyer).first()

@@ -17,7 +17,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer
 
-from market import services
+from market import selectors, services
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class TokenStream:
     def __init__(self, *, job_id: int, layer: BaseChannelLayer, decode: Callable[[list[int]], str]) -> None:
         self.job_id = job_id
         self.layer = layer
-        self.group = f"job-{job_id}"
+        self.group = selectors.job_group(job_id)
         self.decode = decode
         self.tokens: list[int] = []
         self.text = ""

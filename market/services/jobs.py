@@ -137,18 +137,7 @@ def job_cancel(*, job: Job) -> Job:
 
 def _publish_end(job_id: int) -> None:
     job = Job.objects.get(pk=job_id)
-    async_to_sync(get_channel_layer().group_send)(
-        f"job-{job.pk}",
-        {
-            "type": "job.done",
-            "state": job.state,
-            "text": job.text,
-            "tokens": len(job.tokens),
-            "finish_reason": job.finish_reason,
-            "error_code": job.error_code,
-            "error": job.error,
-        },
-    )
+    async_to_sync(get_channel_layer().group_send)(selectors.job_group(job.pk), selectors.job_done_event(job))
 
 
 def provider_claim_for_shard(*, exclude: set[int]) -> Provider | None:
