@@ -1,9 +1,11 @@
 """A real market for end-to-end tests: Daphne, a Celery worker, the Redis channel layer, PostgreSQL, and headless
 provider processes serving the real model (q4, three shards). Whatever profile pytest itself runs on, the stack
-runs on the full one, in its own database (cm_e2e) and Redis database (5)."""
+runs on the full one, in its own database (cm_e2e) and Redis database (5); E2E_DATABASE and E2E_REDIS_DB move it
+elsewhere so that two checkouts can run their end-to-end tests at once."""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +23,8 @@ from inference.tokenizer import ChatTokenizer
 from market.localstack import LocalMarket
 
 PG = "postgres://postgres@127.0.0.1:5432"
-DATABASE = "cm_e2e"
-REDIS_URL = "redis://127.0.0.1:6379/5"
+DATABASE = os.environ.get("E2E_DATABASE", "cm_e2e")
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('E2E_REDIS_DB', '5')}"
 PLAN = "0-10,10-20,20-30"
 
 
