@@ -15,10 +15,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
+from market import clock  # noqa: E402
 from market.orchestrator import remember_server_loop  # noqa: E402
 
 websocket_urlpatterns = [*worker_web.routing.websocket_urlpatterns, *market.routing.websocket_urlpatterns]
@@ -34,6 +36,9 @@ router = ProtocolTypeRouter(
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    # The embedded profile runs job runners on this server's event loop: note it on the first request of any kind.
+    # The embedded profile runs job runners and auction rounds on this server's event loop: note it, and start the
+    # market's clock, on the first request of any kind.
     remember_server_loop()
+    if settings.ORCHESTRATOR == "server":
+        clock.start()
     await router(scope, receive, send)

@@ -168,6 +168,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "ledger.release_due_earnings",
         "schedule": float(env_int("LEDGER_RELEASE_EVERY_SECONDS", 60)),
     },
+    # The auction clears the book every few seconds (and sooner when a bid arrives: see AUCTION_NUDGE_SECONDS).
+    "market.clear_market": {"task": "market.clear_market", "schedule": float(env_int("AUCTION_EVERY_SECONDS", 2))},
 }
 
 # Ledger (amounts in integer base units). With CONTRIBUTE_TO_USE on, a new account starts with nothing and earns
@@ -194,3 +196,25 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# The market (docs/pricing.md). Money in integer base units, like the ledger.
+# - The platform sets each provider's ask per layer-token: ASK_PER_COMPUTE_SECOND base units per second of its
+#   benchmarked compute, divided by its reliability (at least ASK_RELIABILITY_FLOOR_PERMILLE / 1000).
+# - A bid without a max_price offers DEFAULT_BID_PER_LAYER_TOKEN per layer-token of its whole bundle; an open bid
+#   expires after BID_TTL_SECONDS unless it asks for another expiry (at most BID_MAX_TTL_SECONDS).
+# - The platform keeps MARKET_FEE_BPS basis points of each trade, never more than the provider's markup.
+# - A round runs the "auto" solver (CP-SAT for small books, greedy for large) with AUCTION_TIME_LIMIT_SECONDS;
+#   a new bid nudges a round AUCTION_NUDGE_SECONDS later (bids arriving meanwhile join the same round).
+ASK_PER_COMPUTE_SECOND = env_int("ASK_PER_COMPUTE_SECOND", 10_000)
+ASK_RELIABILITY_FLOOR_PERMILLE = env_int("ASK_RELIABILITY_FLOOR_PERMILLE", 100)
+DEFAULT_BID_PER_LAYER_TOKEN = env_int("DEFAULT_BID_PER_LAYER_TOKEN", 50)
+BID_TTL_SECONDS = env_int("BID_TTL_SECONDS", 600)
+BID_MAX_TTL_SECONDS = env_int("BID_MAX_TTL_SECONDS", 86_400)
+MARKET_FEE_BPS = env_int("MARKET_FEE_BPS", 500)
+AUCTION_SOLVER = env_str("AUCTION_SOLVER", "auto")
+AUCTION_TIME_LIMIT_SECONDS = float(env_str("AUCTION_TIME_LIMIT_SECONDS", "2"))
+AUCTION_EVERY_SECONDS = env_int("AUCTION_EVERY_SECONDS", 2)
+AUCTION_NUDGE_SECONDS = float(env_str("AUCTION_NUDGE_SECONDS", "0.2"))
+AUCTION_MAX_BOOK = env_int("AUCTION_MAX_BOOK", 5_000)
+# The embedded profile's clock (market/clock.py) runs in the ASGI server; off, nothing clears the book there.
+MARKET_CLOCK = env_bool("MARKET_CLOCK", True)

@@ -1,18 +1,31 @@
-"""The buyer REST API: create and read jobs, list models. Views stay thin: one service or selector each."""
+"""The market's REST API. Buyers: post bids (jobs), list, read and cancel them, read a settled job's cost, read
+their balances. Providers: their capacity and asks, their earnings. Everyone signed in: models, providers online,
+auction rounds. Views stay thin: one service or selector each."""
 
 from __future__ import annotations
 
 from django.db.models import F, QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound
+from config.errors import Conflict, InvalidInput, NotFound
+from ledger import selectors as ledger_selectors
+from ledger.models import PendingRelease
 from market import selectors, services
-from market.models import Job, LanguageModel, Provider
-from market.serializers import JobCreateSerializer, JobSerializer, ModelSerializer, ProviderSerializer
+from market.models import AuctionRound, Job, LanguageModel, Provider
+from market.serializers import (
+    AuctionRoundSerializer,
+    BalancesSerializer,
+    JobCreateSerializer,
+    JobSerializer,
+    ModelSerializer,
+    PendingReleaseSerializer,
+    ProviderSerializer,
+)
 
 
 class ModelListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -32,12 +45,24 @@ class ProviderListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships 
 
 
 class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
-    @extend_schema(responses=JobSerializer(many=True), summary="Your jobs, newest first")
+    @extend_schema(
+        parameters=[OpenApiParameter("state", str, enum=Job.State.values, description="e.g. queued: your open bids")],
+        responses=JobSerializer(many=True),
+        summary="Your jobs, newest first",
+    )
     def get(self, request: Request) -> Response:
-        jobs: QuerySet[Job] = Job.objects.filter(buyer=request.user).select_related("model")[:100]
-        return Response(JobSerializer(jobs, many=True).data)
+        jobs: QuerySet[Job] = Job.objects.filter(buyer=request.user).select_related("model")
+        if (state := request.query_params.get("state")) is not None:
+            if state not in Job.State.values:
+                raise InvalidInput(f"state must be one of {', '.join(Job.State.values)}", code="bad_state")
+            jobs = jobs.filter(state=state)
+        return Response(JobSerializer(jobs[:100], many=True).data)
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer}, summary="Submit a job")
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={201: JobSerializer},
+        summary="Post a bid: a job with its maximum price, escrowed at once (402 when your balance is short)",
+    )
     def post(self, request: Request) -> Response:
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -51,6 +76,8 @@ class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
             temperature=data["temperature"],
             top_p=data["top_p"],
             seed=data["seed"],
+            max_price=data["max_price"],
+            expires_in_seconds=data["expires_in_seconds"],
         )
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -62,10 +89,63 @@ class JobDetailApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 
 
 class JobCancelApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
-    @extend_schema(request=None, responses=JobSerializer, summary="Cancel a queued or running job")
+    @extend_schema(request=None, responses=JobSerializer, summary="Cancel a bid (refunded) or a running job")
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_cancel(job=selectors.job_for_buyer(buyer=request.user, job_id=job_id))
         return Response(JobSerializer(job).data)
+
+
+class JobCostApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="A settled job's cost: each placement's layer-tokens, price, payment and fee, and the refund",
+    )
+    def get(self, request: Request, job_id: int) -> Response:
+        job = selectors.job_for_buyer(buyer=request.user, job_id=job_id)
+        if job.settled_at is None:
+            raise Conflict(f"job {job.pk} is {job.state} and not settled yet", code="not_settled")
+        return Response({"job": job.pk, "state": job.state, "settled_at": job.settled_at, **job.cost})
+
+
+class AccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(responses=BalancesSerializer, summary="Your balances, in base units")
+    def get(self, request: Request) -> Response:
+        return Response(BalancesSerializer(ledger_selectors.balances_of(user=request.user)).data)
+
+
+class MyCapacityApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
+    """Your provider agents, online or not: the capacity each announced, its benchmark and the ask it gets."""
+
+    serializer_class = ProviderSerializer
+
+    def get_queryset(self) -> QuerySet[Provider]:
+        return Provider.objects.filter(user=self.request.user).order_by("pk")
+
+
+class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="What you earned by providing: pending (inside the challenge window), released, and per job",
+    )
+    def get(self, request: Request) -> Response:
+        balances = ledger_selectors.balances_of(user=request.user)
+        rows = PendingRelease.objects.filter(provider=request.user).order_by("-pk")[:100]
+        return Response(
+            {
+                "pending": balances.pending,
+                "earnings": balances.earnings,
+                "settlements": PendingReleaseSerializer(rows, many=True).data,
+            }
+        )
+
+
+class AuctionRoundListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
+    """The latest auction rounds (50): solver, time, welfare, optimality gap, counts and every trade's price."""
+
+    serializer_class = AuctionRoundSerializer
+
+    def get_queryset(self) -> QuerySet[AuctionRound]:
+        return AuctionRound.objects.order_by("-pk")[:50]
 
 
 def _model_named(name: str, quant: str | None) -> LanguageModel:

@@ -116,13 +116,15 @@ class Job(models.Model):
     """A buyer's request for generated text, driven through a pipeline of providers by the orchestrator."""
 
     class State(models.TextChoices):
-        QUEUED = "queued", "queued"
+        QUEUED = "queued", "queued: an open bid in the book"
+        ALLOCATED = "allocated", "allocated: won an auction round, its runner is starting"
         RUNNING = "running", "running"
         DONE = "done", "done"
         FAILED = "failed", "failed"
         CANCELLED = "cancelled", "cancelled"
+        EXPIRED = "expired", "expired: the bid found no providers before its expiry"
 
-    FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED)
+    FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED, State.EXPIRED)
 
     buyer = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="jobs")
     model = models.ForeignKey(LanguageModel, on_delete=models.PROTECT, related_name="jobs")
@@ -142,12 +144,94 @@ class Job(models.Model):
         default=list, help_text="Every shard placement in order: [{shard, provider, from_step, until_step}]."
     )
     timings = models.JSONField(default=dict, help_text="Seconds: queued, prefill, decode; tokens per second.")
+    max_price = models.BigIntegerField(
+        default=0, help_text="The bid: the most the buyer pays for the whole job, in base units, held in escrow."
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="An open bid that no round has placed by then expires and is refunded."
+    )
+    priority = models.PositiveIntegerField(
+        default=0, help_text="Raised each round the bid loses and when its providers fail before it starts."
+    )
+    auction_round = models.ForeignKey(
+        "AuctionRound",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="The round that placed the job (its latest, if it came back to the book).",
+    )
+    cost = models.JSONField(
+        default=dict, help_text="The settlement: what each placement was paid, the fee, the refund (base units)."
+    )
+    settled_at = models.DateTimeField(null=True, blank=True, help_text="When its escrow was settled or refunded.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-pk"]
+        indexes = [
+            models.Index(
+                fields=["priority", "created_at"], condition=models.Q(state="queued"), name="market_job_book_idx"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.state})"
+
+
+class AuctionRound(models.Model):
+    """One clearing of the book: what the solver was given, what it found, and at what prices."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    requested = models.CharField(max_length=16, help_text="auto, cpsat or greedy")
+    solver = models.CharField(max_length=16, help_text="The solver whose allocation was used: cpsat or greedy.")
+    status = models.CharField(max_length=16, help_text="optimal, feasible (CP-SAT hit its limit) or heuristic")
+    wall_time_s = models.FloatField()
+    welfare = models.BigIntegerField(help_text="Σ over winners of (bid − Σ ask × work), base units.")
+    objective = models.BigIntegerField(help_text="Welfare plus the winners' priority bonuses.")
+    best_bound = models.BigIntegerField(null=True, blank=True)
+    optimality_gap = models.FloatField(null=True, blank=True, help_text="Known only when CP-SAT ran.")
+    n_jobs = models.PositiveIntegerField(help_text="Bids in the book.")
+    n_providers = models.PositiveIntegerField(help_text="Providers with free capacity.")
+    n_winners = models.PositiveIntegerField()
+    n_losers = models.PositiveIntegerField()
+    n_placed = models.PositiveIntegerField(help_text="Winners whose slots were still free when they were claimed.")
+    n_expired = models.PositiveIntegerField(default=0, help_text="Bids that expired at the start of the round.")
+    buyer_payments = models.BigIntegerField(help_text="What the winners pay if they run to their token limit.")
+    fees = models.BigIntegerField()
+    prices = models.JSONField(default=list, help_text="Every trade: job, shard, provider, work, ask, unit price.")
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"round {self.pk}: {self.n_winners}/{self.n_jobs} jobs by {self.solver}"
+
+
+class Assignment(models.Model):
+    """One hop of a winning job on the provider the auction chose, at the price it cleared. The provider's slot
+    is claimed when the row is written and released by the job's runner."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="assignments")
+    auction_round = models.ForeignKey(AuctionRound, on_delete=models.CASCADE, related_name="assignments")
+    hop = models.PositiveIntegerField()
+    shard = models.ForeignKey(Shard, on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="assignments")
+    channel_name = models.CharField(max_length=200, help_text="The provider's connection whose slot was claimed.")
+    work = models.BigIntegerField(help_text="Layer-tokens if the job runs to its token limit.")
+    ask = models.BigIntegerField(help_text="The provider's ask per layer-token in that round.")
+    unit_price = models.BigIntegerField(help_text="Cleared price per layer-token, in [ask, the job's bid per unit].")
+
+    class Meta:
+        ordering = ["job", "auction_round", "hop"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "auction_round", "hop"], name="market_assignment_hop_once"),
+            models.CheckConstraint(
+                condition=models.Q(unit_price__gte=models.F("ask")), name="market_assignment_price_ge_ask"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} hop {self.hop} on provider {self.provider_id} at {self.unit_price}"

@@ -26,7 +26,7 @@ from django.conf import settings
 from inference import wire
 from inference.generate import Sampler, SamplingParams
 from market import selectors, services
-from market.models import Job, Provider
+from market.models import Assignment, Job, Provider
 from market.streaming import TokenStream
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,22 @@ def launch_in_server(job_id: int) -> None:
 
 
 async def run_job(job_id: int, *, placement: Placement | None = None, layer: BaseChannelLayer | None = None) -> None:
-    """Claim a queued job and drive it to its end; a job someone else claimed, or cancelled, is left alone."""
+    """Claim a job an auction round placed and drive it to its end; a job someone else claimed, or cancelled, is
+    left alone."""
     job = await sync_to_async(services.job_claim)(job_id=job_id)
     if job is None:
         return
-    runner = JobRunner(job, layer or get_channel_layer(), placement or FastestFreePlacement())
+    runner = JobRunner(job, layer or get_channel_layer(), placement or AuctionPlacement())
     await runner.run()
 
 
 class Placement(Protocol):
-    """Picks the provider for one hop of a job; the auction will take this over."""
+    """Picks the provider for one hop of a job, with one of its slots claimed for the job."""
 
     def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None: ...
+
+    def release_unused(self) -> None:
+        """Give back slots held for the job that no hop took (the job ended before every hop was placed)."""
 
 
 class FastestFreePlacement:
@@ -78,6 +82,40 @@ class FastestFreePlacement:
 
     def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
         return services.provider_claim_for_shard(exclude=exclude)
+
+    def release_unused(self) -> None:
+        return None
+
+
+class AuctionPlacement:
+    """Each hop on the provider the job's auction round assigned it, whose slot the round already claimed. A hop
+    whose provider has gone since (offline, reconnected, or excluded) gives that slot back and, like every
+    replacement after a failure, falls back to the fastest free provider; the hop keeps its cleared price
+    (`market.services.settlement`)."""
+
+    def __init__(self) -> None:
+        self.assigned: dict[str, Assignment] | None = None
+
+    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
+        if self.assigned is None:
+            terms = Assignment.objects.filter(job=job, auction_round_id=job.auction_round_id)
+            self.assigned = {a.shard.shard_id: a for a in terms.select_related("shard", "provider")}
+        term = self.assigned.pop(shard["id"], None)
+        if term is not None:
+            provider = term.provider
+            if (
+                provider.pk not in exclude
+                and provider.state == Provider.State.ONLINE
+                and provider.channel_name == term.channel_name
+            ):
+                return provider
+            services.provider_release(provider_id=term.provider_id, channel_name=term.channel_name)
+        return services.provider_claim_for_shard(exclude=exclude)
+
+    def release_unused(self) -> None:
+        for term in (self.assigned or {}).values():
+            services.provider_release(provider_id=term.provider_id, channel_name=term.channel_name)
+        self.assigned = {}
 
 
 class JobFailed(Exception):
@@ -95,6 +133,10 @@ class HopFailed(Exception):
 
 class Cancelled(Exception):
     pass
+
+
+class Requeue(Exception):
+    """The pipeline could not be set up: the job goes back into the book (see `services.job_requeue`)."""
 
 
 @dataclasses.dataclass
@@ -123,6 +165,7 @@ class JobRunner:
         self.tokens = self.stream.tokens  # the generated ids, in order (the stream owns the list)
         self.timings: dict[str, Any] = {}
         self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
+        self.steps_done = 0  # steps that went through every hop
 
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
@@ -130,9 +173,14 @@ class JobRunner:
             self.channel = await self.layer.new_channel()
             self.stream.pipeline = self.record
             self.stream.start()
-            await self._prepare()
+            try:
+                await self._prepare()
+            except JobFailed as exc:
+                raise Requeue(exc.message) from None
             reason = await self._generate()
             state = Job.State.DONE
+        except Requeue as exc:
+            code, message = "requeued", str(exc)
         except JobFailed as exc:
             code, message = exc.code, exc.message
         except Cancelled:
@@ -143,6 +191,9 @@ class JobRunner:
         finally:
             await self._release()
             await self.stream.flush()
+        if code == "requeued" and await sync_to_async(services.job_requeue)(job_id=self.job.pk, reason=message):
+            log.info("job %s back in the book: %s", self.job.pk, message)
+            return
         await self._finish(state, reason, code, message)
 
     # --- setting up -------------------------------------------------------------------------------------------
@@ -293,6 +344,7 @@ class JobRunner:
             started = now
             if hop.index + 1 < len(hops) and len(hops[hop.index + 1].inputs) == step:
                 hops[hop.index + 1].inputs.append(out)
+        self.steps_done = step + 1
         logits: np.ndarray = out[0]
         return logits
 
@@ -392,6 +444,7 @@ class JobRunner:
     # --- the end ----------------------------------------------------------------------------------------------
 
     async def _release(self) -> None:
+        await sync_to_async(self.placement.release_unused)()
         for hop in self.hops:
             if hop.provider is None:
                 continue
@@ -406,7 +459,7 @@ class JobRunner:
     async def _finish(self, state: str, reason: str, code: str, message: str) -> None:
         for entry in self.record:
             if entry["until_step"] is None:
-                entry["until_step"] = len(self.tokens)
+                entry["until_step"] = self.steps_done
                 entry["ended"] = state
         job = await sync_to_async(services.job_finish)(
             job_id=self.job.pk,
@@ -425,5 +478,9 @@ class JobRunner:
                     await sync_to_async(services.provider_record_success)(
                         provider_id=hop.provider.pk, steps=len(hop.inputs)
                     )
+        try:
+            await sync_to_async(services.job_settle)(job_id=job.pk)
+        except Exception:  # the next auction round settles what is left unsettled
+            log.exception("job %s: settlement failed; the next round retries it", job.pk)
         await self.layer.group_send(self.group, selectors.job_done_event(job))
         log.info("job %s %s (%s%s)", job.pk, job.state, reason or code, f": {message}" if message else "")

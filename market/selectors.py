@@ -17,6 +17,7 @@ from inference.config import parse_plan
 from inference.generate import LocalChain
 from inference.runtime import ShardRuntime
 from inference.tokenizer import ChatTokenizer
+from market.auction.pricing import platform_ask
 from market.models import Job, LanguageModel, Provider, Shard
 
 
@@ -147,3 +148,27 @@ def job_for_buyer(*, buyer: User, job_id: int) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found", code="job_not_found")
     return job
+
+
+def job_ref(job_id: int) -> str:
+    """The job's reference in the ledger (escrow, refund and settlement entries carry it)."""
+    return f"job-{job_id}"
+
+
+def provider_ask(provider: Provider) -> int:
+    """The ask the platform sets for the provider, base units per layer-token (docs/pricing.md). A provider not
+    benchmarked yet has none (the book leaves it out)."""
+    assert provider.ns_per_layer_token is not None
+    return platform_ask(
+        ns_per_layer_token=provider.ns_per_layer_token,
+        reliability_permille=provider.reliability_permille,
+        per_compute_second=settings.ASK_PER_COMPUTE_SECOND,
+        floor_permille=settings.ASK_RELIABILITY_FLOOR_PERMILLE,
+    )
+
+
+def default_max_price(*, model: LanguageModel, prompt_tokens: int, max_new_tokens: int) -> int:
+    """What a bid offers when the buyer names no price: DEFAULT_BID_PER_LAYER_TOKEN for every layer-token of the
+    job run to its token limit."""
+    layers = int(model.config["n_layers"])
+    return settings.DEFAULT_BID_PER_LAYER_TOKEN * layers * (prompt_tokens + max_new_tokens)

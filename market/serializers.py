@@ -1,4 +1,5 @@
-"""Shapes of the buyer API: what a job request may hold, and how jobs and models read back."""
+"""Shapes of the market API: what a bid (a job request) may hold, how jobs, models, providers, balances and auction
+rounds read back."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 from rest_framework import serializers
 
-from market.models import Job, LanguageModel, Provider
+from ledger.models import PendingRelease
+from ledger.services import MAX_AMOUNT
+from market import selectors
+from market.models import AuctionRound, Job, LanguageModel, Provider
 from market.services.jobs import MAX_NEW_TOKENS
 
 
@@ -27,6 +31,22 @@ class JobCreateSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF 
     temperature = serializers.DecimalField(max_digits=4, decimal_places=2, min_value=0, max_value=2, default=0)
     top_p = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=Decimal("0.01"), max_value=1, default=1)
     seed = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, allow_null=True, default=None)
+    max_price = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_AMOUNT,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The most you pay for the whole job, in base units, held in escrow until it settles. "
+        "Default: DEFAULT_BID_PER_LAYER_TOKEN for every layer-token of the job run to max_new_tokens.",
+    )
+    expires_in_seconds = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="An open bid that no auction round placed by then expires and is refunded. Default: BID_TTL_SECONDS.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("messages" in attrs) == ("prompt" in attrs):
@@ -55,7 +75,7 @@ class ModelSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF
 
 
 class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
-    """A job as its buyer reads it. Price and escrow fields join when the market prices jobs."""
+    """A job (a bid while it is queued) as its buyer reads it; `cost` is filled in when it settles."""
 
     model = serializers.CharField(source="model.name")
     quant = serializers.CharField(source="model.quant")
@@ -81,6 +101,12 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF s
             "error",
             "pipeline",
             "timings",
+            "max_price",
+            "expires_at",
+            "priority",
+            "auction_round",
+            "cost",
+            "settled_at",
             "created_at",
             "started_at",
             "finished_at",
@@ -93,7 +119,11 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF s
 
 
 class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
-    """What the market shows of a provider: capacity and record, never its owner."""
+    """What the market shows of a provider: capacity, record and the ask the platform sets for it, never its owner."""
+
+    ask = serializers.SerializerMethodField(
+        help_text="Base units per layer-token (docs/pricing.md); null before the benchmark."
+    )
 
     class Meta:
         model = Provider
@@ -111,5 +141,59 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
             "steps_served",
             "failures",
             "last_seen",
+            "ask",
+        ]
+        read_only_fields = fields
+
+    def get_ask(self, provider: Provider) -> int | None:
+        return None if provider.ns_per_layer_token is None else selectors.provider_ask(provider)
+
+
+class BalancesSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints
+    """A user's balances in base units: as a buyer (available, escrow) and as a provider (pending, earnings)."""
+
+    available = serializers.IntegerField(help_text="Spendable: grants and refunds.")
+    escrow = serializers.IntegerField(help_text="Held for your open and running jobs.")
+    pending = serializers.IntegerField(help_text="Earned by providing, inside the challenge window.")
+    earnings = serializers.IntegerField(help_text="Earned by providing and released; bids draw on it after available.")
+    stake = serializers.IntegerField()
+
+
+class PendingReleaseSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
+    job = serializers.CharField(source="job_ref")
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = PendingRelease
+        fields = ["job", "amount", "release_after", "released_at", "on_hold", "state"]
+        read_only_fields = fields
+
+    def get_state(self, row: PendingRelease) -> str:
+        return "released" if row.released_at else ("held" if row.on_hold else "pending")
+
+
+class AuctionRoundSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints
+    class Meta:
+        model = AuctionRound
+        fields = [
+            "id",
+            "created_at",
+            "requested",
+            "solver",
+            "status",
+            "wall_time_s",
+            "welfare",
+            "objective",
+            "best_bound",
+            "optimality_gap",
+            "n_jobs",
+            "n_providers",
+            "n_winners",
+            "n_losers",
+            "n_placed",
+            "n_expired",
+            "buyer_payments",
+            "fees",
+            "prices",
         ]
         read_only_fields = fields

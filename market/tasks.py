@@ -1,17 +1,27 @@
-"""Celery tasks of the market, and the one place that decides where a job's runner lives."""
+"""Celery tasks of the market, and the one place that decides where runners and auction rounds live.
+
+Full profile (ORCHESTRATOR=celery): beat runs `clear_market` every AUCTION_EVERY_SECONDS, a new bid schedules one
+more AUCTION_NUDGE_SECONDS later (one per window: a Redis key set with NX and that expiry debounces the nudges),
+and runners run in a worker. Embedded profile: the ASGI server's loop does all of it (`market.clock`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import redis
 from django.conf import settings
 
 from config.celery import app
 
+log = logging.getLogger(__name__)
+NUDGE_KEY = "market:auction-nudge"
+
 
 @app.task(name="market.run_job", ignore_result=True)  # type: ignore[untyped-decorator]  # celery has no hints
 def run_job(job_id: int) -> None:
-    """Drive a job to its end in this worker (safe to run twice: only one run claims the queued job).
+    """Drive a job to its end in this worker (safe to run twice: only one run claims the allocated job).
 
     The runner mostly waits on the channel layer, so workers run these in a thread pool
     (`celery worker -P threads`), many jobs at once."""
@@ -24,11 +34,32 @@ def run_job(job_id: int) -> None:
     asyncio.run(drive(job_id, layer=channel_layers.make_backend("default")))
 
 
+@app.task(name="market.clear_market", ignore_result=True)  # type: ignore[untyped-decorator]  # celery has no hints
+def clear_market() -> None:
+    """One auction round (skipped when another is in progress)."""
+    from market import services
+
+    services.clear_market()
+
+
 def job_launch(job_id: int) -> None:
-    """Hand a committed, queued job to a runner: a Celery worker (full profile) or the ASGI server's loop."""
+    """Hand a job that a round placed to a runner: a Celery worker (full profile) or the ASGI server's loop."""
     if settings.ORCHESTRATOR == "celery":
         run_job.delay(job_id)
     else:
         from market.orchestrator import launch_in_server
 
         launch_in_server(job_id)
+
+
+def auction_nudge() -> None:
+    """Ask for a round soon, because the book changed; nudges within AUCTION_NUDGE_SECONDS make one round."""
+    delay = settings.AUCTION_NUDGE_SECONDS
+    if settings.ORCHESTRATOR == "celery":
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        if client.set(NUDGE_KEY, 1, nx=True, px=max(1, int(delay * 1000))):
+            clear_market.apply_async(countdown=delay)
+    else:
+        from market import clock
+
+        clock.nudge()

@@ -1,4 +1,4 @@
-"""HTTP routes of the market: the buyer API under /api/."""
+"""HTTP routes of the market API under /api/."""
 
 from __future__ import annotations
 
@@ -12,4 +12,9 @@ urlpatterns = [
     path("jobs/", apis.JobListCreateApi.as_view(), name="api-jobs"),
     path("jobs/<int:job_id>/", apis.JobDetailApi.as_view(), name="api-job"),
     path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
+    path("jobs/<int:job_id>/cost/", apis.JobCostApi.as_view(), name="api-job-cost"),
+    path("account/", apis.AccountApi.as_view(), name="api-account"),
+    path("provider/capacity/", apis.MyCapacityApi.as_view(), name="api-provider-capacity"),
+    path("provider/earnings/", apis.MyEarningsApi.as_view(), name="api-provider-earnings"),
+    path("auction/rounds/", apis.AuctionRoundListApi.as_view(), name="api-auction-rounds"),
 ]

@@ -64,3 +64,25 @@ def platform_fee(payment: int, ask_cost: int, fee_bps: int) -> int:
     if payment < ask_cost or ask_cost < 0:
         raise ValueError("payment must be >= ask_cost >= 0")
     return min(payment * fee_bps // BPS, payment - ask_cost)
+
+
+def platform_ask(
+    *, ns_per_layer_token: int, reliability_permille: int, per_compute_second: int, floor_permille: int
+) -> int:
+    """The ask the platform sets for a provider, in base units per layer-token (docs/pricing.md):
+
+        ask = ceil(per_compute_second × t / ρ),   t = ns_per_layer_token / 10⁹,   ρ = max(reliability, floor) / 1000
+
+    `t` is what one layer-token costs the provider in compute time (its benchmark), priced at the platform's
+    rate per compute-second; dividing by the reliability ρ prices the work a flaky provider will not deliver
+    (a share 1 − ρ of its steps must be done again elsewhere), so at equal speed the reliable provider is the
+    cheaper one. At least 1: no work is free.
+    """
+    if ns_per_layer_token < 0 or per_compute_second < 0:
+        raise ValueError("ns_per_layer_token and per_compute_second must be >= 0")
+    if not 1 <= floor_permille <= 1000:
+        raise ValueError("floor_permille must be in [1, 1000]")
+    rho = min(max(reliability_permille, floor_permille), 1000)
+    numerator = per_compute_second * ns_per_layer_token * 1000
+    denominator = 10**9 * rho
+    return max(1, -(-numerator // denominator))

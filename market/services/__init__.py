@@ -1,12 +1,17 @@
-"""Writes of the market: model import (model_import.py), providers coming and going (providers.py), jobs and their
-placement on providers (jobs.py). Callers use `from market import services` and `services.<name>(...)`."""
+"""Writes of the market: model import (model_import.py), providers coming and going (providers.py), bids and jobs
+and their slots on providers (jobs.py), auction rounds (auction.py), settlement (settlement.py). Callers use
+`from market import services` and `services.<name>(...)`."""
 
+from market.services.accounts import account_open
+from market.services.auction import bids_expire, clear_market
 from market.services.jobs import (
     job_cancel,
     job_claim,
     job_create,
     job_finish,
     job_progress,
+    job_publish_end,
+    job_requeue,
     provider_claim_for_shard,
     provider_release,
 )
@@ -19,14 +24,21 @@ from market.services.providers import (
     provider_record_failure,
     provider_record_success,
 )
+from market.services.settlement import job_settle
 
 __all__ = [
     "ImportReport",
+    "account_open",
+    "bids_expire",
+    "clear_market",
     "job_cancel",
     "job_claim",
     "job_create",
     "job_finish",
     "job_progress",
+    "job_publish_end",
+    "job_requeue",
+    "job_settle",
     "model_import",
     "provider_benchmark",
     "provider_claim_for_shard",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
@@ -16,8 +18,10 @@ from config.errors import Conflict, InvalidInput
 from inference import wire
 from inference.errors import InferenceError
 from inference.tokenizer import validate_messages
+from ledger import services as ledger_services
 from market import selectors
 from market.models import Job, LanguageModel, Provider
+from market.services.settlement import job_settle
 
 MAX_NEW_TOKENS = 1024
 
@@ -31,9 +35,15 @@ def job_create(
     temperature: Decimal,
     top_p: Decimal,
     seed: int | None,
+    max_price: int | None = None,
+    expires_in_seconds: int | None = None,
 ) -> Job:
-    """Check the request against the model (roles, context length, a full chain of shards), store it queued, and
-    hand it to the orchestrator once the row is committed."""
+    """Check the request against the model (roles, context length, a full chain of shards), store it as an open
+    bid with its maximum price moved into escrow in the same transaction, and nudge the auction once the row is
+    committed. Not enough balance: InsufficientFunds (402) and nothing is stored.
+
+    `max_price` None offers the default price per layer-token (`selectors.default_max_price`); the bid expires
+    after `expires_in_seconds` (settings.BID_TTL_SECONDS when None) if no round has placed it by then."""
     try:
         validate_messages(messages)
     except ValueError as exc:
@@ -58,6 +68,15 @@ def job_create(
             f"holds at most {most} tokens of this model",
             code="context_overflow",
         )
+    if max_price is None:
+        max_price = selectors.default_max_price(
+            model=model, prompt_tokens=len(prompt_ids), max_new_tokens=max_new_tokens
+        )
+    if not 1 <= max_price <= ledger_services.MAX_AMOUNT:
+        raise InvalidInput(f"max_price must be between 1 and {ledger_services.MAX_AMOUNT} base units")
+    ttl = settings.BID_TTL_SECONDS if expires_in_seconds is None else expires_in_seconds
+    if not 1 <= ttl <= settings.BID_MAX_TTL_SECONDS:
+        raise InvalidInput(f"expires_in_seconds must be between 1 and {settings.BID_MAX_TTL_SECONDS}")
     with transaction.atomic():
         job = Job.objects.create(
             buyer=buyer,
@@ -68,8 +87,11 @@ def job_create(
             top_p=top_p,
             seed=seed,
             prompt_tokens=len(prompt_ids),
+            max_price=max_price,
+            expires_at=timezone.now() + timedelta(seconds=ttl),
         )
-        transaction.on_commit(lambda: _launch(job.pk))
+        ledger_services.escrow_for_job(user=buyer, amount=max_price, job_ref=selectors.job_ref(job.pk))
+        transaction.on_commit(_nudge)
     return job
 
 
@@ -79,18 +101,30 @@ def prefill_limit(model: LanguageModel) -> int:
     return (wire.MAX_FRAME_BYTES - wire.HEADER_BYTES - 3 * 4) // (2 * int(model.config["hidden"]))
 
 
-def _launch(job_id: int) -> None:
-    from market.tasks import job_launch  # the task module imports the orchestrator, which imports these services
+def _nudge() -> None:
+    from market.tasks import auction_nudge  # the task module imports the orchestrator, which imports these services
 
-    job_launch(job_id)
+    auction_nudge()
 
 
 def job_claim(*, job_id: int) -> Job | None:
-    """Move a queued job to running; None when another runner has it or it was cancelled (safe to run twice)."""
-    claimed = Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(
+    """Move a job that an auction round placed (allocated) to running; None when another runner has it or it was
+    cancelled (safe to run twice)."""
+    claimed = Job.objects.filter(pk=job_id, state=Job.State.ALLOCATED).update(
         state=Job.State.RUNNING, started_at=timezone.now()
     )
     return Job.objects.select_related("model").get(pk=job_id) if claimed else None
+
+
+def job_requeue(*, job_id: int, reason: str) -> bool:
+    """A job whose providers failed before it produced anything goes back into the book, one priority level up,
+    its escrow untouched (no extra charge); the next round places it again. False when it was cancelled."""
+    requeued = Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
+        state=Job.State.QUEUED, priority=F("priority") + 1, started_at=None, error=reason
+    )
+    if requeued:
+        transaction.on_commit(_nudge)
+    return bool(requeued)
 
 
 def job_progress(*, job_id: int, tokens: list[int], text: str, pipeline: list[dict[str, Any]]) -> bool:
@@ -127,15 +161,21 @@ def job_cancel(*, job: Job) -> Job:
     """Cancel a queued or running job; the runner notices before its next step. Finished jobs cannot be."""
     fields = {"state": Job.State.CANCELLED, "error_code": "cancelled", "error": "cancelled by the buyer"}
     with transaction.atomic():
-        if Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(**fields, finished_at=timezone.now()):
-            # No runner will ever hold this job, so nobody else would end its stream.
-            transaction.on_commit(lambda: _publish_end(job.pk))
+        before = Job.State.QUEUED, Job.State.ALLOCATED
+        if Job.objects.filter(pk=job.pk, state__in=before).update(**fields, finished_at=timezone.now()):
+            # No runner will ever hold this job: free the slots a round claimed for it, refund its escrow, and
+            # end its stream (nobody else would).
+            for held in job.assignments.filter(auction_round_id=job.auction_round_id):
+                provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
+            job_settle(job_id=job.pk)
+            transaction.on_commit(lambda: job_publish_end(job.pk))
         elif not Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(**fields):
             raise Conflict(f"job {job.pk} is already {Job.objects.get(pk=job.pk).state}", code="job_finished")
     return Job.objects.get(pk=job.pk)
 
 
-def _publish_end(job_id: int) -> None:
+def job_publish_end(job_id: int) -> None:
+    """Send the job's final event to its stream, for a job that ended without a runner (cancelled, expired)."""
     job = Job.objects.get(pk=job_id)
     async_to_sync(get_channel_layer().group_send)(selectors.job_group(job.pk), selectors.job_done_event(job))
 

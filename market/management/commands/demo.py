@@ -13,24 +13,37 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rest_framework.authtoken.models import Token
 
-from market import selectors
+from ledger import selectors as ledger_selectors
+from ledger import services as ledger_services
+from market import selectors, services
 from market.localstack import LocalMarket, free_port
 from market.management.commands._common import SAMPLE_CHAT, import_with_progress, shard_table
 
 DEMO_PLAN = "0-10,10-20,20-30"
 
 
+DEMO_BUYER_FUNDS = 1_000_000  # base units the buyer holds before the sample bid (topped up when short)
+
+
 def _token(username: str) -> str:
-    user, _ = User.objects.get_or_create(username=username)
-    return Token.objects.get_or_create(user=user)[0].key
+    return services.account_open(username=username)[1]
+
+
+def _fund(username: str) -> int:
+    """Top the demo buyer up to DEMO_BUYER_FUNDS, so that the demo runs again and again on one database."""
+    user = User.objects.get(username=username)
+    short = DEMO_BUYER_FUNDS - ledger_selectors.balances_of(user=user).spendable
+    if short > 0:
+        ledger_services.mint_as_system(to_user=user, amount=short, key=f"demo:{uuid.uuid4()}", memo="demo top-up")
+    return ledger_selectors.balances_of(user=user).spendable
 
 
 def _port_free(port: int) -> bool:
@@ -57,6 +70,7 @@ class Command(BaseCommand):
             f"\nShards of {report.model}:\n{shard_table(selectors.shard_chain(model=report.model, plan=DEMO_PLAN))}\n"
         )
         buyer, provider = _token("demo-buyer"), _token("demo-provider")
+        self.stdout.write(f"Buyer demo-buyer holds {_fund('demo-buyer'):,} base units.\n")
         port = options["port"] if _port_free(options["port"]) else free_port()
         work = Path(settings.VAR_DIR) / "demo"
         # A TERM (a supervisor, `timeout`) unwinds like Ctrl-C, so the server and providers are stopped with us.
@@ -69,6 +83,7 @@ class Command(BaseCommand):
             market.wait_providers(options["providers"], provider, timeout=300)
             self._providers(market, provider)
             self._sample(market, buyer, options)
+            self._money(market, buyer, provider)
             if options["once"]:
                 return
             self.stdout.write(
@@ -85,6 +100,26 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {p['name']:<20} {p['backend']:<5} {p['ns_per_layer_token'] / 1e6:7.3f} ms/layer-token"
             )
+
+    def _money(self, market: LocalMarket, buyer: str, provider: str) -> None:
+        """The job's settlement as the buyer and the provider see it through the API."""
+        _, jobs = market.api("GET", "/api/jobs/", token=buyer)
+        _, cost = market.api("GET", f"/api/jobs/{jobs[0]['id']}/cost/", token=buyer)
+        self.stdout.write(
+            f"\nSettled: the bid escrowed {cost['escrowed']:,} base units; the job cost {cost['paid']:,} "
+            f"(platform fee {cost['fee']:,}) and {cost['refunded']:,} went back to the buyer."
+        )
+        for line in cost["lines"]:
+            self.stdout.write(
+                f"  hop {line['hop']}  {line['layer_tokens']:>6,} layer-tokens x {line['unit_price']} "
+                f"= {line['payment']:>7,}  ({line['provider_name']} receives {line['provider_receipt']:,})"
+            )
+        _, account = market.api("GET", "/api/account/", token=buyer)
+        _, earned = market.api("GET", "/api/provider/earnings/", token=provider)
+        self.stdout.write(
+            f"Buyer available now {account['available']:,}; provider earnings pending {earned['pending']:,} "
+            f"(released when the challenge window closes)."
+        )
 
     def _sample(self, market: LocalMarket, token: str, options: dict[str, Any]) -> None:
         job = market.submit(

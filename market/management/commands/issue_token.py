@@ -1,4 +1,5 @@
-"""manage.py issue_token: print the API token of a user (creating the user with --create)."""
+"""manage.py issue_token: print the API token of a user (creating the user with --create; a new user gets the
+signup grant unless CONTRIBUTE_TO_USE is on)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rest_framework.authtoken.models import Token
+
+from market import services
 
 
 class Command(BaseCommand):
@@ -18,10 +20,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["username"]
-        user = User.objects.filter(username=name).first()
-        if user is None:
-            if not options["create"]:
-                raise CommandError(f"no user {name!r}; add --create to make one")
-            user = User.objects.create_user(username=name)
-        token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(token.key)
+        if not options["create"] and not User.objects.filter(username=name).exists():
+            raise CommandError(f"no user {name!r}; add --create to make one")
+        self.stdout.write(services.account_open(username=name)[1])

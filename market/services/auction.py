@@ -1,0 +1,234 @@
+"""Clearing the market: one auction round over the open bids and the providers' free capacity.
+
+A round (`clear_market`) expires the bids past their expiry (refunded), settles any finished job that is not
+settled yet, builds the book, solves it (`market.auction.solve`), records an AuctionRound, and places each winner:
+in one transaction per job it claims a slot on each of its providers (conditional UPDATEs, as the runner's own
+claims) and writes the Assignment rows with their cleared prices. A winner whose slot was taken meanwhile stays in
+the book. Losers stay too, one priority level higher. Placed jobs are handed to their runners after commit.
+
+Rounds never overlap: PostgreSQL's advisory lock across processes (beat's tick and the nudges), a process lock on
+the embedded profile, where only the server clears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from market import selectors
+from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
+from market.models import Assignment, AuctionRound, Job, Provider, Shard
+from market.services.jobs import job_publish_end
+from market.services.settlement import job_settle
+
+log = logging.getLogger(__name__)
+_LOCAL_LOCK = threading.Lock()
+_ADVISORY_KEY = 0x6D61726B6574  # "market"
+MEMORY_UNKNOWN = 2**50  # a provider that reports no memory budget is limited by its slots alone
+
+
+@contextlib.contextmanager
+def _clearing_lock() -> Iterator[bool]:
+    """True when this caller may clear now; a round already in progress elsewhere makes it False (no waiting:
+    the round in progress sees the same book)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_KEY])
+            got = bool(cursor.fetchone()[0])
+        try:
+            yield got
+        finally:
+            if got:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_KEY])
+        return
+    got = _LOCAL_LOCK.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _LOCAL_LOCK.release()
+
+
+def clear_market(*, solver: str | None = None, now: datetime | None = None) -> AuctionRound | None:
+    """Run one round; None when another is in progress or the book is empty."""
+    with _clearing_lock() as got:
+        if not got:
+            return None
+        now = now or timezone.now()
+        expired = bids_expire(now=now)
+        settle_unsettled()
+        return _round(solver=solver or settings.AUCTION_SOLVER, expired=expired)
+
+
+def bids_expire(*, now: datetime) -> int:
+    """Open bids past their expiry become expired and are refunded (their streams end)."""
+    count = 0
+    for job_id in Job.objects.filter(state=Job.State.QUEUED, expires_at__lt=now).values_list("pk", flat=True):
+        fields = {"state": Job.State.EXPIRED, "finished_at": now, "error_code": "expired"}
+        fields["error"] = "no providers took the bid before it expired; its escrow was refunded"
+        if Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(**fields):
+            job_settle(job_id=job_id)
+            transaction.on_commit(lambda job_id=job_id: job_publish_end(job_id))
+            count += 1
+    return count
+
+
+def settle_unsettled() -> int:
+    """Settle finished jobs whose runner ended before it could (a crash, a lost worker): settling is idempotent."""
+    finished = Job.objects.filter(state__in=Job.FINAL_STATES, settled_at__isnull=True).values_list("pk", flat=True)
+    for job_id in finished[:500]:
+        job_settle(job_id=job_id)
+    return len(finished[:500])
+
+
+def _round(*, solver: str, expired: int) -> AuctionRound | None:
+    jobs = list(
+        Job.objects.filter(state=Job.State.QUEUED)
+        .select_related("model")
+        .order_by("-priority", "created_at", "pk")[: settings.AUCTION_MAX_BOOK]
+    )
+    if not jobs:
+        return None
+    chains: dict[int, list[Shard]] = {}
+    bids = []
+    for job in jobs:
+        if job.model_id not in chains:
+            chains[job.model_id] = selectors.shard_chain(model=job.model, plan=None)
+        bids.append(job_bid(job, chains[job.model_id]))
+    providers = {p.pk: p for p in selectors.providers_free(exclude=set()) if p.ns_per_layer_token is not None}
+    offers = [provider_offer(p) for p in providers.values()]
+    allocation = solve(
+        Book(bids, offers),
+        solver=solver,  # type: ignore[arg-type]  # checked by solve
+        time_limit_s=settings.AUCTION_TIME_LIMIT_SECONDS,
+        fee_bps=settings.MARKET_FEE_BPS,
+    )
+    shards = {s.shard_id: s for chain in chains.values() for s in chain}
+    with transaction.atomic():
+        round_ = _record(allocation, expired=expired)
+        placed = [
+            job_id
+            for job_id, trades in allocation.winners.items()
+            if _place(round_, int(job_id), trades, providers, shards)
+        ]
+        unplaced = [int(j) for j in allocation.losers] + [int(j) for j in allocation.winners if int(j) not in placed]
+        Job.objects.filter(pk__in=unplaced, state=Job.State.QUEUED).update(priority=F("priority") + 1)
+        AuctionRound.objects.filter(pk=round_.pk).update(n_placed=len(placed))
+        round_.n_placed = len(placed)
+        transaction.on_commit(lambda: _launch_all(placed))
+    if allocation.winners or expired:
+        log.info("round %s: %d/%d bids placed by %s", round_.pk, len(placed), len(bids), allocation.solver)
+    return round_
+
+
+def job_bid(job: Job, chain: list[Shard]) -> JobBid:
+    """A queued job as the auction sees it: every shard of its model for its prompt plus its token limit."""
+    return JobBid(
+        job_id=job.pk,
+        shards=tuple(ShardDemand(shard_id=s.shard_id, layers=s.n_layers, memory_bytes=s.size_bytes) for s in chain),
+        tokens=job.prompt_tokens + job.max_new_tokens,
+        max_price=job.max_price,
+        priority=job.priority,
+    )
+
+
+def provider_offer(provider: Provider) -> ProviderOffer:
+    """A provider's free capacity and the ask the platform sets for it. The memory budget is shared out by slot:
+    with k of n slots free, k/n of it (the weights of the shards it holds are not tracked one by one)."""
+    free = provider.slots - provider.busy_slots
+    memory = provider.memory_bytes * free // provider.slots if provider.memory_bytes else MEMORY_UNKNOWN
+    assert provider.ns_per_layer_token is not None
+    return ProviderOffer(
+        provider_id=provider.pk,
+        slots=free,
+        memory_bytes=memory,
+        ask=selectors.provider_ask(provider),
+        ns_per_layer_token=provider.ns_per_layer_token,
+    )
+
+
+def _record(allocation: Allocation, *, expired: int) -> AuctionRound:
+    counts = allocation.counts()
+    return AuctionRound.objects.create(
+        requested=allocation.requested,
+        solver=allocation.solver,
+        status=allocation.status,
+        wall_time_s=round(allocation.wall_time_s, 4),
+        welfare=allocation.welfare,
+        objective=allocation.objective,
+        best_bound=allocation.best_bound,
+        optimality_gap=allocation.optimality_gap,
+        n_jobs=allocation.n_jobs,
+        n_providers=allocation.n_providers,
+        n_winners=counts["winners"],
+        n_losers=counts["losers"],
+        n_placed=0,
+        n_expired=expired,
+        buyer_payments=allocation.buyer_payments,
+        fees=allocation.fees,
+        prices=allocation.record()["trades"],
+    )
+
+
+class _SlotTaken(Exception):
+    pass
+
+
+def _place(
+    round_: AuctionRound,
+    job_id: int,
+    trades: tuple[Trade, ...],
+    providers: dict[int, Provider],
+    shards: dict[str, Shard],
+) -> bool:
+    """Claim one slot on each of the job's providers and write its assignments, all or nothing."""
+    try:
+        with transaction.atomic():
+            if not Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(
+                state=Job.State.ALLOCATED, auction_round=round_
+            ):
+                return False  # cancelled or expired since the book was read
+            rows = []
+            for hop, trade in enumerate(trades):
+                provider = providers[int(trade.provider_id)]
+                claimed = Provider.objects.filter(
+                    pk=provider.pk,
+                    state=Provider.State.ONLINE,
+                    channel_name=provider.channel_name,
+                    busy_slots__lt=F("slots"),
+                ).update(busy_slots=F("busy_slots") + 1)
+                if not claimed:
+                    raise _SlotTaken()
+                rows.append(
+                    Assignment(
+                        job_id=job_id,
+                        auction_round=round_,
+                        hop=hop,
+                        shard=shards[trade.shard_id],
+                        provider=provider,
+                        channel_name=provider.channel_name,
+                        work=trade.work,
+                        ask=trade.ask,
+                        unit_price=trade.unit_price,
+                    )
+                )
+            Assignment.objects.bulk_create(rows)
+            return True
+    except _SlotTaken:
+        return False
+
+
+def _launch_all(job_ids: list[int]) -> None:
+    from market.tasks import job_launch  # the task module imports the orchestrator, which imports these services
+
+    for job_id in job_ids:
+        job_launch(job_id)
