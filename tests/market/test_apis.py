@@ -1,5 +1,6 @@
-"""The buyer REST API: who sees what (owner / other user / anonymous), how a job request is checked before anything
-is stored, the launch of a job once its row is committed, cancelling, and the OpenAPI schema and docs."""
+"""The market REST API: who sees what (owner / other user / anonymous) on every endpoint, how a bid is checked and
+escrowed before anything is stored, the auction nudged once its row is committed, cancelling and its refund,
+balances, capacity, earnings, auction rounds, and the OpenAPI schema and docs."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from rest_framework.test import APIClient
 
 from inference import wire
 from inference.tiny import write_tiny_gguf
+from ledger import selectors as ledger_selectors
+from ledger import services as ledger_services
+from ledger.models import PendingRelease
 from market import selectors, services
-from market.models import Job, LanguageModel, Provider
+from market.models import AuctionRound, Job, LanguageModel, Provider
 
 pytestmark = pytest.mark.django_db
 
@@ -39,14 +43,17 @@ def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
     return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
 
 
+GRANT = 1_000_000  # settings.SIGNUP_GRANT
+
+
 @pytest.fixture
 def alice() -> User:
-    return User.objects.create_user("alice")
+    return services.account_open(username="alice")[0]
 
 
 @pytest.fixture
 def bob() -> User:
-    return User.objects.create_user("bob")
+    return services.account_open(username="bob")[0]
 
 
 def api(user: User | None = None) -> APIClient:
@@ -57,10 +64,10 @@ def api(user: User | None = None) -> APIClient:
 
 
 @pytest.fixture
-def launched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Job ids handed to a runner; no runner starts in these tests."""
-    calls: list[int] = []
-    monkeypatch.setattr("market.tasks.job_launch", calls.append)
+def nudged(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Nudges of the auction; no round runs in these tests unless one calls services.clear_market."""
+    calls: list[None] = []
+    monkeypatch.setattr("market.tasks.auction_nudge", lambda: calls.append(None))
     return calls
 
 
@@ -78,6 +85,11 @@ def make_job(buyer: User, model: LanguageModel, state: str = Job.State.QUEUED) -
         ("post", "/api/jobs/"),
         ("get", "/api/jobs/{id}/"),
         ("post", "/api/jobs/{id}/cancel/"),
+        ("get", "/api/jobs/{id}/cost/"),
+        ("get", "/api/account/"),
+        ("get", "/api/provider/capacity/"),
+        ("get", "/api/provider/earnings/"),
+        ("get", "/api/auction/rounds/"),
         ("get", "/api/models/"),
         ("get", "/api/providers/"),
     ],
@@ -98,6 +110,13 @@ def test_the_job_list_holds_only_your_own_jobs_newest_first(model: LanguageModel
     assert api(User.objects.create_user("carol")).get("/api/jobs/").json() == []
 
 
+def test_the_job_list_filters_by_state_so_a_buyer_sees_its_open_bids(model: LanguageModel, alice: User) -> None:
+    bid, _ = make_job(alice, model), make_job(alice, model, Job.State.DONE)
+    assert [job["id"] for job in api(alice).get("/api/jobs/?state=queued").json()] == [bid.pk]
+    refused = api(alice).get("/api/jobs/?state=open")
+    assert (refused.status_code, refused.json()["code"]) == (400, "bad_state")
+
+
 def test_the_owner_reads_a_job(model: LanguageModel, alice: User) -> None:
     job = make_job(alice, model)
     body = api(alice).get(f"/api/jobs/{job.pk}/").json()
@@ -106,7 +125,7 @@ def test_the_owner_reads_a_job(model: LanguageModel, alice: User) -> None:
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/api/jobs/{id}/cancel/"])
+@pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/api/jobs/{id}/cancel/", "/api/jobs/{id}/cost/"])
 def test_another_buyers_job_is_404_like_a_missing_one(model: LanguageModel, alice: User, bob: User, path: str) -> None:
     job = make_job(alice, model)
     method = "post" if "cancel" in path else "get"
@@ -141,24 +160,64 @@ def test_only_providers_heard_from_lately_are_listed_fastest_first(alice: User, 
 # --- creating a job --------------------------------------------------------------------------------------------
 
 
-def test_a_prompt_becomes_a_queued_job_launched_after_commit(
-    model: LanguageModel, alice: User, launched: list[int], django_capture_on_commit_callbacks: Callable[..., Any]
+def test_a_prompt_becomes_an_escrowed_bid_and_the_auction_is_nudged_after_commit(
+    model: LanguageModel, alice: User, nudged: list[None], django_capture_on_commit_callbacks: Callable[..., Any]
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api(alice).post("/api/jobs/", {"model": "tiny", "prompt": "hello there"}, format="json")
-        assert launched == []  # not before the row is committed
+        assert nudged == []  # not before the row is committed
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert len(callbacks) == 1 and launched == [body["id"]]
+    assert len(callbacks) == 1 and len(nudged) == 1
     job = Job.objects.get()
     assert (job.pk, job.buyer, job.state, job.max_new_tokens, job.seed) == (body["id"], alice, "queued", 64, None)
     assert job.messages == [{"role": "user", "content": "hello there"}]
     expected = selectors.model_tokenizer(model).encode_chat(job.messages)
     assert body["prompt_tokens"] == job.prompt_tokens == len(expected)
+    # The default bid: DEFAULT_BID_PER_LAYER_TOKEN (50) for each of 4 layers × (prompt + 64 new tokens).
+    assert body["max_price"] == job.max_price == 50 * 4 * (len(expected) + 64)
+    balances = ledger_selectors.balances_of(user=alice)
+    assert (balances.available, balances.escrow) == (GRANT - job.max_price, job.max_price)
+    assert ledger_selectors.escrow_held(user=alice, job_ref=f"job-{job.pk}") == job.max_price
+    assert job.expires_at is not None
+    assert abs((job.expires_at - job.created_at).total_seconds() - 600) < 5  # BID_TTL_SECONDS
+
+
+def test_a_bid_names_its_price_and_expiry(model: LanguageModel, alice: User, nudged: list[None]) -> None:
+    request = {"model": "tiny", "prompt": "hi", "max_price": 12_345, "expires_in_seconds": 30}
+    body = api(alice).post("/api/jobs/", request, format="json").json()
+    job = Job.objects.get()
+    assert body["max_price"] == job.max_price == 12_345
+    assert abs((job.expires_at - job.created_at).total_seconds() - 30) < 5
+    assert ledger_selectors.balances_of(user=alice).escrow == 12_345
+
+
+def test_a_bid_beyond_the_balance_is_payment_required_and_changes_nothing(
+    model: LanguageModel, alice: User, nudged: list[None], django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = api(alice).post(
+            "/api/jobs/", {"model": "tiny", "prompt": "hi", "max_price": GRANT + 1}, format="json"
+        )
+    assert (response.status_code, response.json()["code"]) == (402, "insufficient_funds")
+    assert f"needs {GRANT + 1} base units in escrow; you have {GRANT}" in response.json()["message"]
+    assert Job.objects.count() == 0 and callbacks == [] and nudged == []
+    balances = ledger_selectors.balances_of(user=alice)
+    assert (balances.available, balances.escrow) == (GRANT, 0)
+
+
+def test_with_contribute_to_use_a_new_account_cannot_bid_until_it_earns(
+    model: LanguageModel, settings: Any, nudged: list[None]
+) -> None:
+    settings.CONTRIBUTE_TO_USE = True
+    newbie = services.account_open(username="newbie")[0]
+    response = api(newbie).post("/api/jobs/", {"model": "tiny", "prompt": "hi", "max_price": 100}, format="json")
+    assert (response.status_code, response.json()["code"]) == (402, "insufficient_funds")
+    assert Job.objects.count() == 0
 
 
 def test_a_chat_with_sampling_settings_is_stored_as_given(
-    model: LanguageModel, alice: User, launched: list[int]
+    model: LanguageModel, alice: User, nudged: list[None]
 ) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     request = {"model": "tiny", "quant": "f32", "messages": messages, "max_new_tokens": 5, "temperature": "0.7"}
@@ -170,7 +229,7 @@ def test_a_chat_with_sampling_settings_is_stored_as_given(
 
 
 def test_the_context_limit_counts_the_prompt_and_the_new_tokens(
-    model: LanguageModel, alice: User, launched: list[int]
+    model: LanguageModel, alice: User, nudged: list[None]
 ) -> None:
     prompt = "hello there " * 4
     room = CONTEXT - len(selectors.model_tokenizer(model).encode_chat([{"role": "user", "content": prompt}]))
@@ -183,7 +242,7 @@ def test_the_context_limit_counts_the_prompt_and_the_new_tokens(
 
 
 def test_a_prompt_whose_prefill_does_not_fit_in_one_frame_is_refused(
-    model: LanguageModel, alice: User, launched: list[int], monkeypatch: pytest.MonkeyPatch
+    model: LanguageModel, alice: User, nudged: list[None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The prompt's hidden states ([1, S, hidden] float16) cross between shards in one frame; the tiny model's would
     need 65,535 tokens, so the frame limit is lowered to make this prompt the longest that fits."""
@@ -235,12 +294,26 @@ USER = [{"role": "user", "content": "hi"}]
         ),
         pytest.param({"model": "tiny", "prompt": "hi", "top_p": 0}, 400, "invalid_input", "top_p:", id="top-p-0"),
         pytest.param({"model": "tiny", "prompt": "x" * 300}, 400, "context_overflow", "exceeds", id="long-prompt"),
+        pytest.param({"model": "tiny", "prompt": "hi", "max_price": 0}, 400, "invalid_input", "max_price:", id="free"),
+        pytest.param(
+            {"model": "tiny", "prompt": "hi", "max_price": "lots"}, 400, "invalid_input", "max_price:", id="price-text"
+        ),
+        pytest.param(
+            {"model": "tiny", "prompt": "hi", "expires_in_seconds": 0}, 400, "invalid_input", "expires_in", id="ttl-0"
+        ),
+        pytest.param(
+            {"model": "tiny", "prompt": "hi", "expires_in_seconds": 86_401},
+            400,
+            "invalid_input",
+            "expires_in_seconds must be between 1 and 86400",
+            id="ttl-too-long",
+        ),
     ],
 )
 def test_a_refused_job_request_creates_nothing(
     model: LanguageModel,
     alice: User,
-    launched: list[int],
+    nudged: list[None],
     django_capture_on_commit_callbacks: Callable[..., Any],
     request_body: dict[str, Any],
     status: int,
@@ -252,7 +325,8 @@ def test_a_refused_job_request_creates_nothing(
     assert response.status_code == status
     assert response.json()["code"] == code
     assert message in response.json()["message"]
-    assert Job.objects.count() == 0 and callbacks == [] and launched == []
+    assert Job.objects.count() == 0 and callbacks == [] and nudged == []
+    assert ledger_selectors.balances_of(user=alice).available == GRANT
 
 
 def test_field_errors_come_with_their_field_tree(model: LanguageModel, alice: User) -> None:
@@ -288,11 +362,80 @@ def test_cancelling_a_queued_job_ends_its_stream(
     assert (event["type"], event["state"], event["error_code"]) == ("job.done", "cancelled", "cancelled")
 
 
+def test_cancelling_a_bid_refunds_its_escrow(model: LanguageModel, alice: User, nudged: list[None]) -> None:
+    job_id = (
+        api(alice).post("/api/jobs/", {"model": "tiny", "prompt": "hi", "max_price": 5_000}, format="json").json()["id"]
+    )
+    assert ledger_selectors.balances_of(user=alice).available == GRANT - 5_000
+    assert api(alice).post(f"/api/jobs/{job_id}/cancel/").status_code == 200
+    balances = ledger_selectors.balances_of(user=alice)
+    assert (balances.available, balances.escrow) == (GRANT, 0)
+    cost = api(alice).get(f"/api/jobs/{job_id}/cost/").json()
+    assert (cost["state"], cost["escrowed"], cost["paid"], cost["refunded"], cost["lines"]) == (
+        "cancelled",
+        5_000,
+        0,
+        5_000,
+        [],
+    )
+
+
 def test_a_finished_job_cannot_be_cancelled(model: LanguageModel, alice: User) -> None:
     job = make_job(alice, model, Job.State.DONE)
     response = api(alice).post(f"/api/jobs/{job.pk}/cancel/")
     assert (response.status_code, response.json()["code"]) == (409, "job_finished")
     assert Job.objects.get().state == Job.State.DONE
+
+
+# --- money, capacity, rounds -----------------------------------------------------------------------------------
+
+
+def test_the_cost_of_a_job_not_settled_yet_is_a_conflict(model: LanguageModel, alice: User) -> None:
+    job = make_job(alice, model, Job.State.RUNNING)
+    response = api(alice).get(f"/api/jobs/{job.pk}/cost/")
+    assert (response.status_code, response.json()["code"]) == (409, "not_settled")
+
+
+def test_the_account_shows_your_own_balances(alice: User, bob: User) -> None:
+    ledger_services.escrow_for_job(user=alice, amount=300, job_ref="job-x")
+    assert api(alice).get("/api/account/").json() == {
+        "available": GRANT - 300,
+        "escrow": 300,
+        "pending": 0,
+        "earnings": 0,
+        "stake": 0,
+    }
+    assert api(bob).get("/api/account/").json()["escrow"] == 0
+
+
+def test_capacity_lists_only_your_own_providers_with_the_ask_the_platform_sets(alice: User, bob: User) -> None:
+    mine = Provider.objects.create(user=alice, name="mine", slots=3, ns_per_layer_token=2_000_000)
+    Provider.objects.create(user=bob, name="theirs", ns_per_layer_token=1_000_000)
+    new = Provider.objects.create(user=alice, name="new")
+    listed = api(alice).get("/api/provider/capacity/").json()
+    assert [(p["id"], p["slots"]) for p in listed] == [(mine.pk, 3), (new.pk, 1)]
+    # 10,000 base units per compute-second × 2 ms per layer-token at full reliability = 20 per layer-token.
+    assert (listed[0]["ask"], listed[1]["ask"]) == (20, None)
+
+
+def test_earnings_list_only_your_own_settlements(model: LanguageModel, alice: User, bob: User) -> None:
+    ledger_services.escrow_for_job(user=alice, amount=1_000, job_ref="job-7")
+    ledger_services.settle_job(job_ref="job-7", buyer=alice, payouts=[(bob, 600)], fee=30)
+    mine = api(bob).get("/api/provider/earnings/").json()
+    assert (mine["pending"], mine["earnings"]) == (600, 0)
+    assert [(r["job"], r["amount"], r["state"]) for r in mine["settlements"]] == [("job-7", 600, "pending")]
+    assert PendingRelease.objects.count() == 1
+    assert api(alice).get("/api/provider/earnings/").json() == {"pending": 0, "earnings": 0, "settlements": []}
+
+
+def test_auction_rounds_are_listed_newest_first(alice: User) -> None:
+    fields = {"requested": "auto", "solver": "greedy", "status": "heuristic", "wall_time_s": 0.01, "welfare": 5}
+    counts = {"n_jobs": 2, "n_providers": 3, "n_winners": 1, "n_losers": 1, "n_placed": 1, "buyer_payments": 9}
+    first = AuctionRound.objects.create(objective=5, fees=1, **fields, **counts)
+    second = AuctionRound.objects.create(objective=7, fees=1, **fields, **counts)
+    listed = api(alice).get("/api/auction/rounds/").json()
+    assert [r["id"] for r in listed] == [second.pk, first.pk]
+    assert listed[0]["solver"] == "greedy" and listed[0]["n_placed"] == 1
 
 
 # --- schema and docs -------------------------------------------------------------------------------------------
@@ -304,6 +447,8 @@ def test_the_openapi_schema_lists_the_buyer_api() -> None:
     schema = response.json()
     assert schema["openapi"].startswith("3.") and schema["info"]["title"] == "Compute market API"
     paths = {"/api/jobs/", "/api/jobs/{job_id}/", "/api/jobs/{job_id}/cancel/", "/api/models/", "/api/providers/"}
+    paths |= {"/api/jobs/{job_id}/cost/", "/api/account/", "/api/provider/capacity/", "/api/provider/earnings/"}
+    paths |= {"/api/auction/rounds/"}
     assert paths <= set(schema["paths"])
     assert {"get", "post"} <= set(schema["paths"]["/api/jobs/"])
     assert "post" in schema["paths"]["/api/jobs/{job_id}/cancel/"]

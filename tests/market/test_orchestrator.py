@@ -1,6 +1,8 @@
 """The orchestrator against the real provider consumer and channel layer, with scripted providers that run the tiny
-model's real shards: exact output, a provider that misses its deadline is replaced and the job's output does not
-change, and with no one left the job fails with its reason. (tests/e2e does the same with real processes.)"""
+model's real shards. Each job is a real bid, placed by a real auction round: exact output; a provider that misses
+its deadline is replaced, the job's output does not change, and each is paid for the steps it served; with no one
+left the job fails with its reason and is refunded; a job whose provider left before it started goes back into
+the book. (tests/e2e does the same with real processes.)"""
 
 from __future__ import annotations
 
@@ -15,20 +17,21 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
-from rest_framework.authtoken.models import Token
 
 from config.asgi import application
 from inference import wire
 from inference.generate import SamplingParams, generate
 from inference.runtime import ShardRuntime
 from inference.tiny import write_tiny_gguf
+from ledger import selectors as ledger_selectors
 from market import selectors, services
-from market.models import Job, LanguageModel
+from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MAX_NEW = 12
+GRANT = 1_000_000  # settings.SIGNUP_GRANT
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +49,19 @@ def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
 class ScriptedProvider:
     """A provider client that runs real shards, and goes silent from step `stall_at` on if told to."""
 
-    def __init__(self, token: str, name: str, *, stall_at: int | None = None, lose_once: int | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        name: str,
+        *,
+        ns: int = 1_000_000,
+        stall_at: int | None = None,
+        lose_once: int | None = None,
+    ) -> None:
         headers = [(b"origin", b"http://127.0.0.1"), (b"authorization", f"Token {token}".encode())]
         self.ws = WebsocketCommunicator(application, "/ws/provider/", headers=headers)
         self.name = name
+        self.ns = ns  # its benchmark: the auction's asks follow it, so the fastest providers win the hops
         self.stall_at = stall_at
         self.lose_once = lose_once  # the answer to this step is "lost" once; asked again, the kept answer is sent
         self.kept: bytes | None = None
@@ -61,7 +73,7 @@ class ScriptedProvider:
         hello = {"protocol": 1, "name": self.name, "kind": "headless", "backend": "cpu", "slots": 1, "memory_bytes": 0}
         await self.ws.send_json_to({"type": "hello", **hello})
         assert (await self.ws.receive_json_from(timeout=5))["type"] == "welcome"
-        await self.ws.send_json_to({"type": "benchmark", "ns_per_layer_token": 1000})
+        await self.ws.send_json_to({"type": "benchmark", "ns_per_layer_token": self.ns})
 
     async def serve(self) -> None:
         while True:
@@ -108,11 +120,18 @@ def expected_tokens(model: LanguageModel, messages: list[dict[str, str]]) -> lis
     return generate(chain, ids, max_new_tokens=MAX_NEW, stop_ids=tokenizer.stop_ids, sampling=SamplingParams()).tokens
 
 
-async def run_with(providers: list[ScriptedProvider], job_id: int) -> Job:
+async def run_with(providers: list[ScriptedProvider], job_id: int, *, leave_before_start: int = 0) -> Job:
+    """Connect the providers, clear the market (one round, which must place the job), and run the job; the first
+    `leave_before_start` providers disconnect between the round and the runner's start."""
     for provider in providers:
         await provider.start()
-    await asyncio.sleep(0.2)  # the benchmark results are stored: placement prefers benchmarked providers
-    serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
+    await asyncio.sleep(0.2)  # the benchmark results are stored: the book holds benchmarked providers only
+    round_ = await sync_to_async(services.clear_market)()
+    assert round_ is not None and (round_.n_jobs, round_.n_placed) == (1, 1)
+    for provider in providers[:leave_before_start]:
+        await provider.ws.disconnect()
+    await asyncio.sleep(0.2)
+    serving = [asyncio.ensure_future(provider.serve()) for provider in providers[leave_before_start:]]
     try:
         await run_job(job_id)
     finally:
@@ -120,17 +139,32 @@ async def run_with(providers: list[ScriptedProvider], job_id: int) -> Job:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for provider in providers:
+        for provider in providers[leave_before_start:]:
             await provider.ws.disconnect()
     job: Job = await sync_to_async(Job.objects.get)(pk=job_id)
     return job
 
 
+@pytest.fixture(autouse=True)
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Jobs a round hands to a runner: recorded, not started (each test runs its job itself)."""
+    calls: list[int] = []
+    monkeypatch.setattr("market.tasks.job_launch", calls.append)
+    return calls
+
+
 def queued_job(model: LanguageModel, messages: list[dict[str, str]]) -> tuple[Job, str]:
-    buyer = User.objects.create_user("alice")
-    job = Job.objects.create(buyer=buyer, model=model, messages=messages, max_new_tokens=MAX_NEW)
-    token = Token.objects.create(user=User.objects.create_user("carol")).key
-    return job, token
+    """A bid from alice at the default price, and the token of carol, who runs the providers."""
+    buyer = services.account_open(username="alice")[0]
+    job = services.job_create(
+        buyer=buyer, model=model, messages=messages, max_new_tokens=MAX_NEW, temperature=0, top_p=1, seed=None
+    )
+    return job, services.account_open(username="carol")[1]
+
+
+def steps_run(job: Job) -> int:
+    """Steps through the whole pipeline: one per token, plus the one whose token was the stop token."""
+    return len(job.tokens) + (1 if job.finish_reason == "stop" else 0)
 
 
 def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is_replaced(
@@ -138,15 +172,39 @@ def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is
 ) -> None:
     messages = [{"role": "user", "content": "hello there"}]
     job, token = queued_job(model, messages)
-    providers = [ScriptedProvider(token, f"p{i}", stall_at=3 if i == 0 else None) for i in range(3)]
+    providers = [
+        ScriptedProvider(token, "p0", ns=500_000, stall_at=3),
+        ScriptedProvider(token, "p1", ns=800_000),
+        ScriptedProvider(token, "p2", ns=1_000_000),  # the spare: the slowest, so the round leaves it free
+    ]
     done = async_to_sync(run_with)(providers, job.pk)
     assert done.state == Job.State.DONE, (done.error_code, done.error)
     assert done.tokens == expected_tokens(model, messages)
     stalled = [hop for hop in done.pipeline if hop["provider_name"] == "p0"]
     assert len(stalled) == 1 and stalled[0]["ended"].startswith("deadline") and stalled[0]["until_step"] == 3
     replacement = next(h for h in done.pipeline if h["hop"] == stalled[0]["hop"] and h["provider_name"] != "p0")
-    assert replacement["from_step"] == 3 and replacement["ended"] == "done"
+    assert replacement["provider_name"] == "p2" and replacement["from_step"] == 3 and replacement["ended"] == "done"
+    assert replacement["until_step"] == steps_run(done)
     assert providers[0].steps == 3
+    # Settlement: p0 is paid for steps 0-2 (the prompt and two tokens), p2 for the rest of that hop, at the price
+    # the hop cleared; the buyer pays no more than without the failure, and gets the rest of the escrow back.
+    assert done.settled_at is not None
+    lines = {(line["hop"], line["provider_name"]): line for line in done.cost["lines"]}
+    hop = stalled[0]["hop"]
+    price = Assignment.objects.get(job=done, hop=hop).unit_price
+    assert lines[hop, "p0"]["layer_tokens"] == 2 * (done.prompt_tokens + 2)
+    assert lines[hop, "p2"]["layer_tokens"] == 2 * (steps_run(done) - 3)
+    assert lines[hop, "p0"]["unit_price"] == lines[hop, "p2"]["unit_price"] == price
+    other = 1 - hop
+    assert lines[other, "p1"]["layer_tokens"] == 2 * (done.prompt_tokens + steps_run(done) - 1)
+    paid = sum(line["payment"] for line in lines.values())
+    fee = sum(line["fee"] for line in lines.values())
+    assert (done.cost["paid"], done.cost["fee"], done.cost["refunded"]) == (paid, fee, done.max_price - paid)
+    alice, carol = User.objects.get(username="alice"), User.objects.get(username="carol")
+    assert ledger_selectors.balances_of(user=alice).available == GRANT - paid
+    assert ledger_selectors.balances_of(user=alice).escrow == 0
+    assert ledger_selectors.balances_of(user=carol).pending == paid - fee
+    assert ledger_selectors.ledger_drift().ok
 
 
 def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> None:
@@ -157,6 +215,21 @@ def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> 
     assert (failed.state, failed.error_code) == (Job.State.FAILED, "no_replacement")
     assert "provider p0" in failed.error and "deadline" in failed.error
     assert failed.tokens == expected_tokens(model, messages)[: len(failed.tokens)] and len(failed.tokens) == 2
+    # A failed job is refunded in full and holds no provider's slot.
+    assert (failed.cost["paid"], failed.cost["refunded"]) == (0, failed.max_price)
+    assert ledger_selectors.balances_of(user=failed.buyer).available == GRANT
+    assert not Provider.objects.filter(busy_slots__gt=0).exists()
+
+
+def test_a_job_whose_provider_left_before_it_started_goes_back_into_the_book(model: LanguageModel) -> None:
+    job, token = queued_job(model, [{"role": "user", "content": "hello there"}])
+    providers = [ScriptedProvider(token, "p0", ns=500_000), ScriptedProvider(token, "p1", ns=800_000)]
+    back = async_to_sync(run_with)(providers, job.pk, leave_before_start=1)
+    assert (back.state, back.priority, back.started_at, back.tokens) == (Job.State.QUEUED, 1, None, [])
+    assert "no provider is free" in back.error
+    assert not Provider.objects.filter(busy_slots__gt=0).exists()
+    assert back.settled_at is None  # no extra charge: the whole bid stays in escrow for the next round
+    assert ledger_selectors.escrow_held(user=back.buyer, job_ref=f"job-{back.pk}") == back.max_price
 
 
 def test_a_lost_answer_is_asked_for_again_and_the_provider_keeps_its_place(model: LanguageModel) -> None:
