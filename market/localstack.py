@@ -106,6 +106,10 @@ class LocalMarket:
                 "warning",
             ]
             self.spawn("worker", worker)
+            # Beat clears the market every few seconds and releases providers' earnings when their window closes.
+            schedule = str(self.logs / "celerybeat-schedule")
+            beat = [sys.executable, "-m", "celery", "-A", "config", "beat", "-s", schedule, "-l", "warning"]
+            self.spawn("beat", beat)
         self.wait(lambda: self._healthy(), 60, "the server to answer /healthz/")
 
     def start_provider(self, name: str, *, token: str, slots: int = 1, threads: int = 1) -> subprocess.Popen[bytes]:
@@ -132,7 +136,8 @@ class LocalMarket:
         process.wait(timeout=30)
 
     def stop(self) -> None:
-        for name in [n for n in self.processes if n not in ("server", "worker")] + ["worker", "server"]:
+        services = ("beat", "worker", "server")
+        for name in [n for n in self.processes if n not in services] + list(services):
             process = self.processes.pop(name, None)
             if process is None:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ PG = "postgres://postgres@127.0.0.1:5432"
 DATABASE = os.environ.get("E2E_DATABASE", "cm_e2e")
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('E2E_REDIS_DB', '5')}"
 PLAN = "0-10,10-20,20-30"
+SIGNUP_GRANT = 1_000_000_000
 
 
 class E2EMarket(LocalMarket):
@@ -35,6 +37,11 @@ class E2EMarket(LocalMarket):
     bob: str
     carol: str
     serial = 0
+
+    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Read the stack's database directly (what the API does not show, like the platform's fee account)."""
+        with psycopg.connect(f"{PG}/{DATABASE}") as conn:
+            return conn.execute(query, args).fetchall()
 
     def alive(self) -> list[str]:
         return [n for n, p in self.processes.items() if n.startswith("p") and p.poll() is None]
@@ -66,6 +73,10 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EMarket]:
         "MEDIA_ROOT": str(work / "media"),
         "STEP_DEADLINE_SECONDS": "15",
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # Money: enough for every test's bids; a short challenge window that beat closes while the tests watch.
+        "SIGNUP_GRANT": str(SIGNUP_GRANT),
+        "CHALLENGE_WINDOW_SECONDS": "5",
+        "LEDGER_RELEASE_EVERY_SECONDS": "2",
     }
     stack = E2EMarket(env=env, logs=work / "logs")
     stack.manage("migrate", "--noinput", "-v0")
