@@ -150,6 +150,7 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Jobs a round hands to a runner: recorded, not started (each test runs its job itself)."""
     calls: list[int] = []
     monkeypatch.setattr("market.tasks.job_launch", calls.append)
+    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)  # each test clears the market itself
     return calls
 
 

@@ -1,0 +1,357 @@
+"""Auction rounds over the real book (bids escrowed through the ledger, providers as stored), settlement of every
+way a job can end, the platform's asks, and the clocks that start rounds (the embedded loop, the debounced nudge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from config.errors import Conflict
+from inference.tiny import write_tiny_gguf
+from ledger import selectors as ledger_selectors
+from market import clock, selectors, services, tasks
+from market.auction.pricing import platform_ask
+from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider
+from market.orchestrator import AuctionPlacement
+from market.services.settlement import step_tokens
+
+pytestmark = pytest.mark.django_db
+
+GRANT = 1_000_000  # settings.SIGNUP_GRANT
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture
+def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
+
+
+@pytest.fixture
+def alice() -> User:
+    return services.account_open(username="alice")[0]
+
+
+@pytest.fixture
+def carol() -> User:
+    return services.account_open(username="carol")[0]
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr("market.tasks.job_launch", calls.append)
+    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    return calls
+
+
+def provider(owner: User, name: str, *, ns: int | None = 1_000_000, slots: int = 1, **fields: Any) -> Provider:
+    online = {"state": Provider.State.ONLINE, "channel_name": f"chan.{name}", "last_seen": timezone.now()}
+    return Provider.objects.create(user=owner, name=name, ns_per_layer_token=ns, slots=slots, **{**online, **fields})
+
+
+def bid(buyer: User, model: LanguageModel, **fields: Any) -> Job:
+    return services.job_create(
+        buyer=buyer,
+        model=model,
+        messages=[{"role": "user", "content": "hello there"}],
+        max_new_tokens=fields.pop("max_new_tokens", 8),
+        temperature=0,
+        top_p=1,
+        seed=None,
+        **fields,
+    )
+
+
+# --- rounds ----------------------------------------------------------------------------------------------------
+
+
+def test_an_empty_book_runs_no_round(launches: list[int]) -> None:
+    assert services.clear_market() is None
+    assert AuctionRound.objects.count() == 0
+
+
+def test_a_round_places_a_bid_on_distinct_providers_at_prices_within_ask_and_bid(
+    model: LanguageModel,
+    alice: User,
+    carol: User,
+    launches: list[int],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    fast, slow = provider(carol, "fast", ns=500_000), provider(carol, "slow", ns=2_000_000)
+    provider(carol, "unbenchmarked", ns=None)
+    provider(carol, "gone", state=Provider.State.OFFLINE)
+    job = bid(alice, model)
+    with django_capture_on_commit_callbacks(execute=True):
+        round_ = services.clear_market()
+    assert round_ is not None
+    assert (round_.n_jobs, round_.n_providers, round_.n_winners, round_.n_losers, round_.n_placed) == (1, 2, 1, 0, 1)
+    assert round_.solver == "cpsat" and round_.status == "optimal" and round_.optimality_gap == 0
+    assert launches == [job.pk]
+    job.refresh_from_db()
+    assert (job.state, job.auction_round_id) == (Job.State.ALLOCATED, round_.pk)
+    terms = list(Assignment.objects.filter(job=job).order_by("hop"))
+    assert [t.hop for t in terms] == [0, 1] and {t.provider_id for t in terms} == {fast.pk, slow.pk}
+    work = 2 * (job.prompt_tokens + job.max_new_tokens)  # each shard has 2 layers
+    bid_per_unit = job.max_price / (2 * work)
+    for term in terms:
+        assert term.work == work and term.ask == selectors.provider_ask(term.provider)
+        assert term.ask <= term.unit_price <= bid_per_unit
+    assert {(t["job"], t["unit_price"]) for t in round_.prices} == {(job.pk, t.unit_price) for t in terms}
+    assert sum(t.unit_price * t.work for t in terms) == round_.buyer_payments <= job.max_price
+    assert list(Provider.objects.filter(busy_slots=1).values_list("pk", flat=True)) == sorted([fast.pk, slow.pk])
+
+
+def test_a_losing_bid_stays_in_the_book_with_rising_priority(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    provider(carol, "a"), provider(carol, "b")
+    job = bid(alice, model, max_price=1)  # below the asks of any pipeline
+    for expected in (1, 2):
+        round_ = services.clear_market()
+        assert round_ is not None and (round_.n_winners, round_.n_losers, round_.n_placed) == (0, 1, 0)
+        job.refresh_from_db()
+        assert (job.state, job.priority) == (Job.State.QUEUED, expected)
+    assert launches == [] and not Provider.objects.filter(busy_slots__gt=0).exists()
+
+
+def test_a_winner_whose_slot_was_taken_meanwhile_stays_in_the_book(
+    model: LanguageModel, alice: User, carol: User, launches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = provider(carol, "a"), provider(carol, "b")
+    job = bid(alice, model)
+    stale = list(selectors.providers_free(exclude=set()))  # read before another runner took b's only slot
+    Provider.objects.filter(pk=b.pk).update(busy_slots=1)
+    monkeypatch.setattr(selectors, "providers_free", lambda exclude: stale)
+    round_ = services.clear_market()
+    assert round_ is not None and (round_.n_winners, round_.n_placed) == (1, 0)
+    job.refresh_from_db()
+    assert (job.state, job.priority, job.auction_round_id) == (Job.State.QUEUED, 1, None)
+    assert not Assignment.objects.exists() and launches == []
+    assert Provider.objects.get(pk=a.pk).busy_slots == 0, "the claim on a was rolled back with the job"
+
+
+def test_an_expired_bid_is_refunded_and_its_stream_ends(
+    model: LanguageModel,
+    alice: User,
+    launches: list[int],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    job = bid(alice, model, max_price=7_000, expires_in_seconds=1)
+    assert ledger_selectors.balances_of(user=alice).available == GRANT - 7_000
+    layer = get_channel_layer()
+    listener = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(selectors.job_group(job.pk), listener)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market(now=timezone.now() + timezone.timedelta(seconds=2))
+    job.refresh_from_db()
+    assert (job.state, job.error_code, job.cost["refunded"]) == (Job.State.EXPIRED, "expired", 7_000)
+    assert ledger_selectors.balances_of(user=alice).available == GRANT
+    event = async_to_sync(layer.receive)(listener)
+    assert (event["type"], event["state"]) == ("job.done", "expired")
+
+
+def test_cancelling_an_allocated_job_frees_its_slots_and_refunds_it(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    provider(carol, "a"), provider(carol, "b")
+    job = bid(alice, model)
+    services.clear_market()
+    assert Provider.objects.filter(busy_slots=1).count() == 2
+    services.job_cancel(job=Job.objects.get(pk=job.pk))
+    assert not Provider.objects.filter(busy_slots__gt=0).exists()
+    assert Job.objects.get(pk=job.pk).state == Job.State.CANCELLED
+    assert ledger_selectors.balances_of(user=alice).available == GRANT
+    assert services.job_claim(job_id=job.pk) is None, "no runner may start it afterwards"
+
+
+# --- placement from the round ----------------------------------------------------------------------------------
+
+
+def test_the_runner_takes_the_assigned_providers_and_falls_back_when_one_has_gone(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    a, b, spare = provider(carol, "a", ns=500_000), provider(carol, "b", ns=600_000), provider(carol, "spare", ns=10**8)
+    Provider.objects.filter(pk=spare.pk).update(busy_slots=1)  # busy during the round, so it gets no hop
+    job = bid(alice, model)
+    services.clear_market()
+    Provider.objects.filter(pk=spare.pk).update(busy_slots=0)
+    terms = {t.hop: t for t in Assignment.objects.filter(job=job)}
+    gone = terms[1].provider_id
+    Provider.objects.filter(pk=gone).update(state=Provider.State.OFFLINE)  # left between the round and the start
+    job = services.job_claim(job_id=job.pk)
+    assert job is not None
+    placement = AuctionPlacement()
+    shards = [selectors.shard_descriptor(s) for s in selectors.shard_chain(model=model, plan=None)]
+    first = placement.place(job=job, shard=shards[0], exclude=set())
+    second = placement.place(job=job, shard=shards[1], exclude={first.pk} if first else set())
+    assert first is not None and first.pk == terms[0].provider_id
+    assert second is not None and second.pk == spare.pk
+    slots = dict(Provider.objects.values_list("pk", "busy_slots"))
+    assert slots == {terms[0].provider_id: 1, gone: 0, spare.pk: 1}
+    assert {a.pk, b.pk} == {terms[0].provider_id, gone}
+
+
+def test_slots_of_hops_never_placed_are_given_back(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    provider(carol, "a"), provider(carol, "b")
+    job = bid(alice, model)
+    services.clear_market()
+    job = services.job_claim(job_id=job.pk)
+    assert job is not None
+    placement = AuctionPlacement()
+    shard = selectors.shard_descriptor(selectors.shard_chain(model=model, plan=None)[0])
+    placement.place(job=job, shard=shard, exclude=set())
+    placement.release_unused()
+    assert Provider.objects.filter(busy_slots=1).count() == 1, "only the placed hop keeps its slot"
+
+
+# --- settlement ------------------------------------------------------------------------------------------------
+
+
+def _ran(job: Job, state: str, pipeline: list[dict[str, Any]]) -> Job:
+    Job.objects.filter(pk=job.pk).update(
+        state=state, pipeline=pipeline, started_at=timezone.now(), finished_at=timezone.now()
+    )
+    return Job.objects.get(pk=job.pk)
+
+
+def _placed(model: LanguageModel, alice: User, carol: User) -> tuple[Job, dict[int, Assignment]]:
+    provider(carol, "a", ns=500_000), provider(carol, "b", ns=600_000)
+    job = bid(alice, model, max_price=100_000)
+    services.clear_market()
+    job.refresh_from_db()
+    return job, {t.hop: t for t in Assignment.objects.filter(job=job)}
+
+
+def test_step_tokens_count_the_prompt_at_step_zero_and_one_token_a_step_after() -> None:
+    assert step_tokens(0, 1, prompt_tokens=9) == 9
+    assert step_tokens(0, 5, prompt_tokens=9) == 13
+    assert step_tokens(3, 5, prompt_tokens=9) == 2
+    assert step_tokens(3, 3, prompt_tokens=9) == 0
+
+
+def test_a_cancelled_running_job_pays_for_the_steps_it_ran_and_no_more(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    job, terms = _placed(model, alice, carol)
+    entries = [
+        {"hop": h, "shard": t.shard.shard_id, "provider": t.provider_id, "from_step": 0, "until_step": 4}
+        for h, t in terms.items()
+    ]
+    job = services.job_settle(job_id=_ran(job, Job.State.CANCELLED, entries).pk)
+    work = 2 * (job.prompt_tokens + 3)
+    expected = sum(t.unit_price * work for t in terms.values())
+    assert job.cost["paid"] == expected and job.cost["refunded"] == 100_000 - expected
+    assert ledger_selectors.balances_of(user=alice).available == GRANT - expected
+    assert ledger_selectors.balances_of(user=carol).pending == expected - job.cost["fee"]
+    assert services.job_settle(job_id=job.pk).cost == job.cost, "settling twice is settling once"
+    assert ledger_selectors.ledger_drift().ok
+
+
+def test_a_failed_job_refunds_in_full_whatever_ran(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    job, terms = _placed(model, alice, carol)
+    entries = [
+        {"hop": 0, "shard": terms[0].shard.shard_id, "provider": terms[0].provider_id, "from_step": 0, "until_step": 3}
+    ]
+    job = services.job_settle(job_id=_ran(job, Job.State.FAILED, entries).pk)
+    assert (job.cost["paid"], job.cost["refunded"], job.cost["lines"]) == (0, 100_000, [])
+    assert ledger_selectors.balances_of(user=alice).available == GRANT
+    assert ledger_selectors.balances_of(user=carol).pending == 0
+
+
+def test_only_a_finished_job_is_settled(model: LanguageModel, alice: User, launches: list[int]) -> None:
+    job = bid(alice, model)
+    with pytest.raises(Conflict, match="only a finished job is settled"):
+        services.job_settle(job_id=job.pk)
+
+
+def test_a_round_settles_a_finished_job_its_runner_left_unsettled(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    job, terms = _placed(model, alice, carol)
+    entries = [
+        {"hop": h, "shard": t.shard.shard_id, "provider": t.provider_id, "from_step": 0, "until_step": 2}
+        for h, t in terms.items()
+    ]
+    _ran(job, Job.State.DONE, entries)
+    services.clear_market()
+    job.refresh_from_db()
+    assert job.settled_at is not None and job.cost["paid"] == sum(
+        t.unit_price * 2 * (job.prompt_tokens + 1) for t in terms.values()
+    )
+
+
+# --- asks ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ns", "reliability", "ask"),
+    [
+        (1_000_000, 1000, 10),  # 1 ms per layer-token at 10,000 base units per compute-second
+        (500_000, 1000, 5),  # twice as fast: half the ask
+        (1_000_000, 500, 20),  # half its steps redone elsewhere: twice the ask
+        (1_000_000, 10, 100),  # reliability below the floor (100 ‰) counts as the floor
+        (1_234_567, 1000, 13),  # rounded up
+        (1_000, 1000, 1),  # never free
+    ],
+)
+def test_the_platform_ask_follows_speed_and_reliability(ns: int, reliability: int, ask: int) -> None:
+    assert (
+        platform_ask(
+            ns_per_layer_token=ns, reliability_permille=reliability, per_compute_second=10_000, floor_permille=100
+        )
+        == ask
+    )
+
+
+# --- what starts a round ---------------------------------------------------------------------------------------
+
+
+def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.MARKET_CLOCK, settings.AUCTION_EVERY_SECONDS, settings.AUCTION_NUDGE_SECONDS = True, 60, 0.05
+    rounds: list[float] = []
+    monkeypatch.setattr(services, "clear_market", lambda: rounds.append(1.0))
+
+    async def nudged() -> int:
+        clock.start()
+        await asyncio.sleep(0.2)
+        before = len(rounds)
+        clock.nudge()
+        for _ in range(50):
+            if len(rounds) > before:
+                break
+            await asyncio.sleep(0.05)
+        return len(rounds) - before
+
+    assert asyncio.run(nudged()) == 1
+
+
+def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.ORCHESTRATOR, settings.REDIS_URL, settings.AUCTION_NUDGE_SECONDS = "celery", "redis://127.0.0.1:6379/9", 1
+    redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)
+    scheduled: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.clear_market, "apply_async", lambda **kw: scheduled.append(kw))
+    for _ in range(5):
+        tasks.auction_nudge()
+    assert scheduled == [{"countdown": 1}]
+    redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)  # the window has passed
+    tasks.auction_nudge()
+    assert len(scheduled) == 2
