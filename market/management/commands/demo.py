@@ -95,10 +95,11 @@ class Command(BaseCommand):
                     time.sleep(3600)
 
     def _providers(self, market: LocalMarket, token: str) -> None:
-        self.stdout.write("Providers online (benchmarked on a real shard):")
+        self.stdout.write("Providers online (benchmarked on a real shard; the platform sets their asks from it):")
         for p in market.online_providers(token):
             self.stdout.write(
                 f"  {p['name']:<20} {p['backend']:<5} {p['ns_per_layer_token'] / 1e6:7.3f} ms/layer-token"
+                f"   ask {p['ask']} base units/layer-token"
             )
 
     def _money(self, market: LocalMarket, buyer: str, provider: str) -> None:
