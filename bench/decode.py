@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,7 +36,9 @@ PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse ke
 def load(model: GGUFModel, quant: str, plan: str) -> LocalChain:
     ranges = parse_plan(plan, n_layers=model.config.n_layers)
     return LocalChain(
-        ShardRuntime(build_shard(model, ShardSpec("smollm2-135m", quant, a, b, model.config.n_layers)).SerializeToString())
+        ShardRuntime(
+            build_shard(model, ShardSpec("smollm2-135m", quant, a, b, model.config.n_layers)).SerializeToString()
+        )
         for a, b in ranges
     )
 

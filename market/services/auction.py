@@ -13,6 +13,7 @@ the embedded profile, where only the server clears.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def bids_expire(*, now: datetime) -> int:
         fields["error"] = "no providers took the bid before it expired; its escrow was refunded"
         if Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(**fields):
             job_settle(job_id=job_id)
-            transaction.on_commit(lambda job_id=job_id: job_publish_end(job_id))
+            transaction.on_commit(functools.partial(job_publish_end, job_id))
             count += 1
     return count
 
@@ -116,7 +117,7 @@ def _round(*, solver: str, expired: int) -> AuctionRound | None:
     with transaction.atomic():
         round_ = _record(allocation, expired=expired)
         placed = [
-            job_id
+            int(job_id)
             for job_id, trades in allocation.winners.items()
             if _place(round_, int(job_id), trades, providers, shards)
         ]

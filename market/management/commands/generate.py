@@ -49,7 +49,7 @@ class Command(BaseCommand):
             chain = selectors.local_chain(shards)
             tokenizer = selectors.model_tokenizer(model)
         except (MarketError, InferenceError) as error:
-            raise CommandError(f"{error.code}: {error.message}") from error
+            raise CommandError(f"{error.code}: {error}") from error
         self.stdout.write(shard_table(shards))
         result, _ = stream_generation(
             chain, tokenizer, messages, max_new_tokens=options["max_new_tokens"], sampling=sampling, write=self.stream
