@@ -158,14 +158,17 @@ def job_finish(
 
 
 def job_cancel(*, job: Job) -> Job:
-    """Cancel a queued or running job; the runner notices before its next step. Finished jobs cannot be."""
+    """Cancel a job that has not ended: a bid (queued, or allocated and not started) is refunded and the slots a
+    round claimed for it are freed; a running job's runner notices before its next step and settles the work done.
+    Finished jobs cannot be cancelled."""
     fields = {"state": Job.State.CANCELLED, "error_code": "cancelled", "error": "cancelled by the buyer"}
     with transaction.atomic():
         before = Job.State.QUEUED, Job.State.ALLOCATED
         if Job.objects.filter(pk=job.pk, state__in=before).update(**fields, finished_at=timezone.now()):
             # No runner will ever hold this job: free the slots a round claimed for it, refund its escrow, and
             # end its stream (nobody else would).
-            for held in job.assignments.filter(auction_round_id=job.auction_round_id):
+            round_id = Job.objects.values_list("auction_round_id", flat=True).get(pk=job.pk)  # not a stale read
+            for held in job.assignments.filter(auction_round_id=round_id):
                 provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
             job_settle(job_id=job.pk)
             transaction.on_commit(lambda: job_publish_end(job.pk))
