@@ -82,12 +82,23 @@ TEMPLATES = [
     },
 ]
 
-# Database: SQLite (embedded profile) unless DATABASE_URL names another one.
+# Database: SQLite (embedded profile) unless DATABASE_URL names another one. Connections are kept for
+# DB_CONN_MAX_AGE seconds (checked before reuse): a job's runner stores every token from a worker thread, and
+# opening a connection for each (Channels closes expired ones around every database_sync_to_async call) cost the
+# server's event loop more than the store itself.
 DATABASE_URL = env_str("DATABASE_URL")
+CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)}
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}}
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(VAR_DIR / "db.sqlite3"),
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads and processes (Daphne, eager Celery, commands) share the file: wait for the lock, don't fail.
     # WAL lets readers proceed while a job's runner writes its tokens, and synchronous=NORMAL makes each of those

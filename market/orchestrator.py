@@ -28,6 +28,7 @@ from inference.generate import Sampler, SamplingParams
 from market import selectors, services
 from market.models import Assignment, Job, Provider
 from market.streaming import TokenStream
+from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
 
 log = logging.getLogger(__name__)
 _SERVER_LOOP: asyncio.AbstractEventLoop | None = None
@@ -265,6 +266,8 @@ class JobRunner:
                 "shard": hop.shard,
                 "reply_to": self.channel,
                 "forward": self._next_address(hop),
+                # A greedy job needs only the argmax of the logits: 8 bytes back from the head instead of 4 × vocab.
+                "head_output": HEAD_ARGMAX if self.job.temperature == 0 else HEAD_LOGITS,
             },
         )
 
@@ -291,12 +294,13 @@ class JobRunner:
         sampler = Sampler(params)
         stops = self.tokenizer.stop_ids
         started = time.perf_counter()
-        logits = await self._forward(0, np.asarray([self.prompt], dtype=np.int64))
+        head = await self._forward(0, np.asarray([self.prompt], dtype=np.int64))
         prefilled = time.perf_counter()
         self.timings["prefill_s"] = round(prefilled - started, 4)
         step, reason = 0, "length"
         while True:
-            token = sampler(logits)
+            # The head returns logits, or for a greedy job their argmax (the same token the sampler would pick).
+            token = int(head[0, 0]) if head.dtype == np.int64 else sampler(head[0])
             if token in stops:
                 reason = "stop"
                 break
@@ -306,7 +310,7 @@ class JobRunner:
             if len(self.tokens) >= self.job.max_new_tokens:
                 break
             step += 1
-            logits = await self._forward(step, np.asarray([[token]], dtype=np.int64))
+            head = await self._forward(step, np.asarray([[token]], dtype=np.int64))
         finished = time.perf_counter()
         self.timings.update(
             decode_s=round(finished - prefilled, 4),
@@ -318,7 +322,8 @@ class JobRunner:
     async def _forward(self, step: int, ids: np.ndarray) -> np.ndarray:
         """One step through every hop. The runner sends the input to hop 0; each hop's consumer sends the output
         on to the next hop itself and a copy here, which is recorded as the next hop's input (for replay, and the
-        transcript). A hop that fails is replaced, and the step resumes from its recorded input."""
+        transcript). A hop that fails is replaced, and the step resumes from its recorded input. Returns the last
+        hop's output: logits [1, vocab] float32, or their argmax [1, 1] int64 for a greedy job."""
         hops = self.hops
         if len(hops[0].inputs) == step:
             hops[0].inputs.append(ids)
@@ -345,8 +350,7 @@ class JobRunner:
             if hop.index + 1 < len(hops) and len(hops[hop.index + 1].inputs) == step:
                 hops[hop.index + 1].inputs.append(out)
         self.steps_done = step + 1
-        logits: np.ndarray = out[0]
-        return logits
+        return out
 
     async def _send_step(self, hop: Hop, step: int, tensor: np.ndarray, *, forward: bool = True) -> None:
         assert hop.provider is not None and hop.session is not None

@@ -91,6 +91,7 @@ class ShardCache:
 class Session:
     runtime: ShardRuntime
     hop: int
+    argmax: bool = False  # a head shard asked for the argmax of its logits only (protocol.HEAD_ARGMAX)
     next_step: int = 0
     last_output: bytes = b""  # the frame answering step next_step - 1, sent again if that step is asked again
 
@@ -219,7 +220,8 @@ class ProviderAgent:
             except (InferenceError, OSError) as exc:
                 raise _for_session(p.ProtocolError(str(exc), code=p.SHARD_FAILED), session) from None
             await self._in_thread(runtime.open, session)
-            self.sessions[uuid.UUID(session)] = Session(runtime=runtime, hop=int(message["hop"]))
+            argmax = runtime.spec.has_head and message.get("head_output") == p.HEAD_ARGMAX
+            self.sessions[uuid.UUID(session)] = Session(runtime=runtime, hop=int(message["hop"]), argmax=argmax)
             load_ms = round((time.perf_counter() - started) * 1000, 1)
             await ws.send(p.dumps(p.SESSION_OPENED, session=session, load_ms=load_ms))
         elif kind == p.CLOSE_SESSION:
@@ -253,7 +255,12 @@ class ProviderAgent:
             raise _for_session(exc, frame.session) from None
         session.next_step += 1
         self.steps_served += 1
-        output = result.output if session.runtime.spec.has_head else result.output.astype(np.float16)
+        if session.argmax:
+            output = np.array([[np.argmax(result.output[-1])]], dtype=np.int64)
+        elif session.runtime.spec.has_head:
+            output = result.output
+        else:
+            output = result.output.astype(np.float16)
         session.last_output = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output)
         await ws.send(session.last_output)
 

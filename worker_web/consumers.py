@@ -36,13 +36,18 @@ class Route:
     hidden: int
     vocab: int
     forward: dict[str, Any] | None = None  # the next hop {channel, session, hop}; None for the last
+    head_output: str = p.HEAD_LOGITS  # what a head shard returns: its logits, or their argmax (greedy jobs)
     pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
 
     def check_output(self, frame: wire.Frame, tokens: int) -> None:
         tensor = frame.tensor
         expected: tuple[int, ...]
         dtypes: tuple[str, ...]
-        if self.has_head:
+        if self.has_head and self.head_output == p.HEAD_ARGMAX and tensor.dtype.name == "int64":
+            if tensor.shape != (1, 1) or not 0 <= int(tensor[0, 0]) < self.vocab:
+                raise wire.BadFrame(f"step {frame.step} must return an int64 [1, 1] token id below {self.vocab}")
+            return
+        if self.has_head:  # logits are always accepted: a provider may not know the argmax form
             expected, dtypes = (1, self.vocab), ("float32",)
         else:
             expected, dtypes = (1, tokens, self.hidden), ("float16", "float32")
@@ -225,15 +230,20 @@ class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channel
     async def provider_open(self, event: dict[str, Any]) -> None:
         shard = event["shard"]
         session = uuid.UUID(event["session"])
-        self.routes[session] = Route(
+        self.routes[session] = route = Route(
             reply_to=event["reply_to"],
             forward=event.get("forward"),
             hop=event["hop"],
             has_head=shard["has_head"],
             hidden=shard["hidden"],
             vocab=shard["vocab"],
+            head_output=event.get("head_output", p.HEAD_LOGITS),
         )
-        await self.send(text_data=p.dumps(p.OPEN_SESSION, session=str(session), hop=event["hop"], shard=shard))
+        await self.send(
+            text_data=p.dumps(
+                p.OPEN_SESSION, session=str(session), hop=event["hop"], shard=shard, head_output=route.head_output
+            )
+        )
 
     async def provider_step(self, event: dict[str, Any]) -> None:
         route = self.routes.get(uuid.UUID(event["session"]))

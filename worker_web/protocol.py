@@ -27,6 +27,12 @@ ERROR = "error"
 WELCOME = "welcome"
 LOAD_SHARD = "load_shard"
 OPEN_SESSION = "open_session"
+# What a head shard's step output holds (open_session's `head_output`): the float32 logits of the last position,
+# or, for a greedy job, only their argmax as an int64 [1, 1] (the first index of the largest value, like numpy):
+# 8 bytes on the wire instead of 4 × vocab, and the same token.
+HEAD_LOGITS = "logits"
+HEAD_ARGMAX = "argmax"
+HEAD_OUTPUTS = (HEAD_LOGITS, HEAD_ARGMAX)
 CLOSE_SESSION = "close_session"
 
 KINDS = ("headless", "browser")

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -57,11 +58,14 @@ class ScriptedProvider:
         ns: int = 1_000_000,
         stall_at: int | None = None,
         lose_once: int | None = None,
+        argmax: bool = True,
     ) -> None:
         headers = [(b"origin", b"http://127.0.0.1"), (b"authorization", f"Token {token}".encode())]
         self.ws = WebsocketCommunicator(application, "/ws/provider/", headers=headers)
         self.name = name
         self.ns = ns  # its benchmark: the auction's asks follow it, so the fastest providers win the hops
+        self.argmax = argmax  # answers a greedy job's head steps with the argmax, as the agent does
+        self.argmax_sessions: set[uuid.UUID] = set()
         self.stall_at = stall_at
         self.lose_once = lose_once  # the answer to this step is "lost" once; asked again, the kept answer is sent
         self.kept: bytes | None = None
@@ -93,6 +97,8 @@ class ScriptedProvider:
             path = default_storage.path(f"shards/{message['shard']['sha256']}.onnx")
             self.sessions[uuid.UUID(message["session"])] = runtime = ShardRuntime(path)
             runtime.open(message["session"])
+            if self.argmax and runtime.spec.has_head and message.get("head_output") == "argmax":
+                self.argmax_sessions.add(uuid.UUID(message["session"]))
             await self.ws.send_json_to({"type": "session_opened", "session": message["session"]})
 
     async def _step(self, data: bytes) -> None:
@@ -105,7 +111,10 @@ class ScriptedProvider:
         runtime = self.sessions[frame.session]
         out = runtime.step(str(frame.session), frame.tensor).output
         self.steps += 1
-        tensor = out if runtime.spec.has_head else out.astype("float16")
+        if frame.session in self.argmax_sessions:
+            tensor = np.array([[np.argmax(out[0])]], dtype=np.int64)
+        else:
+            tensor = out if runtime.spec.has_head else out.astype("float16")
         answer = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, tensor)
         if frame.step == self.lose_once:
             self.kept = answer
@@ -206,6 +215,17 @@ def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is
     assert ledger_selectors.balances_of(user=alice).escrow == 0
     assert ledger_selectors.balances_of(user=carol).pending == paid - fee
     assert ledger_selectors.ledger_drift().ok
+
+
+def test_a_head_provider_that_answers_with_logits_gives_the_same_tokens(model: LanguageModel) -> None:
+    """Greedy jobs ask the head for its argmax only; a provider that sends the whole logits instead is still
+    understood, and the runner's own argmax picks the same tokens."""
+    messages = [{"role": "user", "content": "hello there"}]
+    job, token = queued_job(model, messages)
+    providers = [ScriptedProvider(token, f"p{i}", argmax=False) for i in range(2)]
+    done = async_to_sync(run_with)(providers, job.pk)
+    assert done.state == Job.State.DONE, (done.error_code, done.error)
+    assert done.tokens == expected_tokens(model, messages)
 
 
 def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> None:

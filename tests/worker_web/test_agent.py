@@ -252,3 +252,45 @@ def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: Provider
         assert agent.welcomed
 
     asyncio.run(scenario())
+
+
+# --- the head shard's answer -----------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Stands in for the connection: keeps what the agent sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | str] = []
+
+    async def send(self, message: bytes | str) -> None:
+        self.sent.append(message)
+
+
+@pytest.mark.parametrize("head_output", [p.HEAD_ARGMAX, p.HEAD_LOGITS])
+def test_a_head_session_answers_with_the_argmax_when_asked_and_the_logits_otherwise(
+    agent: ProviderAgent, tiny_model: GGUFModel, head_output: str
+) -> None:
+    import uuid
+
+    from inference import wire
+    from worker_web.agent import Session
+
+    spec = ShardSpec("tiny", "f32", 2, 4, tiny_model.config.n_layers)
+    runtime = ShardRuntime(build_shard(tiny_model, spec).SerializeToString())
+    reference = ShardRuntime(build_shard(tiny_model, spec).SerializeToString())
+    session = uuid.uuid4()
+    runtime.open(str(session))
+    reference.open("reference")
+    agent.sessions[session] = Session(runtime=runtime, hop=1, argmax=head_output == p.HEAD_ARGMAX)
+    connection = Recorder()
+    hidden = np.random.default_rng(1).standard_normal((1, 3, tiny_model.config.hidden)).astype(np.float16)
+    for step, tensor in enumerate([hidden, hidden[:, :1]]):
+        frame = wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, tensor)
+        asyncio.run(agent._step(connection, frame))  # type: ignore[arg-type]  # a recorder, not a connection
+        answer = wire.decode(connection.sent[-1]).tensor  # type: ignore[arg-type]
+        logits = reference.step("reference", tensor).output
+        if head_output == p.HEAD_ARGMAX:
+            assert answer.dtype == np.int64 and answer.tolist() == [[int(np.argmax(logits[0]))]]
+        else:
+            assert answer.dtype == np.float32 and np.array_equal(answer, logits)

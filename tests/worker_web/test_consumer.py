@@ -252,6 +252,7 @@ async def test_a_session_is_relayed_between_its_runner_and_its_provider(alice_to
         "session": str(session),
         "hop": 1,
         "shard": SHARD,
+        "head_output": "logits",
     }
     await ws.send_json_to({"type": "session_opened", "session": str(session), "load_ms": 12.5})
     assert await to_runner() == {"type": "runner.opened", "session": str(session), "load_ms": 12.5}
@@ -290,3 +291,46 @@ async def test_a_session_is_relayed_between_its_runner_and_its_provider(alice_to
     await ws.disconnect()
     assert await to_runner() == {"type": "runner.lost", "session": str(session), "provider": provider.pk}
     assert (await provider_row()).state == "offline"
+
+
+@run_async
+async def test_a_greedy_jobs_head_answers_with_the_argmax_and_logits_are_still_accepted(alice_token: str) -> None:
+    layer = get_channel_layer()
+    runner = await layer.new_channel()
+    ws = client(alice_token)
+    await say_hello(ws)
+    provider = await provider_row()
+    head = {**SHARD, "has_head": True}
+
+    async def opened(head_output: str) -> uuid.UUID:
+        session = uuid.uuid4()
+        event = {"session": str(session), "hop": 1, "shard": head, "reply_to": runner, "head_output": head_output}
+        await layer.send(provider.channel_name, {"type": "provider.open", **event})
+        got = await ws.receive_json_from(timeout=WAIT)
+        assert got.get("head_output") == head_output, got
+        return session
+
+    async def answer(session: uuid.UUID, step: int, tensor: np.ndarray) -> dict[str, Any]:
+        ask = wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, np.ones((1, 1, 8), dtype=np.float16))
+        await layer.send(
+            provider.channel_name,
+            {"type": "provider.step", "session": str(session), "step": step, "tokens": 1, "frame": ask},
+        )
+        await ws.receive_from(timeout=WAIT)
+        await ws.send_to(bytes_data=output(session, step, tensor))
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(runner), WAIT)
+        return message
+
+    greedy = await opened("argmax")
+    relayed = await answer(greedy, 0, np.array([[7]], dtype=np.int64))
+    assert relayed["type"] == "runner.output" and wire.decode(relayed["frame"]).tensor.tolist() == [[7]]
+    assert (await answer(greedy, 1, np.zeros((1, 10), dtype=np.float32)))["type"] == "runner.output"
+    refused = await answer(greedy, 2, np.array([[10]], dtype=np.int64))  # the vocabulary has 10 tokens
+    assert (refused["type"], refused["code"]) == ("runner.error", p.BAD_FRAME)
+    told = await ws.receive_json_from(timeout=WAIT)
+    assert (told["code"], told["message"]) == (p.BAD_FRAME, "step 2 must return an int64 [1, 1] token id below 10")
+    sampled = await opened("logits")  # a job that samples needs the logits: an argmax is refused
+    refused = await answer(sampled, 0, np.array([[7]], dtype=np.int64))
+    assert (refused["type"], refused["code"]) == ("runner.error", p.BAD_FRAME)
+    assert "must return float32[1, 10], got int64[1, 1]" in (await ws.receive_json_from(timeout=WAIT))["message"]
+    await ws.disconnect()
