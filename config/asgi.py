@@ -18,6 +18,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
+from config.static import IsolatedStaticFilesHandler  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
 from market.orchestrator import remember_server_loop  # noqa: E402
 
@@ -25,7 +26,7 @@ websocket_urlpatterns = [*worker_web.routing.websocket_urlpatterns, *market.rout
 
 router = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": IsolatedStaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),

@@ -10,11 +10,15 @@ from rest_framework.authtoken.models import Token
 
 
 class Command(BaseCommand):
-    help = "Print a user's API token for the REST API and the provider WebSocket (--create makes the user)."
+    help = (
+        "Print a user's API token for the REST API and the provider WebSocket (--create makes the user, "
+        "--password sets a password for signing in to the provider tab)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--create", action="store_true", help="Create the user if it does not exist.")
+        parser.add_argument("--password", help="Also set the user's password (to sign in to the provider tab).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["username"]
@@ -23,5 +27,8 @@ class Command(BaseCommand):
             if not options["create"]:
                 raise CommandError(f"no user {name!r}; add --create to make one")
             user = User.objects.create_user(username=name)
+        if options["password"]:
+            user.set_password(options["password"])
+            user.save(update_fields=["password"])
         token, _ = Token.objects.get_or_create(user=user)
         self.stdout.write(token.key)
