@@ -83,10 +83,14 @@ class BrowserTab:
             "document.getElementById('stat-connection').textContent.startsWith('connected')", timeout=60_000
         )
 
-    def benchmark(self) -> int:
-        """Runs the page's benchmark; ns per layer-token."""
-        result = self.page.evaluate("() => window.providerTab.call('benchmark')")
+    def benchmark(self, shard: dict[str, Any] | None = None) -> int:
+        """Runs the page's benchmark (on the server's benchmark shard unless given one); ns per layer-token."""
+        result = self.page.evaluate("(shard) => window.providerTab.call('benchmark', {shard})", shard)
         return int(result["ns"])
+
+    def load(self, shard: dict[str, Any]) -> dict[str, Any]:
+        """Loads a shard in the tab's worker as a session would: {source, bytes, obtainMs, sessionMs, totalMs}."""
+        return dict(self.page.evaluate("(shard) => window.providerTab.call('load', {shard})", shard))
 
     def text(self, element_id: str) -> str:
         return str(self.page.text_content(f"#{element_id}")).strip()
