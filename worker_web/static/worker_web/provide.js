@@ -38,6 +38,7 @@ const views = {
     $("device-adapter").textContent = m.adapter;
     $("device-backend").textContent = m.backend === "webgpu" ? "WebGPU" : "WASM (CPU)";
     $("device-threads").textContent = m.threads;
+    $("device-memory").textContent = m.memoryBytes ? `${(m.memoryBytes / 2 ** 30).toFixed(1)} GB` : "not told by this browser";
   },
   status(m) {
     $("stat-connection").textContent = m.connection;

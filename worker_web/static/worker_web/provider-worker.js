@@ -75,7 +75,9 @@ async function detectDevice() {
   const backend = adapter && !fallback ? "webgpu" : "wasm";
   const cores = navigator.hardwareConcurrency || 1;
   const threads = self.crossOriginIsolated ? Math.min(4, cores) : 1; // threads need SharedArrayBuffer
-  return { backend, adapter: adapterText, threads, isolated: self.crossOriginIsolated, cores };
+  // The browser tells device memory only coarsely (GB, capped at 8); offer half of it, or 0 when it is not told.
+  const memoryBytes = Math.floor(((navigator.deviceMemory || 0) / 2) * 2 ** 30);
+  return { backend, adapter: adapterText, threads, isolated: self.crossOriginIsolated, cores, memoryBytes };
 }
 
 async function loadOrt() {
@@ -132,7 +134,11 @@ function connect() {
   status();
   return new Promise((resolve) => {
     let welcomed = false;
-    socket.onopen = () => send({ type: "hello", protocol: 1, name: state.name, kind: "browser", backend: state.device.backend, slots: 1, memory_bytes: 0 });
+    socket.onopen = () => send({
+      type: "hello", protocol: 1, name: state.name, kind: "browser", backend: state.device.backend,
+      slots: 1, // one session at a time: a tab runs its steps on one worker, one after another
+      memory_bytes: state.device.memoryBytes,
+    });
     socket.onmessage = (event) => {
       if (typeof event.data === "string") {
         const message = JSON.parse(event.data);
