@@ -152,3 +152,17 @@ def test_closing_the_tab_mid_job_fails_over_to_a_headless_spare(
 
 def server_downloads_all(market: Any) -> int:
     return len(re.findall(r'"GET /shards/[0-9a-f]{64}/" 200', market.log_text("server")))
+
+
+def test_the_page_benchmarks_on_request_and_clears_its_cache(market: Any, tab: BrowserTab) -> None:
+    tab.reload()  # the previous test closed the tab: this opens it again, still signed in
+    assert tab.text("cache-list") != "none"
+    tab.page.click("#benchmark")
+    tab.page.wait_for_function("document.getElementById('benchmark-result').textContent.includes('ms per layer-token')")
+    assert "smollm2-135m:q4:10-20" in tab.text("benchmark-result")
+    assert tab.text("stat-earned").startswith("none yet"), "no earnings exist yet: the page must not invent any"
+    tab.page.click("#clear-cache")
+    tab.page.wait_for_function("document.getElementById('cache-list').textContent === 'none'")
+    tab.reload()
+    assert tab.text("cache-list") == "none"
+    tab.page.screenshot(path=str(market.logs / "provider-tab.png"), full_page=True)
