@@ -24,6 +24,6 @@ def isolate(response: HttpResponseBase) -> HttpResponseBase:
     return response
 
 
-class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):  # type: ignore[misc]  # the handlers have no type hints
+class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):
     def serve(self, request: HttpRequest) -> Any:
         return isolate(super().serve(request))

@@ -40,7 +40,8 @@ class OnnxRuntimeWebFinder(BaseFinder):
         message = f"onnxruntime-web is not installed ({missing[0]} missing): run `npm ci` (make venv)"
         return [Warning(message, id="worker_web.W001")]
 
-    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
+    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> Any:
+        """A path (or [] when not found) by default, a list with find_all, as Django's own finders answer."""
         folder, _, name = path.partition("/")
         found = str(dist_dir() / name) if folder == PREFIX and name in FILES and (dist_dir() / name).is_file() else None
         if find_all:

@@ -46,7 +46,7 @@ def server_downloads(market: Any, sha256: str) -> int:
 
 def shard_sha(market: Any, shard_id: str) -> str:
     _, models = market.api("GET", "/api/models/", token=market.alice)
-    return next(s["sha256"] for m in models for s in m["shards"] if s["id"] == shard_id)
+    return str(next(s["sha256"] for m in models for s in m["shards"] if s["id"] == shard_id))
 
 
 def tab_hop(job: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +128,11 @@ def test_closing_the_tab_mid_job_fails_over_to_a_headless_spare(
     tokens_seen = threading.Event()
     events: list[dict[str, Any]] = []
 
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "token":
+            tokens_seen.set()
+
     def watch() -> None:
-        on_event = lambda e: e["type"] == "token" and tokens_seen.set()  # noqa: E731
         events.extend(market.stream(job["id"], market.alice, on_event=on_event))
 
     watcher = threading.Thread(target=watch)

@@ -3,11 +3,11 @@ that WASM threads need, only the needed onnxruntime-web files served with the ri
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
@@ -35,21 +35,22 @@ def asgi_get(path: str) -> tuple[int, dict[str, str], bytes]:
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
-    communicator = ApplicationCommunicator(application, scope)
+    sent: list[dict[str, Any]] = []
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
 
-    async def run() -> tuple[int, dict[str, str], bytes]:
-        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-        start = await communicator.receive_output(10)
-        body = b""
-        while True:
-            message = await communicator.receive_output(10)
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-        return start["status"], headers, body
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # the client never disconnects; Django stops listening when it has answered
+        raise AssertionError("unreachable")
 
-    return async_to_sync(run)()
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async_to_sync(application)(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 def isolated(headers: Any) -> bool:

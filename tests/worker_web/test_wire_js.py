@@ -69,8 +69,8 @@ def test_hidden_states_go_out_as_float16_rounded_like_numpy(flags: tuple[str, ..
 
 @pytest.mark.parametrize("flags", [(), ("--no-float16array",)])
 def test_float16_inputs_widen_exactly(flags: tuple[str, ...]) -> None:
-    halves = np.arange(0, 0x10000, dtype=np.uint16).view(np.float16)
-    halves = halves[np.isfinite(halves)].reshape(1, -1, 2)
+    every = np.arange(0, 0x10000, dtype=np.uint16).view(np.float16)
+    halves = every[np.isfinite(every)].reshape(1, -1, 2)
     frame = wire.encode(wire.MessageType.STEP_INPUT, uuid.uuid4(), 0, 1, halves)
     decoded = wire.decode(bytes.fromhex(str(run_js(frame, "--float32", *flags)["hex"])))
     assert decoded.tensor.dtype == np.float32
