@@ -169,3 +169,21 @@ def test_the_page_benchmarks_on_request_and_clears_its_cache(market: Any, tab: B
     tab.reload()
     assert tab.text("cache-list") == "none"
     tab.page.screenshot(path=str(market.logs / "provider-tab.png"), full_page=True)
+
+
+def test_a_full_quota_is_explained_and_the_shard_still_serves_from_memory(
+    market: Any, tab: BrowserTab, whole_model_tokens: Callable[[str, int], list[int]]
+) -> None:
+    tab.reload()
+    assert tab.text("cache-list") == "none"  # the previous test cleared it
+    # DevTools shrinks this origin's storage quota to 1 MB: no shard fits, as on a full disk.
+    cdp = tab.context.new_cdp_session(tab.page)
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": market.url, "quotaSize": 1_000_000})
+    start_providing(market, tab, headless=2)
+    done, _ = run_job(market, CAPITAL, 32)
+    assert done["state"] == "done" and done["tokens"] == whole_model_tokens(CAPITAL, 32)
+    assert tab_hop(done)["ended"] == "done"
+    message = tab.text("message")
+    assert message.startswith("Not enough storage to keep smollm2-135m:q4:") and "clear the cache" in message
+    assert tab.text("cache-list") == "none"
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": market.url})
