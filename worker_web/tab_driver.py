@@ -27,18 +27,31 @@ FLAGS = [
 
 
 @contextlib.contextmanager
-def chromium_context(profile: Path) -> Iterator[Any]:
-    """A headless Chromium with its profile in `profile` (reuse the folder to keep the cache)."""
+def playwright_driver() -> Iterator[Any]:
+    """Playwright's driver; one per thread: every browser of a test module is launched from it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+        yield playwright
+
+
+@contextlib.contextmanager
+def launch(playwright: Any, profile: Path, *, extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A headless Chromium with its profile in `profile` (reuse the folder to keep the cache)."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_flags]
+    )
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def chromium_context(profile: Path, *, extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A driver and one Chromium, for a script that needs just one browser (bench/browser.py)."""
+    with playwright_driver() as playwright, launch(playwright, profile, extra_flags=extra_flags) as context:
+        yield context
 
 
 class BrowserTab:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from market.localstack import stream_tokens
-from worker_web.tab_driver import BrowserTab, chromium_context
+from worker_web.tab_driver import BrowserTab, launch, playwright_driver
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,15 @@ STORY = "Write a long story about a dragon."
 
 
 @pytest.fixture(scope="module")
-def tab(market: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserTab]:
+def playwright() -> Iterator[Any]:
+    with playwright_driver() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def tab(market: Any, playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserTab]:
     market.manage("issue_token", "dave", "--create", "--password", PASSWORD)
-    with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
+    with launch(playwright, tmp_path_factory.mktemp("chromium-profile")) as context:
         page = BrowserTab(context, market.url, log=market.logs / "tab-console.log")
         page.sign_in("dave", PASSWORD)
         yield page
@@ -187,3 +193,14 @@ def test_a_full_quota_is_explained_and_the_shard_still_serves_from_memory(
     assert message.startswith("Not enough storage to keep smollm2-135m:q4:") and "clear the cache" in message
     assert tab.text("cache-list") == "none"
     cdp.send("Storage.overrideQuotaForOrigin", {"origin": market.url})
+
+
+def test_a_software_webgpu_adapter_is_not_used(market: Any, playwright: Any, tmp_path: Any) -> None:
+    """--enable-unsafe-webgpu without a GPU offers SwiftShader, a fallback adapter hundreds of times slower than
+    WASM: the tab names it and runs on WASM."""
+    market.manage("issue_token", "dave", "--create", "--password", PASSWORD)
+    with launch(playwright, tmp_path / "profile", extra_flags=("--enable-unsafe-webgpu",)) as context:
+        other = BrowserTab(context, market.url, log=market.logs / "webgpu-tab-console.log")
+        other.sign_in("dave", PASSWORD)
+        assert "fallback adapter: not used" in other.text("device-adapter")
+        assert other.text("device-backend") == "WASM (CPU)"
