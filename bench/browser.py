@@ -39,6 +39,16 @@ from inference.tokenizer import ChatTokenizer  # noqa: E402
 from market.localstack import LocalMarket  # noqa: E402
 from worker_web.agent import time_decode  # noqa: E402
 from worker_web.tab_driver import BrowserTab, chromium_context  # noqa: E402
+from worker_web.tab_parity import (  # noqa: E402
+    HIDDEN_ATOL,
+    HIDDEN_RTOL,
+    LOGITS_ATOL,
+    compare,
+    descriptors,
+    native_runtimes,
+    record_chain,
+    within_tolerance,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAN = "0-10,10-20,20-30"
@@ -51,80 +61,6 @@ PROMPTS = [
     "What is 17 times 23?",
 ]
 PASSWORD = "bench-tab-password"
-
-
-def descriptors(market: LocalMarket, token: str, quant: str, config: Any) -> list[dict[str, Any]]:
-    """The protocol's shard descriptors of the imported shards of one quantisation, in pipeline order."""
-    _, models = market.api("GET", "/api/models/", token=token)
-    n_layers, hidden, vocab = config.n_layers, config.hidden, config.vocab
-    shards = []
-    for shard in next(m for m in models if m["quant"] == quant)["shards"]:
-        first, end = (int(x) for x in shard["layers"].split("-"))
-        shards.append(
-            {
-                "id": shard["id"],
-                "sha256": shard["sha256"],
-                "url": f"/shards/{shard['sha256']}/",
-                "size": shard["bytes"],
-                "first_layer": first,
-                "end_layer": end,
-                "has_embedding": first == 0,
-                "has_head": end == n_layers,
-                "hidden": hidden,
-                "vocab": vocab,
-            }
-        )
-    return sorted(shards, key=lambda s: s["first_layer"])
-
-
-def native_runtimes(media: Path, shards: list[dict[str, Any]]) -> list[ShardRuntime]:
-    return [ShardRuntime(next(media.rglob(f"{s['sha256']}*")), sha256=s["sha256"]) for s in shards]
-
-
-def record_chain(chain: list[ShardRuntime], prompt: list[int], tokens: int) -> list[list[np.ndarray]]:
-    """Greedy generation through the native chain; every shard's input at every step, as the server relays them
-    (token ids to the first shard, float16 hidden states to the others)."""
-    inputs: list[list[np.ndarray]] = [[] for _ in chain]
-    for runtime in chain:
-        runtime.open("bench")
-    step_input: np.ndarray = np.array([prompt], dtype=np.int64)
-    for _ in range(tokens + 1):
-        value = step_input
-        for index, runtime in enumerate(chain):
-            inputs[index].append(value)
-            output = runtime.step("bench", value).output
-            value = output if runtime.spec.has_head else output.astype(np.float16)
-        step_input = np.array([[int(np.argmax(value[0]))]], dtype=np.int64)
-    for runtime in chain:
-        runtime.close("bench")
-    return inputs
-
-
-def compare(tab: BrowserTab, shard: dict[str, Any], runtime: ShardRuntime, inputs: list[np.ndarray]) -> dict[str, Any]:
-    """The tab and native ONNX Runtime on the same inputs: largest |difference| of each output."""
-    steps = [
-        (
-            "int64" if x.dtype == np.int64 else "float32",
-            list(x.shape),
-            x.astype(x.dtype if x.dtype == np.int64 else np.float32).tobytes(),
-        )
-        for x in inputs
-    ]
-    browser = tab.evaluate(shard, steps)
-    runtime.open("compare")
-    worst = {"output": 0.0, "layer_hidden": 0.0, "output_scale": 0.0}
-    argmax_agrees = True
-    for x, got in zip(inputs, browser, strict=True):
-        native = runtime.step("compare", x)
-        theirs = np.frombuffer(got["output"], dtype=np.float32).reshape(native.output.shape)
-        layers = np.frombuffer(got["layer_hidden"], dtype=np.float32).reshape(native.layer_hidden.shape)
-        worst["output"] = max(worst["output"], float(np.abs(theirs - native.output).max()))
-        worst["layer_hidden"] = max(worst["layer_hidden"], float(np.abs(layers - native.layer_hidden).max()))
-        worst["output_scale"] = max(worst["output_scale"], float(np.abs(native.output).max()))
-        if runtime.spec.has_head:
-            argmax_agrees &= int(np.argmax(theirs[0])) == int(np.argmax(native.output[0]))
-    runtime.close("compare")
-    return worst | {"greedy_token_agrees": argmax_agrees if runtime.spec.has_head else None}
 
 
 def measure_speed(tab: BrowserTab, shard: dict[str, Any], runtime: ShardRuntime, rounds: int) -> dict[str, Any]:
@@ -203,18 +139,17 @@ def measure_quant(
 
 
 def summarise(deviations: list[dict[str, Any]]) -> dict[str, Any]:
-    shard_ids = list(deviations[0]["shards"])
-    return {
-        shard: {
-            key: max(d["shards"][shard][key] for d in deviations) for key in ("output", "layer_hidden", "output_scale")
+    """Per shard, the largest figures over all prompts, and whether every prompt stayed inside the tolerance."""
+    keys = ("output", "layer_hidden", "output_scale", "layer_hidden_scale")
+    summary = {}
+    for shard in deviations[0]["shards"]:
+        results = [d["shards"][shard] for d in deviations]
+        has_head = results[0]["greedy_token_agrees"] is not None
+        summary[shard] = {key: max(r[key] for r in results) for key in keys} | {
+            "greedy_token_agrees_everywhere": all(r["greedy_token_agrees"] is not False for r in results),
+            "within_tolerance_everywhere": all(within_tolerance(r, has_head=has_head) for r in results),
         }
-        | {
-            "greedy_token_agrees_everywhere": all(
-                d["shards"][shard]["greedy_token_agrees"] is not False for d in deviations
-            )
-        }
-        for shard in shard_ids
-    }
+    return summary
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -286,6 +221,7 @@ def main() -> None:
         "rounds": args.rounds,
         "prompts": min(args.prompts, len(PROMPTS)),
         "decode_tokens_per_prompt": args.tokens,
+        "tolerance": {"hidden_rtol": HIDDEN_RTOL, "hidden_atol": HIDDEN_ATOL, "logits_atol": LOGITS_ATOL},
         **measured,
         "seconds": round(time.time() - started, 1),
     }
@@ -298,10 +234,11 @@ def main() -> None:
         s = r["speed"]
         hidden = max(v["output"] for k, v in r["max_abs_difference"].items() if not k.endswith("20-30"))
         agree = all(v["greedy_token_agrees_everywhere"] for v in r["max_abs_difference"].values())
+        inside = all(v["within_tolerance_everywhere"] for v in r["max_abs_difference"].values())
         print(
             f"{quant}: browser WASM {s['browser_wasm_ms_per_layer_token']:.3f} ms/layer-token vs native "
             f"{s['native_ms_per_layer_token']:.3f} (ratio {s['ratio_native_over_browser']:.3f}); "
-            f"max |hidden diff| {hidden:.3g}; greedy tokens agree: {agree}"
+            f"max |hidden diff| {hidden:.3g}; greedy tokens agree: {agree}; inside the tolerance: {inside}"
         )
 
 

@@ -141,7 +141,13 @@ function connect() {
     });
     socket.onmessage = (event) => {
       if (typeof event.data === "string") {
-        const message = JSON.parse(event.data);
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch {
+          log(`the server sent a message that is not JSON: ${event.data.slice(0, 80)}`, "warning");
+          return;
+        }
         if (message.type === "welcome") welcomed = true;
         control(message);
       } else {
@@ -239,7 +245,7 @@ async function sessionMessage(message) {
     await runtimeFor(message.shard);
     send({ type: "shard_loaded", shard_id: message.shard.id, sha256: message.shard.sha256 });
   } else {
-    throw new Error(`unknown message type ${JSON.stringify(message.type)}`);
+    throw Object.assign(new Error(`unknown message type ${JSON.stringify(message.type)}`), { code: "bad_message" });
   }
 }
 
