@@ -105,6 +105,22 @@ class BrowserTab:
         """Loads a shard in the tab's worker as a session would: {source, bytes, obtainMs, sessionMs, totalMs}."""
         return dict(self.page.evaluate("(shard) => window.providerTab.call('load', {shard})", shard))
 
+    def watch_download_bar(self) -> None:
+        """Records every change of the download progress bar (hidden?, value, label) from now on."""
+        self.page.evaluate(
+            """() => {
+                const box = document.getElementById('download');
+                window.downloadBarStates = [];
+                new MutationObserver(() => window.downloadBarStates.push([
+                    box.hidden, document.getElementById('download-progress').value,
+                    document.getElementById('download-label').textContent,
+                ])).observe(box, {attributes: true, subtree: true, childList: true, characterData: true});
+            }"""
+        )
+
+    def download_bar_states(self) -> list[tuple[bool, float, str]]:
+        return [tuple(state) for state in self.page.evaluate("() => window.downloadBarStates")]
+
     def text(self, element_id: str) -> str:
         return str(self.page.text_content(f"#{element_id}")).strip()
 

@@ -90,11 +90,16 @@ def run_job(market: Any, prompt: str, max_new_tokens: int) -> tuple[dict[str, An
 def test_browser_tab_serves_a_shard_and_the_output_equals_the_whole_model(
     market: Any, tab: BrowserTab, whole_model_tokens: Callable[[str, int], list[int]]
 ) -> None:
+    tab.watch_download_bar()
     start_providing(market, tab, headless=2)
     assert tab.text("device-backend") == "WASM (CPU)"  # no GPU here: the fallback adapter is never used
     assert tab.text("device-isolated") == "yes", "COOP/COEP: WASM threads need a cross-origin isolated page"
     done, events = run_job(market, CAPITAL, 32)
     assert done["state"] == "done", done
+    bar = tab.download_bar_states()
+    assert any(not hidden and 0 < value < 1 for hidden, value, _ in bar), "no progress was shown while downloading"
+    assert any(label.startswith(f"Downloading {tab_hop(done)['shard']}:") for _, _, label in bar)
+    assert bar[-1][0] is True and bar[-1][1] == 1, "the bar stays up after the download"
     served = tab_hop(done)
     assert served["ended"] == "done"
     # How far the tab's WASM arithmetic is from native ONNX Runtime on this shard: inside the documented tolerance,
