@@ -1,7 +1,9 @@
 """The provider tab in real headless Chromium (Debian's, driven by Playwright) serving one shard of the real model
-next to headless providers: exact output, the shard cache across reloads, a corrupt cached shard, and failover when
-the tab is closed mid-job. The tab is the slowest provider (WASM against native), so with two headless providers
-the third hop of every job lands on it."""
+next to headless providers: exact output (and the shard inside the documented tolerance of native ONNX Runtime),
+the download progress bar, the shard cache across reloads, a corrupt cached shard, failover when the tab is closed
+mid-job, the benchmark button, clearing the cache, a storage quota too small for a shard, and a software WebGPU
+adapter left unused. The tab is the slowest provider (WASM against native), so with two headless providers the
+third hop of every job lands on it."""
 
 from __future__ import annotations
 
@@ -74,10 +76,10 @@ def tab_hop(job: dict[str, Any]) -> dict[str, Any]:
     return next(h for h in job["pipeline"] if h["provider_name"] == "dave-browser")
 
 
-def stream(market: Any, job_id: int, **kwargs: Any) -> list[dict[str, Any]]:
+def stream(market: Any, job_id: int) -> list[dict[str, Any]]:
     """The job's stream, read on a thread of its own: Playwright's sync API keeps an event loop on this one."""
     with ThreadPoolExecutor(1) as pool:
-        return list(pool.submit(market.stream, job_id, market.alice, **kwargs).result())
+        return list(pool.submit(market.stream, job_id, market.alice).result())
 
 
 def run_job(market: Any, prompt: str, max_new_tokens: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
