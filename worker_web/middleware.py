@@ -3,19 +3,18 @@ what lets onnxruntime-web run WASM on several threads (SharedArrayBuffer)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
 
 from config.static import isolate
 
 ISOLATED_PREFIXES = ("/provide/",)
 
 
-class CrossOriginIsolationMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
-        self.get_response = get_response
+class CrossOriginIsolationMiddleware(MiddlewareMixin):
+    """MiddlewareMixin makes it async-capable like Django's own middleware: one sync-only middleware would switch
+    the whole chain to sync mode under ASGI, and the embedded profile's job runners, started from a request on the
+    server's loop, must not inherit that request's thread executor."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        response = self.get_response(request)
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         return isolate(response) if request.path.startswith(ISOLATED_PREFIXES) else response

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
+from django.utils.module_loading import import_string
 
 from config.asgi import application
 from worker_web import finders
@@ -55,6 +57,14 @@ def asgi_get(path: str) -> tuple[int, dict[str, str], bytes]:
 
 def isolated(headers: Any) -> bool:
     return all(headers.get(name) == value for name, value in ISOLATED.items())
+
+
+def test_every_middleware_is_async_capable() -> None:
+    """One sync-only middleware switches the whole chain to sync mode under ASGI; the embedded profile's job runners,
+    started on the server's loop from a request, then inherit that request's thread executor and die with it."""
+    for dotted in settings.MIDDLEWARE:
+        middleware = import_string(dotted)
+        assert getattr(middleware, "async_capable", False), f"{dotted} is not async-capable"
 
 
 def test_anonymous_visitor_is_sent_to_sign_in() -> None:
