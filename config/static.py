@@ -25,5 +25,8 @@ def isolate(response: HttpResponseBase) -> HttpResponseBase:
 
 
 class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):
+    """Django's own ASGI static handler (what `runserver` uses), answering from the finders without collectstatic;
+    a deployment that puts a CDN or a web server in front should send the same headers from there."""
+
     def serve(self, request: HttpRequest) -> Any:
         return isolate(super().serve(request))
