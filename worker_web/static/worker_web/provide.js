@@ -84,7 +84,13 @@ const views = {
 };
 
 worker.onmessage = (event) => views[event.data.type](event.data);
-worker.onerror = (event) => say(`The provider worker failed: ${event.message}`);
+worker.onerror = (event) => say(
+  event.message
+    ? `The provider worker failed: ${event.message}`
+    // No message: the script was refused, typically because it came without the isolation headers (Django's
+    // `runserver` serves static files itself unless given --nostatic).
+    : "The provider worker could not start: its script was refused (served without Cross-Origin-Embedder-Policy?)",
+);
 
 async function guarded(action) {
   say("");
