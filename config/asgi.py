@@ -19,6 +19,7 @@ from django.conf import settings  # noqa: E402
 
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
+from config.static import IsolatedStaticFilesHandler  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
 from market import clock  # noqa: E402
 from market.orchestrator import remember_server_loop  # noqa: E402
@@ -27,7 +28,7 @@ websocket_urlpatterns = [*worker_web.routing.websocket_urlpatterns, *market.rout
 
 router = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": IsolatedStaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),

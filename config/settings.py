@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "worker_web.middleware.CrossOriginIsolationMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -124,6 +125,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The provider tab's onnxruntime-web comes from npm (node_modules, `npm ci`): only the files it loads.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "worker_web.finders.OnnxRuntimeWebFinder",
+]
+LOGIN_URL = "provider-login"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 

@@ -1,14 +1,19 @@
-"""Shard distribution: providers download shard files by SHA-256, with an ETag so a cached copy costs nothing."""
+"""Shard distribution (providers download shard files by SHA-256, with an ETag so a cached copy costs nothing) and
+the provider tab, the page people open to lend their browser's compute."""
 
 from __future__ import annotations
 
+from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import render
+from django.templatetags.static import static
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from config.errors import NotFound
+from market import selectors
 from market.models import Shard
 
 
@@ -31,3 +36,17 @@ class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
         response["X-Shard-SHA256"] = shard.sha256
         response["Cache-Control"] = "private, max-age=31536000, immutable"  # content-addressed: never changes
         return response
+
+
+@login_required
+def provider_page(request: HttpRequest) -> HttpResponse:
+    """The provider tab: sign-in is required; the socket and the shard downloads authenticate by the session."""
+    shard = selectors.benchmark_shard()
+    config = {
+        "socketPath": "/ws/provider/",
+        "ortBase": static("onnxruntime-web/"),
+        "workerUrl": static("worker_web/provider-worker.js"),
+        "benchmarkShard": selectors.shard_descriptor(shard) if shard is not None else None,
+        "defaultName": f"{request.user.get_username()}-browser"[:100],
+    }
+    return render(request, "worker_web/provide.html", {"config": config})

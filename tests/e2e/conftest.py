@@ -47,13 +47,17 @@ class E2EMarket(LocalMarket):
         return [n for n, p in self.processes.items() if n.startswith("p") and p.poll() is None]
 
     def ensure_providers(self, count: int) -> None:
-        """Exactly `count` provider processes, each connected and benchmarked."""
+        """Exactly `count` headless provider processes, each connected and benchmarked (a browser tab that is
+        online besides them is not counted)."""
         for name in self.alive()[count:]:
             self.kill(name, signal.SIGTERM)
         while len(self.alive()) < count:
             self.serial += 1
             self.start_provider(f"p{self.serial}", token=self.carol, slots=2)
-        self.wait(lambda: len(self.online_providers(self.carol)) == count, 120, f"{count} providers online")
+        self.wait(lambda: self.headless_online() == count, 120, f"{count} headless providers online")
+
+    def headless_online(self) -> int:
+        return len([p for p in self.online_providers(self.carol) if p["kind"] == "headless"])
 
 
 def _fresh_database() -> None:

@@ -1,0 +1,127 @@
+// The provider page: it draws what the Web Worker reports and passes on the user's clicks. All heavy work (the
+// WebSocket, downloads, hashing, onnxruntime-web) happens in provider-worker.js.
+const config = JSON.parse(document.getElementById("provider-config").textContent);
+const worker = new Worker(config.workerUrl, { type: "module" });
+const $ = (id) => document.getElementById(id);
+const pending = new Map();
+let nextId = 0;
+
+function call(command, args) {
+  const id = ++nextId;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, command, args });
+  });
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+function say(text) {
+  $("message").textContent = text;
+  $("message").hidden = !text;
+}
+
+function log(text, level = "info") {
+  const item = document.createElement("li");
+  item.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  item.className = level;
+  $("log").prepend(item);
+  while ($("log").children.length > 200) $("log").lastChild.remove();
+}
+
+const views = {
+  device(m) {
+    $("device-cores").textContent = m.cores;
+    $("device-isolated").textContent = m.isolated ? "yes" : "no (WASM runs on one thread)";
+    $("device-adapter").textContent = m.adapter;
+    $("device-backend").textContent = m.backend === "webgpu" ? "WebGPU" : "WASM (CPU)";
+    $("device-threads").textContent = m.threads;
+    $("device-memory").textContent = m.memoryBytes ? `${(m.memoryBytes / 2 ** 30).toFixed(1)} GB` : "not told by this browser";
+  },
+  status(m) {
+    $("stat-connection").textContent = m.connection;
+    $("stat-backend").textContent = m.backend || "…";
+    $("stat-shards").textContent = m.shards.length ? m.shards.join(", ") : "none";
+    $("stat-sessions").textContent = m.sessions;
+    $("stat-steps").textContent = m.stepsServed;
+    $("stat-ms").textContent = m.msPerStep === null ? "—" : m.msPerStep.toFixed(1);
+    $("stat-downloads").textContent = m.downloads;
+    $("stat-cache-hits").textContent = m.cacheHits;
+    $("stat-corrupt").textContent = m.corrupt;
+    if (m.benchmark) {
+      $("benchmark-result").textContent = `${(m.benchmark.ns / 1e6).toFixed(3)} ms per layer-token on ${m.benchmark.shardId}`;
+    }
+    const connected = m.connection.startsWith("connected") || m.connection.startsWith("connecting") || m.connection.includes("retrying");
+    $("start").disabled = connected;
+    $("stop").disabled = !connected;
+  },
+  progress(m) {
+    $("download").hidden = m.loaded >= m.total;
+    $("download-label").textContent = `Downloading ${m.shard}: ${megabytes(m.loaded)} of ${megabytes(m.total)}`;
+    $("download-progress").value = m.loaded / m.total;
+  },
+  cache(m) {
+    $("cache-list").textContent = m.shards.length ? m.shards.map((s) => `${s.id} (${megabytes(s.size)})`).join(", ") : "none";
+    $("cache-usage").textContent = m.usage ? `${megabytes(m.usage.usage)} of ${megabytes(m.usage.quota)}` : "unknown";
+  },
+  log(m) {
+    log(m.text, m.level);
+    if (m.level === "error") say(m.text);
+  },
+  warning(m) {
+    say(m.text);
+    log(m.text, "warning");
+  },
+  reply(m) {
+    const waiting = pending.get(m.id);
+    pending.delete(m.id);
+    if (!waiting) return;
+    if (m.error) waiting.reject(new Error(m.error));
+    else waiting.resolve(m.result);
+  },
+};
+
+worker.onmessage = (event) => views[event.data.type](event.data);
+worker.onerror = (event) => say(
+  event.message
+    ? `The provider worker failed: ${event.message}`
+    // No message: the script was refused, typically because it came without the isolation headers (Django's
+    // `runserver` serves static files itself unless given --nostatic).
+    : "The provider worker could not start: its script was refused (served without Cross-Origin-Embedder-Policy?)",
+);
+
+async function guarded(action) {
+  say("");
+  try {
+    return await action();
+  } catch (error) {
+    say(error.message);
+    throw error;
+  }
+}
+
+$("benchmark").onclick = () => guarded(async () => {
+  $("benchmark").disabled = true;
+  $("benchmark-result").textContent = "running…";
+  try {
+    await call("benchmark");
+  } finally {
+    $("benchmark").disabled = false;
+  }
+});
+$("start").onclick = () => guarded(() => call("start", { name: $("name").value.trim() }));
+$("stop").onclick = () => guarded(() => call("stop"));
+$("clear-cache").onclick = () => guarded(async () => {
+  await call("clearCache");
+  log("cache cleared");
+});
+
+// For bench/browser.py and the tests: the same worker, reached from outside the page.
+window.providerTab = { call, ready: null };
+window.providerTab.ready = guarded(() => call("init", config)).then(() => {
+  $("benchmark").disabled = !config.benchmarkShard;
+  $("start").disabled = false;
+  document.body.dataset.ready = "true";
+});

@@ -1,0 +1,345 @@
+// The provider tab's Web Worker: it owns the WebSocket to /ws/provider/, the shard cache and onnxruntime-web, so
+// the page only draws. It speaks docs/protocol.md exactly as worker_web/agent.py does (kind "browser").
+import * as wire from "./wire.js";
+import { ShardCache, ShardIntegrityError } from "./shard-cache.js";
+import { ShardRuntime, timeDecode } from "./shard-runtime.js";
+
+const BACKOFF_FIRST = 1, BACKOFF_CAP = 30; // seconds, as ProviderAgent.run_forever
+const STEP_TIMES_KEPT = 32;
+
+const state = {
+  config: null,
+  ort: null,
+  device: null, // {backend, adapter, threads, isolated, cores}
+  socket: null,
+  connection: "not connected",
+  wanted: false, // the user pressed Start and not Stop: reconnect after a drop
+  name: "browser",
+  benchmark: null, // {ns, shardId, sha256}
+  runtimes: new Map(), // sha256 -> Promise<ShardRuntime>, loaded once per visit
+  held: new Map(), // sha256 -> shard id, for the panel
+  sessions: new Map(), // session id -> {runtime, hop, nextStep, lastOutput}
+  stepsServed: 0,
+  stepMs: [],
+  queue: Promise.resolve(), // session messages and frames run one at a time, in arrival order
+  heartbeat: null,
+};
+const cache = new ShardCache((shard, loaded, total) => post({ type: "progress", shard: shard.id, loaded, total }));
+
+function post(message) {
+  self.postMessage(message);
+}
+
+function log(text, level = "info") {
+  post({ type: "log", level, text });
+}
+
+async function status() {
+  const median = state.stepMs.length ? [...state.stepMs].sort((a, b) => a - b)[Math.floor(state.stepMs.length / 2)] : null;
+  post({
+    type: "status",
+    connection: state.connection,
+    backend: state.device && state.device.backend,
+    shards: [...state.held.values()],
+    sessions: state.sessions.size,
+    stepsServed: state.stepsServed,
+    msPerStep: median,
+    downloads: cache.downloads,
+    cacheHits: cache.hits,
+    corrupt: cache.corrupt,
+    benchmark: state.benchmark,
+  });
+}
+
+async function cacheStatus() {
+  post({ type: "cache", shards: await cache.list(), usage: await cache.usage() });
+}
+
+// --- device and runtime ------------------------------------------------------------------------------------------
+
+async function detectDevice() {
+  let adapter = null, adapterText = "none";
+  if (self.navigator.gpu) {
+    try {
+      adapter = await navigator.gpu.requestAdapter();
+    } catch {
+      adapter = null;
+    }
+  }
+  const fallback = adapter && (adapter.info ? adapter.info.isFallbackAdapter : adapter.isFallbackAdapter);
+  if (adapter) {
+    const info = adapter.info || {};
+    adapterText = `${[info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "unnamed"}` +
+      (fallback ? " (a software fallback adapter: not used)" : "");
+  }
+  const backend = adapter && !fallback ? "webgpu" : "wasm";
+  const cores = navigator.hardwareConcurrency || 1;
+  const threads = self.crossOriginIsolated ? Math.min(4, cores) : 1; // threads need SharedArrayBuffer
+  // The browser tells device memory only coarsely (GB, capped at 8); offer half of it, or 0 when it is not told.
+  const memoryBytes = Math.floor(((navigator.deviceMemory || 0) / 2) * 2 ** 30);
+  return { backend, adapter: adapterText, threads, isolated: self.crossOriginIsolated, cores, memoryBytes };
+}
+
+async function loadOrt() {
+  const file = state.device.backend === "webgpu" ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs";
+  const ort = await import(new URL(file, new URL(state.config.ortBase, self.location.origin)).href);
+  ort.env.wasm.wasmPaths = new URL(state.config.ortBase, self.location.origin).href;
+  ort.env.wasm.numThreads = state.device.threads;
+  ort.env.wasm.proxy = false; // this is already a worker
+  return ort;
+}
+
+function runtimeFor(shard) {
+  if (!state.runtimes.has(shard.sha256)) {
+    const loading = (async () => {
+      const started = performance.now();
+      const { bytes, source, warning } = await cache.obtain(shard);
+      if (warning) post({ type: "warning", text: warning });
+      const obtained = performance.now();
+      log(`${shard.id}: ${source}, ${(bytes.byteLength / 1e6).toFixed(1)} MB, SHA-256 checked`);
+      const runtime = await ShardRuntime.load(state.ort, bytes, shard, state.device.backend);
+      state.held.set(shard.sha256, shard.id);
+      const finished = performance.now();
+      runtime.loadTimes = { source, bytes: bytes.byteLength, obtainMs: obtained - started, sessionMs: finished - obtained, totalMs: finished - started };
+      return runtime;
+    })();
+    loading.catch(() => state.runtimes.delete(shard.sha256)); // a failed load may be tried again
+    state.runtimes.set(shard.sha256, loading);
+  }
+  return state.runtimes.get(shard.sha256);
+}
+
+// Timed once per visit (a reconnect reuses it), or again when the user asks for it.
+async function runBenchmark(shard, again = false) {
+  if (again || !state.benchmark || state.benchmark.sha256 !== shard.sha256) {
+    const runtime = await runtimeFor(shard);
+    const ns = await timeDecode(runtime);
+    state.benchmark = { ns, shardId: shard.id, sha256: shard.sha256 };
+    log(`benchmark: ${(ns / 1e6).toFixed(3)} ms per layer-token on ${shard.id}`);
+  }
+  await status();
+  await cacheStatus();
+  return state.benchmark;
+}
+
+// --- the connection ----------------------------------------------------------------------------------------------
+
+function connect() {
+  const url = new URL(state.config.socketPath, self.location.origin);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url); // the session cookie authenticates it (docs/protocol.md)
+  socket.binaryType = "arraybuffer";
+  state.socket = socket;
+  state.connection = "connecting";
+  status();
+  return new Promise((resolve) => {
+    let welcomed = false;
+    socket.onopen = () => send({
+      type: "hello", protocol: 1, name: state.name, kind: "browser", backend: state.device.backend,
+      slots: 1, // one session at a time: a tab runs its steps on one worker, one after another
+      memory_bytes: state.device.memoryBytes,
+    });
+    socket.onmessage = (event) => {
+      if (typeof event.data === "string") {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch {
+          log(`the server sent a message that is not JSON: ${event.data.slice(0, 80)}`, "warning");
+          return;
+        }
+        if (message.type === "welcome") welcomed = true;
+        control(message);
+      } else {
+        enqueue(() => step(event.data));
+      }
+    };
+    socket.onclose = (event) => {
+      clearInterval(state.heartbeat);
+      dropSessions();
+      state.socket = null;
+      state.connection = event.code === 4401 ? "refused: sign in again" : "disconnected";
+      status();
+      resolve({ welcomed, refused: event.code === 4401 });
+    };
+  });
+}
+
+async function serveForever() {
+  let delay = BACKOFF_FIRST;
+  while (state.wanted) {
+    const { welcomed, refused } = await connect();
+    if (refused || !state.wanted) break;
+    if (welcomed) delay = BACKOFF_FIRST;
+    const wait = delay * (0.8 + 0.4 * Math.random());
+    state.connection = `disconnected; retrying in ${wait.toFixed(1)} s`;
+    status();
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    delay = Math.min(delay * 2, BACKOFF_CAP);
+  }
+}
+
+function send(message) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(typeof message === "string" || message instanceof ArrayBuffer ? message : JSON.stringify(message));
+  }
+}
+
+function dropSessions() {
+  for (const [id, session] of state.sessions) session.runtime.close(id); // the server forgets them with the socket
+  state.sessions.clear();
+}
+
+async function control(message) {
+  if (message.type === "welcome") {
+    state.connection = `connected as provider ${message.provider_id}`;
+    const every = (message.heartbeat_seconds || 15) * 1000;
+    state.heartbeat = setInterval(() => send({ type: "heartbeat", sessions: state.sessions.size, steps_served: state.stepsServed }), every);
+    status();
+    if (message.benchmark) {
+      enqueue(async () => {
+        const result = await runBenchmark(message.benchmark);
+        send({ type: "benchmark", ns_per_layer_token: result.ns, shard_id: result.shardId });
+      });
+    }
+  } else if (message.type === "error") {
+    log(`server says ${message.code}: ${message.message}`, "warning");
+  } else {
+    enqueue(() => sessionMessage(message));
+  }
+}
+
+function enqueue(task) {
+  state.queue = state.queue.then(task).catch((error) => {
+    log(`${error.code || "step_failed"}: ${error.message}`, "error");
+    const reply = { type: "error", code: error.code || "step_failed", message: String(error.message) };
+    if (error.session) reply.session = error.session;
+    send(reply);
+  }).finally(status);
+}
+
+function forSession(error, session) {
+  error.session = session;
+  return error;
+}
+
+async function sessionMessage(message) {
+  if (message.type === "open_session") {
+    const started = performance.now();
+    let runtime;
+    try {
+      runtime = await runtimeFor(message.shard);
+    } catch (error) {
+      const code = error instanceof ShardIntegrityError ? "shard_integrity" : "shard_failed";
+      throw forSession(Object.assign(new Error(error.message), { code }), message.session);
+    }
+    runtime.open(message.session);
+    state.sessions.set(message.session, { runtime, hop: message.hop, nextStep: 0, lastOutput: null });
+    send({ type: "session_opened", session: message.session, load_ms: Math.round((performance.now() - started) * 10) / 10 });
+    cacheStatus();
+  } else if (message.type === "close_session") {
+    const session = state.sessions.get(message.session);
+    if (session) session.runtime.close(message.session);
+    state.sessions.delete(message.session);
+  } else if (message.type === "load_shard") {
+    await runtimeFor(message.shard);
+    send({ type: "shard_loaded", shard_id: message.shard.id, sha256: message.shard.sha256 });
+  } else {
+    throw Object.assign(new Error(`unknown message type ${JSON.stringify(message.type)}`), { code: "bad_message" });
+  }
+}
+
+async function step(buffer) {
+  const frame = wire.decode(buffer);
+  const session = state.sessions.get(frame.session);
+  if (!session) throw forSession(Object.assign(new Error("session is not open here"), { code: "unknown_session" }), frame.session);
+  if (frame.kind === wire.STEP_INPUT && frame.step === session.nextStep - 1 && session.lastOutput) {
+    send(session.lastOutput); // asked again (a message was lost between server processes): the same answer
+    return;
+  }
+  if (frame.kind !== wire.STEP_INPUT || frame.step !== session.nextStep) {
+    const error = new Error(`expected step input ${session.nextStep}, got type ${frame.kind} step ${frame.step}`);
+    throw forSession(Object.assign(error, { code: "unexpected_step" }), frame.session);
+  }
+  const started = performance.now();
+  let result;
+  try {
+    result = await session.runtime.step(frame.session, frame.data, frame.dims);
+  } catch (error) {
+    throw forSession(error, frame.session);
+  }
+  const head = session.runtime.shard.has_head;
+  session.lastOutput = wire.encodeOutput(frame, result.dims, result.output, head ? wire.FLOAT32 : wire.FLOAT16);
+  session.nextStep++;
+  state.stepsServed++;
+  state.stepMs.push(performance.now() - started);
+  if (state.stepMs.length > STEP_TIMES_KEPT) state.stepMs.shift();
+  send(session.lastOutput);
+}
+
+// --- what the page asks ------------------------------------------------------------------------------------------
+
+// Runs a shard on given inputs in a fresh session and returns every step's outputs: bench/browser.py compares
+// them with native ONNX Runtime to measure how far the backends disagree.
+async function evaluate({ shard, steps }) {
+  const runtime = await runtimeFor(shard);
+  const id = `evaluate-${crypto.randomUUID()}`;
+  runtime.open(id);
+  try {
+    const outputs = [];
+    for (const input of steps) {
+      const data = input.dtype === "int64" ? new BigInt64Array(input.data) : new Float32Array(input.data);
+      const started = performance.now();
+      const result = await runtime.step(id, data, input.dims);
+      outputs.push({ ms: performance.now() - started, dims: result.dims, output: result.output.slice().buffer, layerHidden: result.layerHidden.slice().buffer });
+    }
+    return outputs;
+  } finally {
+    runtime.close(id);
+  }
+}
+
+// Loads a shard (from the cache, or downloaded) as "open_session" would; how long each part took.
+async function load({ shard }) {
+  const runtime = await runtimeFor(shard);
+  await status();
+  return runtime.loadTimes;
+}
+
+const commands = {
+  async init(config) {
+    state.config = config;
+    state.device = await detectDevice();
+    state.ort = await loadOrt();
+    post({ type: "device", ...state.device });
+    await status();
+    await cacheStatus();
+  },
+  benchmark: ({ shard }) => runBenchmark(shard || state.config.benchmarkShard, true),
+  async start({ name }) {
+    if (state.wanted) return;
+    state.wanted = true;
+    state.name = name || "browser";
+    serveForever();
+  },
+  async stop() {
+    state.wanted = false;
+    if (state.socket) state.socket.close(1000, "stopped by the user");
+  },
+  async clearCache() {
+    await cache.clear();
+    await cacheStatus();
+  },
+  evaluate,
+  load,
+};
+
+self.onmessage = async (event) => {
+  const { id, command, args } = event.data;
+  try {
+    const result = await commands[command](args || {});
+    post({ type: "reply", id, result });
+  } catch (error) {
+    post({ type: "reply", id, error: String(error.message || error) });
+  }
+};
