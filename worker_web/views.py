@@ -8,6 +8,7 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.templatetags.static import static
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -46,6 +47,7 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "socketPath": "/ws/provider/",
         "ortBase": static("onnxruntime-web/"),
         "workerUrl": static("worker_web/provider-worker.js"),
+        "earningsUrl": reverse("api-provider-earnings"),
         "benchmarkShard": selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }

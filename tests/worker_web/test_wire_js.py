@@ -89,3 +89,31 @@ def test_a_truncated_frame_is_refused() -> None:
     with pytest.raises(subprocess.CalledProcessError) as refused:
         run_js(frame[:-1])
     assert b"payload is" in refused.value.stderr
+
+
+ARGMAX_SCRIPT = """
+import * as wire from %s;
+const chunks = [];
+for await (const chunk of process.stdin) chunks.push(chunk);
+const bytes = Buffer.concat(chunks);
+const frame = wire.decode(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+console.log(Buffer.from(new Uint8Array(wire.encodeArgmax(frame, frame.data))).toString("hex"));
+"""
+
+
+@pytest.mark.parametrize("case", ["random", "tie", "last", "negative"])
+def test_the_tabs_argmax_answer_is_numpys_argmax(case: str) -> None:
+    logits = np.random.default_rng(3).standard_normal((1, 49152)).astype(np.float32) * 10
+    if case == "tie":  # two equal maxima: the first wins, as in numpy
+        logits[0, [7, 9000]] = logits.max() + 1
+    elif case == "last":
+        logits[0, -1] = logits.max() + 0.001
+    elif case == "negative":
+        logits = -np.abs(logits) - 1
+    session = uuid.uuid4()
+    frame = wire.encode(wire.MessageType.STEP_INPUT, session, 5, 2, logits)
+    script = ARGMAX_SCRIPT % json.dumps(WIRE_JS.as_uri())
+    done = subprocess.run(["node", "--input-type=module", "-e", script], input=frame, capture_output=True, check=True)
+    answer = wire.decode(bytes.fromhex(done.stdout.decode().strip()))
+    assert (answer.kind, answer.session, answer.step, answer.shard) == (wire.MessageType.STEP_OUTPUT, session, 5, 2)
+    assert answer.tensor.dtype == np.int64 and answer.tensor.tolist() == [[int(np.argmax(logits[0]))]]

@@ -118,6 +118,26 @@ $("clear-cache").onclick = () => guarded(async () => {
   log("cache cleared");
 });
 
+// Earnings come from the market's ledger (GET /api/provider/earnings/, signed in by the session), never from
+// the page's own counting: what settled jobs paid this account, pending during the challenge window, then released.
+async function refreshEarnings() {
+  try {
+    const response = await fetch(config.earningsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const { pending, earnings } = await response.json();
+    const total = pending + earnings;
+    const units = (n) => n.toLocaleString("en");
+    $("stat-earned").textContent = total === 0
+      ? "none yet"
+      : `${units(total)} base units (${units(pending)} pending, ${units(earnings)} released)`;
+    $("stat-earned").dataset.total = String(total);
+  } catch {
+    // Offline for a moment: the last figure stays until the next try.
+  }
+}
+refreshEarnings();
+setInterval(refreshEarnings, 5000);
+
 // For bench/browser.py and the tests: the same worker, reached from outside the page.
 window.providerTab = { call, ready: null };
 window.providerTab.ready = guarded(() => call("init", config)).then(() => {

@@ -234,7 +234,9 @@ async function sessionMessage(message) {
       throw forSession(Object.assign(new Error(error.message), { code }), message.session);
     }
     runtime.open(message.session);
-    state.sessions.set(message.session, { runtime, hop: message.hop, nextStep: 0, lastOutput: null });
+    // A greedy job's head answers with the argmax of its logits only (docs/protocol.md, head_output).
+    const argmax = Boolean(runtime.shard.has_head) && message.head_output === "argmax";
+    state.sessions.set(message.session, { runtime, hop: message.hop, argmax, nextStep: 0, lastOutput: null });
     send({ type: "session_opened", session: message.session, load_ms: Math.round((performance.now() - started) * 10) / 10 });
     cacheStatus();
   } else if (message.type === "close_session") {
@@ -269,7 +271,9 @@ async function step(buffer) {
     throw forSession(error, frame.session);
   }
   const head = session.runtime.shard.has_head;
-  session.lastOutput = wire.encodeOutput(frame, result.dims, result.output, head ? wire.FLOAT32 : wire.FLOAT16);
+  session.lastOutput = session.argmax
+    ? wire.encodeArgmax(frame, result.output)
+    : wire.encodeOutput(frame, result.dims, result.output, head ? wire.FLOAT32 : wire.FLOAT16);
   session.nextStep++;
   state.stepsServed++;
   state.stepMs.push(performance.now() - started);

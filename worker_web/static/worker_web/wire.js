@@ -53,6 +53,14 @@ export function encodeOutput(input, dims, values, dtype) {
   return frame.buffer;
 }
 
+// A greedy job's head answer (head_output "argmax"): int64 [1, 1], the index of the largest logit, the first one
+// on a tie, as numpy's argmax (which the server would otherwise apply to the logits).
+export function encodeArgmax(input, logits) {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  return encodeOutput(input, [1, 1], BigInt64Array.of(BigInt(best)), INT64);
+}
+
 function sessionId(bytes) {
   const hex = Array.from(bytes.subarray(8, 24), (b) => b.toString(16).padStart(2, "0")).join("");
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
