@@ -18,6 +18,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from config.consumers import DirectDispatchMixin
 from inference import wire
 from market import selectors, services
 from market.models import Job
@@ -60,7 +61,7 @@ class Route:
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
 
 
-class ProviderConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class ProviderConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     provider_id: int | None = None
 
     async def connect(self) -> None:
