@@ -28,6 +28,7 @@ from inference.generate import Sampler, SamplingParams
 from market import selectors, services
 from market.models import Assignment, Job, Provider
 from market.streaming import TokenStream
+from worker_web import relay
 from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,8 @@ class JobRunner:
         if tensor.dtype == np.float32:
             tensor = tensor.astype(np.float16)  # hidden states travel as float16 (half the bytes)
         frame = wire.encode(wire.MessageType.STEP_INPUT, hop.session, step, hop.index, tensor)
-        await self.layer.send(
+        await relay.deliver(
+            self.layer,
             hop.provider.channel_name,
             {
                 "type": "provider.step",

@@ -7,6 +7,8 @@ The end-to-end tests' servers are separate processes with their own settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -14,3 +16,15 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.MARKET_CLOCK = False
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> Iterator[None]:
+    """Every test gets its own channel layer instance. Async tests each run on their own event loop, and
+    channels_redis binds a layer's receive lock to the loop that first receives: a layer shared across tests
+    failed now and then with "bound to a different event loop" on the full profile."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

@@ -23,6 +23,8 @@ from inference import wire
 from market import selectors, services
 from market.models import Job
 from worker_web import protocol as p
+from worker_web import relay
+from worker_web.relay import RelayInboxMixin
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,12 @@ class Route:
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
 
 
-class ProviderConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     provider_id: int | None = None
 
     async def connect(self) -> None:
         self.routes: dict[uuid.UUID, Route] = {}
+        self.relay_register()
         await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -209,7 +212,8 @@ class ProviderConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ig
         del route.pending[frame.step]
         if go_on and route.forward is not None:  # straight on to the next hop: the runner is not on this path
             following = uuid.UUID(route.forward["session"])
-            await self.channel_layer.send(
+            await relay.deliver(
+                self.channel_layer,
                 route.forward["channel"],
                 {
                     "type": "provider.step",

@@ -25,6 +25,7 @@ from config.asgi import application
 from inference import wire
 from market.models import Job, LanguageModel, Provider, Shard
 from worker_web import protocol as p
+from worker_web import relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,10 +56,10 @@ def client(token: str | None = None, *, path: str = "/ws/provider/", origin: boo
     return WebsocketCommunicator(application, path, headers=headers)
 
 
-async def say_hello(ws: WebsocketCommunicator) -> dict[str, Any]:
+async def say_hello(ws: WebsocketCommunicator, name: str = "box") -> dict[str, Any]:
     connected, _ = await ws.connect(timeout=WAIT)
     assert connected
-    await ws.send_json_to({"type": "hello", **HELLO})
+    await ws.send_json_to({"type": "hello", **HELLO, "name": name})
     welcome: dict[str, Any] = await ws.receive_json_from(timeout=WAIT)
     assert welcome["type"] == "welcome", welcome
     return welcome
@@ -334,3 +335,61 @@ async def test_a_greedy_jobs_head_answers_with_the_argmax_and_logits_are_still_a
     assert (refused["type"], refused["code"]) == ("runner.error", p.BAD_FRAME)
     assert "must return float32[1, 10], got int64[1, 1]" in (await ws.receive_json_from(timeout=WAIT))["message"]
     await ws.disconnect()
+
+
+@run_async
+async def test_a_hops_output_reaches_the_next_hop_in_this_process_without_the_channel_layer(
+    alice_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = get_channel_layer()
+    runner = await layer.new_channel()
+    first, second = client(alice_token), client(alice_token)
+    await say_hello(first, "first")
+    await say_hello(second, "second")
+    rows = await database_sync_to_async(lambda: list(Provider.objects.order_by("pk")))()
+    one, two = uuid.uuid4(), uuid.uuid4()
+    forward = {"channel": rows[1].channel_name, "session": str(two), "hop": 1}
+    await layer.send(
+        rows[0].channel_name,
+        {
+            "type": "provider.open",
+            "session": str(one),
+            "hop": 0,
+            "shard": SHARD,
+            "reply_to": runner,
+            "forward": forward,
+        },
+    )
+    await layer.send(
+        rows[1].channel_name,
+        {"type": "provider.open", "session": str(two), "hop": 1, "shard": SHARD, "reply_to": runner},
+    )
+    await first.receive_json_from(timeout=WAIT)
+    await second.receive_json_from(timeout=WAIT)
+    sent: list[str] = []
+    original = layer.send
+
+    async def recording(channel: str, message: dict[str, Any]) -> None:
+        sent.append(channel)
+        await original(channel, message)
+
+    monkeypatch.setattr(layer, "send", recording)
+    step = wire.encode(wire.MessageType.STEP_INPUT, one, 0, 0, np.ones((1, 2, 8), dtype=np.float16))
+    await relay.deliver(
+        layer,
+        rows[0].channel_name,
+        {"type": "provider.step", "session": str(one), "step": 0, "tokens": 2, "frame": step, "forward": True},
+    )
+    assert await first.receive_from(timeout=WAIT) == step
+    hidden = np.full((1, 2, 8), 0.25, dtype=np.float16)
+    await first.send_to(bytes_data=output(one, 0, hidden))
+    relayed = wire.decode(await second.receive_from(timeout=WAIT))  # the next hop got it, readdressed
+    assert (relayed.kind, relayed.session, relayed.step, relayed.shard) == (wire.MessageType.STEP_INPUT, two, 0, 1)
+    assert np.array_equal(relayed.tensor, hidden)
+    copy = await asyncio.wait_for(layer.receive(runner), WAIT)  # the runner's copy still goes through the layer
+    assert copy["type"] == "runner.output" and copy["session"] == str(one)
+    assert sent == [runner], "the step went to the next hop's consumer through the layer, not its inbox"
+    await first.disconnect()
+    await second.disconnect()
+    await relay.deliver(layer, rows[1].channel_name, {"type": "provider.close", "session": str(two)})
+    assert sent[-1] == rows[1].channel_name, "a consumer that has gone is reached through the layer again"
