@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,6 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from inference import wire
-from inference.tiny import write_tiny_gguf
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
 from ledger.models import PendingRelease
@@ -29,18 +27,6 @@ from market.models import AuctionRound, Job, LanguageModel, Provider
 pytestmark = pytest.mark.django_db
 
 CONTEXT = 256  # inference.tiny.TINY_CONFIG.max_context
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-@pytest.fixture
-def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
-    """The tiny model imported as two shards (a chain that can run), stored under a temporary MEDIA_ROOT."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
 
 
 GRANT = 1_000_000  # settings.SIGNUP_GRANT

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from config.errors import Conflict
-from inference.tiny import write_tiny_gguf
 from ledger import selectors as ledger_selectors
 from market import clock, selectors, services, tasks
 from market.auction.pricing import platform_ask
@@ -28,17 +26,6 @@ from market.services.settlement import step_tokens
 pytestmark = pytest.mark.django_db
 
 GRANT = 1_000_000  # settings.SIGNUP_GRANT
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-@pytest.fixture
-def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
 
 
 @pytest.fixture

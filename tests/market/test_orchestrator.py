@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ from config.asgi import application
 from inference import wire
 from inference.generate import SamplingParams, generate
 from inference.runtime import ShardRuntime
-from inference.tiny import write_tiny_gguf
 from ledger import selectors as ledger_selectors
 from market import selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
@@ -35,16 +33,9 @@ MAX_NEW = 12
 GRANT = 1_000_000  # settings.SIGNUP_GRANT
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-@pytest.fixture
-def model(tmp_path: Path, settings: Any, tiny_gguf: Path) -> LanguageModel:
-    settings.MEDIA_ROOT = tmp_path / "media"
+@pytest.fixture(autouse=True)
+def short_deadline(settings: Any) -> None:
     settings.STEP_DEADLINE_SECONDS = 1.5
-    return services.model_import(source=str(tiny_gguf), plan="0-2,2-4", name="tiny").model
 
 
 class ScriptedProvider:
