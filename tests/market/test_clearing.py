@@ -226,6 +226,14 @@ def _placed(model: LanguageModel, alice: User, carol: User) -> tuple[Job, dict[i
     return job, {t.hop: t for t in Assignment.objects.filter(job=job)}
 
 
+def _served(terms: dict[int, Assignment], *, until_step: int) -> list[dict[str, Any]]:
+    """The pipeline record of a job whose assigned providers served steps [0, until_step)."""
+    return [
+        {"hop": h, "shard": t.shard.shard_id, "provider": t.provider_id, "from_step": 0, "until_step": until_step}
+        for h, t in terms.items()
+    ]
+
+
 def test_step_tokens_count_the_prompt_at_step_zero_and_one_token_a_step_after() -> None:
     assert step_tokens(0, 1, prompt_tokens=9) == 9
     assert step_tokens(0, 5, prompt_tokens=9) == 13
@@ -237,11 +245,7 @@ def test_a_cancelled_running_job_pays_for_the_steps_it_ran_and_no_more(
     model: LanguageModel, alice: User, carol: User, launches: list[int]
 ) -> None:
     job, terms = _placed(model, alice, carol)
-    entries = [
-        {"hop": h, "shard": t.shard.shard_id, "provider": t.provider_id, "from_step": 0, "until_step": 4}
-        for h, t in terms.items()
-    ]
-    job = services.job_settle(job_id=_ran(job, Job.State.CANCELLED, entries).pk)
+    job = services.job_settle(job_id=_ran(job, Job.State.CANCELLED, _served(terms, until_step=4)).pk)
     work = 2 * (job.prompt_tokens + 3)
     expected = sum(t.unit_price * work for t in terms.values())
     assert job.cost["paid"] == expected and job.cost["refunded"] == 100_000 - expected
@@ -255,10 +259,7 @@ def test_a_failed_job_refunds_in_full_whatever_ran(
     model: LanguageModel, alice: User, carol: User, launches: list[int]
 ) -> None:
     job, terms = _placed(model, alice, carol)
-    entries = [
-        {"hop": 0, "shard": terms[0].shard.shard_id, "provider": terms[0].provider_id, "from_step": 0, "until_step": 3}
-    ]
-    job = services.job_settle(job_id=_ran(job, Job.State.FAILED, entries).pk)
+    job = services.job_settle(job_id=_ran(job, Job.State.FAILED, _served(terms, until_step=3)).pk)
     assert (job.cost["paid"], job.cost["refunded"], job.cost["lines"]) == (0, 100_000, [])
     assert ledger_selectors.balances_of(user=alice).available == GRANT
     assert ledger_selectors.balances_of(user=carol).pending == 0
@@ -274,11 +275,7 @@ def test_a_round_settles_a_finished_job_its_runner_left_unsettled(
     model: LanguageModel, alice: User, carol: User, launches: list[int]
 ) -> None:
     job, terms = _placed(model, alice, carol)
-    entries = [
-        {"hop": h, "shard": t.shard.shard_id, "provider": t.provider_id, "from_step": 0, "until_step": 2}
-        for h, t in terms.items()
-    ]
-    _ran(job, Job.State.DONE, entries)
+    _ran(job, Job.State.DONE, _served(terms, until_step=2))
     services.clear_market()
     job.refresh_from_db()
     assert job.settled_at is not None and job.cost["paid"] == sum(
