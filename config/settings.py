@@ -235,5 +235,7 @@ AUCTION_TIME_LIMIT_SECONDS = float(env_str("AUCTION_TIME_LIMIT_SECONDS", "2"))
 AUCTION_EVERY_SECONDS = env_int("AUCTION_EVERY_SECONDS", 2)
 AUCTION_NUDGE_SECONDS = float(env_str("AUCTION_NUDGE_SECONDS", "0.2"))
 AUCTION_MAX_BOOK = env_int("AUCTION_MAX_BOOK", 5_000)
+# A placed job whose runner has not started this long after its round (a lost task) goes back into the book.
+ALLOCATION_TIMEOUT_SECONDS = env_int("ALLOCATION_TIMEOUT_SECONDS", 60)
 # The embedded profile's clock (market/clock.py) runs in the ASGI server; off, nothing clears the book there.
 MARKET_CLOCK = env_bool("MARKET_CLOCK", True)

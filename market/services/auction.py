@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -27,7 +27,7 @@ from django.utils import timezone
 from market import selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
-from market.services.jobs import job_publish_end
+from market.services.jobs import job_publish_end, provider_release
 from market.services.settlement import job_settle
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def clear_market(*, solver: str | None = None, now: datetime | None = None) -> A
             return None
         now = now or timezone.now()
         expired = bids_expire(now=now)
+        allocations_reclaim(now=now)
         settle_unsettled()
         return _round(solver=solver or settings.AUCTION_SOLVER, expired=expired)
 
@@ -80,6 +81,25 @@ def bids_expire(*, now: datetime) -> int:
             job_settle(job_id=job_id)
             transaction.on_commit(functools.partial(job_publish_end, job_id))
             count += 1
+    return count
+
+
+def allocations_reclaim(*, now: datetime) -> int:
+    """Placed jobs whose runner never started (a lost task, a worker that died) go back into the book one priority
+    level up after ALLOCATION_TIMEOUT_SECONDS, and the slots their round claimed are freed."""
+    stale = now - timedelta(seconds=settings.ALLOCATION_TIMEOUT_SECONDS)
+    count = 0
+    for job in Job.objects.filter(state=Job.State.ALLOCATED, auction_round__created_at__lt=stale):
+        with transaction.atomic():
+            if not Job.objects.filter(pk=job.pk, state=Job.State.ALLOCATED).update(
+                state=Job.State.QUEUED, priority=F("priority") + 1, error="its runner did not start; back in the book"
+            ):
+                continue  # its runner claimed it, or the buyer cancelled it, meanwhile
+            for held in Assignment.objects.filter(job=job, auction_round_id=job.auction_round_id):
+                provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
+            count += 1
+    if count:
+        log.warning("%d placed job(s) whose runner never started went back into the book", count)
     return count
 
 

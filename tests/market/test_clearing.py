@@ -339,3 +339,21 @@ def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypa
     redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)  # the window has passed
     tasks.auction_nudge()
     assert len(scheduled) == 2
+
+
+def test_a_placed_job_whose_runner_never_started_goes_back_into_the_book(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    provider(carol, "a"), provider(carol, "b")
+    job = bid(alice, model)
+    services.clear_market()
+    assert Job.objects.get(pk=job.pk).state == Job.State.ALLOCATED
+    services.clear_market(now=timezone.now() + timezone.timedelta(seconds=30))  # still within the timeout
+    assert Job.objects.get(pk=job.pk).state == Job.State.ALLOCATED
+    round_ = services.clear_market(now=timezone.now() + timezone.timedelta(seconds=61))
+    job.refresh_from_db()
+    # Reclaimed (slots freed, priority up), then placed again by the same round on the same two providers.
+    assert round_ is not None and round_.n_placed == 1
+    assert (job.state, job.priority, job.auction_round_id) == (Job.State.ALLOCATED, 1, round_.pk)
+    assert Provider.objects.filter(busy_slots=1).count() == 2, "the old round's slots were given back"
+    assert Assignment.objects.filter(job=job, auction_round=round_).count() == 2
