@@ -1,10 +1,11 @@
 """Clearing the market: one auction round over the open bids and the providers' free capacity.
 
-A round (`clear_market`) expires the bids past their expiry (refunded), settles any finished job that is not
-settled yet, builds the book, solves it (`market.auction.solve`), records an AuctionRound, and places each winner:
-in one transaction per job it claims a slot on each of its providers (conditional UPDATEs, as the runner's own
-claims) and writes the Assignment rows with their cleared prices. A winner whose slot was taken meanwhile stays in
-the book. Losers stay too, one priority level higher. Placed jobs are handed to their runners after commit.
+A round (`clear_market`) expires the bids past their expiry (refunded), puts placed jobs whose runner never
+started back into the book, settles any finished job that is not settled yet, builds the book, solves it
+(`market.auction.solve`), records an AuctionRound, and places each winner: in one transaction per job it claims
+a slot on each of its providers (conditional UPDATEs, as the runner's own claims) and writes the Assignment rows
+with their cleared prices. A winner whose slot was taken meanwhile stays in the book. Losers stay too, one
+priority level higher. Placed jobs are handed to their runners after commit.
 
 Rounds never overlap: PostgreSQL's advisory lock across processes (beat's tick and the nudges), a process lock on
 the embedded profile, where only the server clears.
