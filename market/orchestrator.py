@@ -16,7 +16,7 @@ import logging
 import statistics
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from asgiref.sync import sync_to_async
@@ -26,7 +26,8 @@ from django.conf import settings
 from inference import wire
 from inference.generate import Sampler, SamplingParams
 from market import selectors, services
-from market.models import Assignment, Job, Provider
+from market.models import Job, Provider
+from market.placement import AuctionPlacement, Placement
 from market.streaming import TokenStream
 from worker_web import relay
 from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
@@ -67,57 +68,6 @@ async def run_job(job_id: int, *, placement: Placement | None = None, layer: Bas
         return
     runner = JobRunner(job, layer or get_channel_layer(), placement or AuctionPlacement())
     await runner.run()
-
-
-class Placement(Protocol):
-    """Picks the provider for one hop of a job, with one of its slots claimed for the job."""
-
-    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None: ...
-
-    def release_unused(self) -> None:
-        """Give back slots held for the job that no hop took (the job ended before every hop was placed)."""
-
-
-class FastestFreePlacement:
-    """The fastest online provider with a free slot that is not excluded (the job's other hops, and providers
-    that already failed this job)."""
-
-    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
-        return services.provider_claim_for_shard(exclude=exclude)
-
-    def release_unused(self) -> None:
-        return None
-
-
-class AuctionPlacement:
-    """Each hop on the provider the job's auction round assigned it, whose slot the round already claimed. A hop
-    whose provider has gone since (offline, reconnected, or excluded) gives that slot back and, like every
-    replacement after a failure, falls back to the fastest free provider; the hop keeps its cleared price
-    (`market.services.settlement`)."""
-
-    def __init__(self) -> None:
-        self.assigned: dict[str, Assignment] | None = None
-
-    def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
-        if self.assigned is None:
-            terms = Assignment.objects.filter(job=job, auction_round_id=job.auction_round_id)
-            self.assigned = {a.shard.shard_id: a for a in terms.select_related("shard", "provider")}
-        term = self.assigned.pop(shard["id"], None)
-        if term is not None:
-            provider = term.provider
-            if (
-                provider.pk not in exclude
-                and provider.state == Provider.State.ONLINE
-                and provider.channel_name == term.channel_name
-            ):
-                return provider
-            services.provider_release(provider_id=term.provider_id, channel_name=term.channel_name)
-        return services.provider_claim_for_shard(exclude=exclude)
-
-    def release_unused(self) -> None:
-        for term in (self.assigned or {}).values():
-            services.provider_release(provider_id=term.provider_id, channel_name=term.channel_name)
-        self.assigned = {}
 
 
 class JobFailed(Exception):
@@ -334,7 +284,7 @@ class JobRunner:
             asked_again = False
             while True:
                 try:
-                    out = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
+                    out: np.ndarray = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
                     break
                 except HopFailed as failure:
                     if failure.code == "deadline" and not asked_again:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from market import selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
-from market.services.jobs import job_publish_end, provider_release
+from market.services.jobs import assignments_release, job_publish_end
 from market.services.settlement import job_settle
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ def allocations_reclaim(*, now: datetime) -> int:
                 state=Job.State.QUEUED, priority=F("priority") + 1, error="its runner did not start; back in the book"
             ):
                 continue  # its runner claimed it, or the buyer cancelled it, meanwhile
-            for held in Assignment.objects.filter(job=job, auction_round_id=job.auction_round_id):
-                provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
+            assignments_release(job_id=job.pk, round_id=job.auction_round_id)
             count += 1
     if count:
         log.warning("%d placed job(s) whose runner never started went back into the book", count)
@@ -107,9 +106,10 @@ def allocations_reclaim(*, now: datetime) -> int:
 def settle_unsettled() -> int:
     """Settle finished jobs whose runner ended before it could (a crash, a lost worker): settling is idempotent."""
     finished = Job.objects.filter(state__in=Job.FINAL_STATES, settled_at__isnull=True).values_list("pk", flat=True)
-    for job_id in finished[:500]:
+    job_ids = list(finished[:500])
+    for job_id in job_ids:
         job_settle(job_id=job_id)
-    return len(finished[:500])
+    return len(job_ids)
 
 
 def _round(*, solver: str, expired: int) -> AuctionRound | None:

@@ -20,7 +20,7 @@ from inference.errors import InferenceError
 from inference.tokenizer import validate_messages
 from ledger import services as ledger_services
 from market import selectors
-from market.models import Job, LanguageModel, Provider
+from market.models import Assignment, Job, LanguageModel, Provider
 from market.services.settlement import job_settle
 
 MAX_NEW_TOKENS = 1024
@@ -168,8 +168,7 @@ def job_cancel(*, job: Job) -> Job:
             # No runner will ever hold this job: free the slots a round claimed for it, refund its escrow, and
             # end its stream (nobody else would).
             round_id = Job.objects.values_list("auction_round_id", flat=True).get(pk=job.pk)  # not a stale read
-            for held in job.assignments.filter(auction_round_id=round_id):
-                provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
+            assignments_release(job_id=job.pk, round_id=round_id)
             job_settle(job_id=job.pk)
             transaction.on_commit(lambda: job_publish_end(job.pk))
         elif not Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(**fields):
@@ -193,6 +192,12 @@ def provider_claim_for_shard(*, exclude: set[int]) -> Provider | None:
         if claimed:
             return provider
     return None
+
+
+def assignments_release(*, job_id: int, round_id: int | None) -> None:
+    """Give back every slot the job's round claimed for it (a job that will not run on them)."""
+    for held in Assignment.objects.filter(job_id=job_id, auction_round_id=round_id):
+        provider_release(provider_id=held.provider_id, channel_name=held.channel_name)
 
 
 def provider_release(*, provider_id: int, channel_name: str) -> None:

@@ -20,7 +20,7 @@ from ledger import selectors as ledger_selectors
 from market import clock, selectors, services, tasks
 from market.auction.pricing import platform_ask
 from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider
-from market.orchestrator import AuctionPlacement
+from market.placement import AuctionPlacement
 from market.services.settlement import step_tokens
 
 pytestmark = pytest.mark.django_db
