@@ -205,6 +205,8 @@ ORCHESTRATOR = env_str("ORCHESTRATOR", "celery" if REDIS_URL else "server")
 STEP_DEADLINE_SECONDS = float(env_int("STEP_DEADLINE_SECONDS", 20))
 SESSION_OPEN_DEADLINE_SECONDS = float(env_int("SESSION_OPEN_DEADLINE_SECONDS", 180))
 PROVIDER_HEARTBEAT_SECONDS = float(env_int("PROVIDER_HEARTBEAT_SECONDS", 15))
+# A running job's tokens are stored (and then streamed to the buyer) at most this often; the first one at once.
+STREAM_STORE_EVERY_MS = env_int("STREAM_STORE_EVERY_MS", 100)
 
 # Threads for ONNX Runtime in this process (one shared pool for all shard sessions); 0 means all cores.
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)

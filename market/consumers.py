@@ -47,11 +47,13 @@ class JobConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[
     async def _send(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))
 
-    async def job_token(self, event: dict[str, Any]) -> None:
-        if event["index"] < self.sent:
-            return  # already in the snapshot
-        self.sent = event["index"] + 1
-        await self._send("token", index=event["index"], token=event["token"], text=event["text"])
+    async def job_tokens(self, event: dict[str, Any]) -> None:
+        """Tokens stored since the last event (`[index, token, text]` each): each goes to the buyer as one message."""
+        for index, token, text in event["pieces"]:
+            if index < self.sent:
+                continue  # already in the snapshot
+            self.sent = index + 1
+            await self._send("token", index=index, token=token, text=text)
 
     async def job_done(self, event: dict[str, Any]) -> None:
         await self._send("done", **{k: v for k, v in event.items() if k != "type"})

@@ -2,8 +2,11 @@
 
 The runner hands each token over and carries on with the next step at once; a background task stores the tokens
 and then publishes them to the group `job-<id>`, in order. Storing before publishing is what lets the stream
-consumer join the group first and read the stored tokens second without missing any. Several tokens that pile up
-while a write is in flight go into one write.
+consumer join the group first and read the stored tokens second without missing any.
+
+The task stores at most once every STREAM_STORE_EVERY_MS (the first token at once): the tokens that arrive
+meanwhile go into the next write and one event. A store per token cost the server's process about a millisecond
+of Python per token, in a thread that holds the GIL while the event loop waits to relay the next hop's frame.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer
+from django.conf import settings
 
 from market import selectors, services
 
@@ -41,6 +45,7 @@ class TokenStream:
         self._pieces: list[Piece] = []
         self._published = 0
         self._wake = asyncio.Event()
+        self._closing = False  # set by flush: write what is left at once, then stop
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -56,34 +61,46 @@ class TokenStream:
         self._wake.set()
 
     async def flush(self) -> None:
-        """Wait until every token added so far is stored and published, then stop the background task."""
-        while self._task is not None and self._published < len(self._pieces) and not self._task.done():
-            self._wake.set()
-            await asyncio.sleep(0.001)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Store and publish every token added so far, without waiting out the interval, and stop the writer."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     def final_text(self) -> str:
         return self.decode(self.tokens)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_write = 0.0
+        timer: asyncio.TimerHandle | None = None
         while True:
             await self._wake.wait()
             self._wake.clear()
-            upto = len(self._pieces)
-            if upto == self._published:
-                continue
-            stored = await sync_to_async(services.job_progress)(
-                job_id=self.job_id,
-                tokens=self.tokens[:upto],
-                text=self.text[: self._pieces[upto - 1].text_length],
-                pipeline=self.pipeline,
-            )
-            self.cancelled = self.cancelled or not stored
-            for piece in self._pieces[self._published : upto]:
-                await self.layer.group_send(
-                    self.group, {"type": "job.token", "index": piece.index, "token": piece.token, "text": piece.text}
-                )
-            self._published = upto
+            if self._published < len(self._pieces):
+                wait = next_write - loop.time()
+                if wait > 0 and not self._closing:  # written recently: these tokens go with the next write
+                    if timer is None or timer.cancelled() or timer.when() <= loop.time():
+                        timer = loop.call_later(wait, self._wake.set)
+                    continue
+                await self._write()
+                next_write = loop.time() + settings.STREAM_STORE_EVERY_MS / 1000
+            if self._closing and self._published == len(self._pieces):
+                if timer is not None:
+                    timer.cancel()
+                return
+
+    async def _write(self) -> None:
+        upto = len(self._pieces)
+        stored = await sync_to_async(services.job_progress)(
+            job_id=self.job_id,
+            tokens=self.tokens[:upto],
+            text=self.text[: self._pieces[upto - 1].text_length],
+            pipeline=self.pipeline,
+        )
+        self.cancelled = self.cancelled or not stored
+        pieces = [[p.index, p.token, p.text] for p in self._pieces[self._published : upto]]
+        await self.layer.group_send(self.group, {"type": "job.tokens", "pieces": pieces})
+        self._published = upto
