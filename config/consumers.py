@@ -1,24 +1,82 @@
-"""What the project's WebSocket consumers share."""
+"""What the project's WebSocket consumers share: one inbox per connection, read by a plain loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 
 
-class DirectDispatchMixin:
-    """Dispatch each message straight to its handler.
+class InboxConsumerMixin:
+    """Run a consumer from one queue: its socket's messages, its channel layer messages and whatever this process
+    puts there directly (`inbox_put`, see worker_web/relay.py) are handled one at a time, in arrival order.
 
-    Channels' own dispatch first runs `close_old_connections` through `sync_to_async`, that is in the one shared
-    sync thread, for every message a consumer receives. On the provider relay that is two thread round trips per
-    hop, queued behind whatever database work that thread is doing (a job's token stores), measured at about half
-    a millisecond per hop. The consumers that use this mixin touch the database only through
-    `database_sync_to_async`, which closes stale connections around each call itself, so nothing is lost.
+    Channels' own loop waits on the socket and the layer with `asyncio.wait` and makes a new task for every message,
+    and its dispatch runs `close_old_connections` through `sync_to_async` first, that is in the one shared sync
+    thread, queued behind whatever database work that thread is doing. On the provider relay, three times per token,
+    that was most of a millisecond per message. Here the ASGI server's own input queue is the inbox when the server
+    hands one over (Daphne and the test communicator do: `receive` is the queue's `get`), so a socket message costs
+    one wake-up; the channel layer is read by one task that feeds the same queue. The consumers touch the database
+    only through `database_sync_to_async`, which closes stale connections around each call itself.
     """
+
+    channel_layer_alias = "default"
+    channel_name: str
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.base_send = send
+        queue = getattr(receive, "__self__", None)
+        pumps: list[asyncio.Future[None]] = []
+        if not isinstance(queue, asyncio.Queue) or getattr(receive, "__name__", "") != "get":
+            queue = asyncio.Queue()
+            pumps.append(asyncio.ensure_future(pump(receive, queue)))
+        self.inbox: asyncio.Queue[dict[str, Any]] = queue
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            pumps.append(asyncio.ensure_future(pump(self.channel_receive, queue)))
+        try:
+            while True:
+                message = await queue.get()
+                if message["type"] == PUMP_FAILED:
+                    raise message["error"]
+                await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.inbox_closed()
+
+    def inbox_closed(self) -> None:
+        """Called once the consumer has stopped reading its inbox."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+
+PUMP_FAILED = "inbox.pump_failed"
+
+
+async def pump(receive: Any, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    """Feed the inbox from `receive`; an error there ends the consumer, as it would in Channels' own loop."""
+    try:
+        while True:
+            queue.put_nowait(await receive())
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        queue.put_nowait({"type": PUMP_FAILED, "error": exc})

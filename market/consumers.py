@@ -12,7 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from config.consumers import DirectDispatchMixin
+from config.consumers import InboxConsumerMixin
 from config.errors import NotFound
 from market import selectors
 from market.models import Job
@@ -20,7 +20,7 @@ from market.models import Job
 CLOSE_NOT_FOUND = 4404
 
 
-class JobConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     async def connect(self) -> None:
         user = self.scope.get("user")
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])

@@ -110,6 +110,7 @@ class JobRunner:
         self.layer = layer
         self.placement = placement
         self.channel = ""
+        self.answers = relay.ChannelInbox(layer)  # the runner's channel: providers' answers arrive here
         self.group = selectors.job_group(job.pk)
         self.hops: list[Hop] = []
         self.record: list[dict[str, Any]] = []  # the pipeline as the buyer sees it: every placement, in order
@@ -122,7 +123,7 @@ class JobRunner:
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
         try:
-            self.channel = await self.layer.new_channel()
+            self.channel = await self.answers.open()
             self.stream.pipeline = self.record
             self.stream.start()
             try:
@@ -143,6 +144,7 @@ class JobRunner:
         finally:
             await self._release()
             await self.stream.flush()
+            await self.answers.close()
         if code == "requeued" and await sync_to_async(services.job_requeue)(job_id=self.job.pk, reason=message):
             log.info("job %s back in the book: %s", self.job.pk, message)
             return
@@ -350,7 +352,7 @@ class JobRunner:
         if remaining <= 0:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s")
         try:
-            message: dict[str, Any] = await asyncio.wait_for(self.layer.receive(self.channel), remaining)
+            message: dict[str, Any] = await asyncio.wait_for(self.answers.get(), remaining)
         except TimeoutError:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s") from None
         return message

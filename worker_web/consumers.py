@@ -18,13 +18,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from config.consumers import DirectDispatchMixin
+from config.consumers import InboxConsumerMixin
 from inference import wire
 from market import selectors, services
 from market.models import Job
 from worker_web import protocol as p
 from worker_web import relay
-from worker_web.relay import RelayInboxMixin
+from worker_web.relay import RelayMixin
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Route:
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
 
 
-class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     provider_id: int | None = None
 
     async def connect(self) -> None:
@@ -82,8 +82,10 @@ class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsu
             provider_id=self.provider_id, channel_name=self.channel_name
         )
         for session, route in self.routes.items():
-            await self.channel_layer.send(
-                route.reply_to, {"type": "runner.lost", "session": str(session), "provider": self.provider_id}
+            await relay.deliver(
+                self.channel_layer,
+                route.reply_to,
+                {"type": "runner.lost", "session": str(session), "provider": self.provider_id},
             )
         log.info("provider %s disconnected (code %s) with %d session(s)", self.provider_id, code, len(self.routes))
 
@@ -156,8 +158,10 @@ class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsu
 
     async def _session_opened(self, message: dict[str, Any]) -> None:
         session, route = await self._own_route(p.field(message, "session", str))
-        await self.channel_layer.send(
-            route.reply_to, {"type": "runner.opened", "session": str(session), "load_ms": message.get("load_ms")}
+        await relay.deliver(
+            self.channel_layer,
+            route.reply_to,
+            {"type": "runner.opened", "session": str(session), "load_ms": message.get("load_ms")},
         )
 
     async def _provider_error(self, message: dict[str, Any]) -> None:
@@ -165,7 +169,8 @@ class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsu
             log.warning("provider %s reports %s: %s", self.provider_id, message.get("code"), message.get("message"))
             return
         session, route = await self._own_route(message["session"])
-        await self.channel_layer.send(
+        await relay.deliver(
+            self.channel_layer,
             route.reply_to,
             {
                 "type": "runner.error",
@@ -204,7 +209,8 @@ class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsu
             route.check_output(frame, tokens)
         except wire.BadFrame as exc:
             # A real step answered wrongly: the runner hears of it now instead of waiting for the deadline.
-            await self.channel_layer.send(
+            await relay.deliver(
+                self.channel_layer,
                 route.reply_to,
                 {"type": "runner.error", "session": str(session), "code": p.BAD_FRAME, "message": str(exc)},
             )
@@ -226,8 +232,10 @@ class ProviderConsumer(RelayInboxMixin, DirectDispatchMixin, AsyncWebsocketConsu
                     "forward": True,
                 },
             )
-        await self.channel_layer.send(  # the runner's copy: the next hop's recorded input, or the logits
-            route.reply_to, {"type": "runner.output", "session": str(session), "step": frame.step, "frame": data}
+        await relay.deliver(  # the runner's copy: the next hop's recorded input, or the logits
+            self.channel_layer,
+            route.reply_to,
+            {"type": "runner.output", "session": str(session), "step": frame.step, "frame": data},
         )
 
     # --- events from runners (channel layer) --------------------------------------------------------------------

@@ -5,15 +5,18 @@ process (on this event loop), the event is put straight into its inbox: with the
 trip through Redis on every hop of every token, and with either layer the copy and the scheduling of a layer
 receive. A consumer in another process, or a sender on another loop (a Celery worker's runner), goes through the
 channel layer as before. Events for one consumer keep their order either way: everything a consumer handles,
-its socket's messages included, comes out of one queue (`RelayInboxMixin`).
+its socket's messages included, comes out of one queue (`config.consumers.InboxConsumerMixin`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from channels.layers import BaseChannelLayer
+
+from config.consumers import PUMP_FAILED, pump
 
 _INBOXES: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = {}
 
@@ -27,35 +30,48 @@ async def deliver(layer: BaseChannelLayer, channel: str, event: dict[str, Any]) 
     await layer.send(channel, event)
 
 
-class RelayInboxMixin:
-    """A consumer whose messages (from its socket, from the channel layer, and relayed in this process) all arrive
-    through one inbox, registered under its channel name while it runs."""
+class RelayMixin:
+    """A consumer (an InboxConsumerMixin) whose inbox other consumers of this process may put events into."""
 
     channel_name: str
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        async def pump() -> None:  # the socket's messages, in order, into the same inbox
-            while True:
-                message = await receive()
-                inbox.put_nowait(message)
-                if message["type"] == "websocket.disconnect":
-                    return
-
-        self._relay_inbox = inbox
-        pumping = asyncio.ensure_future(pump())
-        try:
-            await super().__call__(scope, inbox.get, send)  # type: ignore[misc]  # the consumer after this mixin
-        finally:
-            pumping.cancel()
-            self.relay_unregister()
+    inbox: asyncio.Queue[dict[str, Any]]
 
     def relay_register(self) -> None:
         """Called once the consumer has its channel name (in connect)."""
-        _INBOXES[self.channel_name] = (asyncio.get_running_loop(), self._relay_inbox)
+        _INBOXES[self.channel_name] = (asyncio.get_running_loop(), self.inbox)
 
-    def relay_unregister(self) -> None:
+    def inbox_closed(self) -> None:
         name = getattr(self, "channel_name", None)
         if name is not None:
             _INBOXES.pop(name, None)
+
+
+class ChannelInbox:
+    """A job runner's channel, read from one queue: the channel layer feeds it, and consumers on this loop put
+    their answers straight into it (`deliver`), so a runner in the server process hears each hop without the
+    layer."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.channel = ""
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pump: asyncio.Future[None] | None = None
+
+    async def open(self) -> str:
+        self.channel = await self.layer.new_channel()
+        _INBOXES[self.channel] = (asyncio.get_running_loop(), self.queue)
+        self._pump = asyncio.ensure_future(pump(lambda: self.layer.receive(self.channel), self.queue))
+        return self.channel
+
+    async def get(self) -> dict[str, Any]:
+        message = await self.queue.get()
+        if message["type"] == PUMP_FAILED:
+            raise message["error"]
+        return message
+
+    async def close(self) -> None:
+        _INBOXES.pop(self.channel, None)
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
