@@ -1,7 +1,8 @@
 """Decode speed of the real model served by three providers over loopback, against the whole model in one process.
 
 Starts a whole market twice, each with three headless provider processes (one shard each, q4):
-  - redis:  Daphne + a Celery worker running the orchestrator, the Redis channel layer, PostgreSQL;
+  - redis:  Daphne running the orchestrator next to the first provider, a Celery worker and beat clearing the
+            market, the Redis channel layer, PostgreSQL;
   - memory: Daphne running the orchestrator on its own loop, the in-memory channel layer, SQLite.
 In each, rounds alternate a job through the pipeline and the same greedy generation on the whole model (one ONNX
 graph, in this process, same thread count), so the noise of the shared machine hits both alike. Reported: decode

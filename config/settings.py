@@ -198,10 +198,16 @@ CONTRIBUTE_TO_USE = env_bool("CONTRIBUTE_TO_USE", False)
 SIGNUP_GRANT = env_int("SIGNUP_GRANT", 1_000_000)
 CHALLENGE_WINDOW_SECONDS = env_int("CHALLENGE_WINDOW_SECONDS", 3600)
 
-# Orchestration. Where job runners live: "server" runs them on the ASGI server's event loop (the embedded profile,
-# where the in-memory channel layer reaches only that process); "celery" sends them to a Celery worker (the full
-# profile: any worker reaches any provider through Redis). Deadlines are seconds a provider may take.
+# Orchestration. Who keeps the market's time (auction rounds, releases): "server" is a clock on the ASGI server's
+# event loop (the embedded profile, where the in-memory channel layer reaches only that process); "celery" is beat
+# and a worker (the full profile). Deadlines are seconds a provider may take.
 ORCHESTRATOR = env_str("ORCHESTRATOR", "celery" if REDIS_URL else "server")
+# Where a placed job's runner runs. "server": in the ASGI server process that holds the connection of the job's
+# first provider (on the embedded profile, the one server), so the hops it relays between providers connected
+# there never leave the process; "worker": in a Celery worker, every hop through Redis.
+JOB_RUNNERS = env_str("JOB_RUNNERS", "server")
+if JOB_RUNNERS not in ("server", "worker"):
+    raise ImproperlyConfigured(f"JOB_RUNNERS must be server or worker, not {JOB_RUNNERS!r}")
 STEP_DEADLINE_SECONDS = float(env_int("STEP_DEADLINE_SECONDS", 20))
 SESSION_OPEN_DEADLINE_SECONDS = float(env_int("SESSION_OPEN_DEADLINE_SECONDS", 180))
 PROVIDER_HEARTBEAT_SECONDS = float(env_int("PROVIDER_HEARTBEAT_SECONDS", 15))

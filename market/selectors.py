@@ -18,7 +18,7 @@ from inference.generate import LocalChain
 from inference.runtime import ShardRuntime
 from inference.tokenizer import ChatTokenizer
 from market.auction.pricing import platform_ask
-from market.models import Job, LanguageModel, Provider, Shard
+from market.models import Assignment, Job, LanguageModel, Provider, Shard
 
 
 def model_get(*, name: str, quant: str) -> LanguageModel:
@@ -148,6 +148,17 @@ def job_for_buyer(*, buyer: User, job_id: int) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found", code="job_not_found")
     return job
+
+
+def first_hop_channel(job_id: int) -> str | None:
+    """The connection whose slot the job's latest round claimed for its first hop (None when it has no placement)."""
+    return (
+        Assignment.objects.filter(
+            job_id=job_id, hop=0, auction_round_id=Job.objects.filter(pk=job_id).values("auction_round_id")[:1]
+        )
+        .values_list("channel_name", flat=True)
+        .first()
+    )
 
 
 def job_ref(job_id: int) -> str:

@@ -2,7 +2,8 @@
 
 Full profile (ORCHESTRATOR=celery): beat runs `clear_market` every AUCTION_EVERY_SECONDS, a new bid schedules one
 more AUCTION_NUDGE_SECONDS later (one per window: a Redis key set with NX and that expiry debounces the nudges),
-and runners run in a worker. Embedded profile: the ASGI server's loop does all of it (`market.clock`).
+and a placed job's runner starts in the server process of its first provider (or a worker: JOB_RUNNERS). Embedded
+profile: the ASGI server's loop does all of it (`market.clock`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ def clear_market() -> None:
 
 
 def job_launch(job_id: int) -> None:
-    """Hand a job that a round placed to a runner: a Celery worker (full profile) or the ASGI server's loop."""
-    if settings.ORCHESTRATOR == "celery":
-        run_job.delay(job_id)
-    else:
-        from market.orchestrator import launch_in_server
+    """Hand a job that a round placed to a runner (settings.JOB_RUNNERS): the ASGI server's loop on the embedded
+    profile; on the full profile the server process holding its first provider's connection, or a Celery worker."""
+    from market import orchestrator
 
-        launch_in_server(job_id)
+    if settings.JOB_RUNNERS == "worker":
+        run_job.delay(job_id)
+    elif settings.ORCHESTRATOR == "server":  # this process is the server, and the in-memory layer reaches no other
+        orchestrator.launch_in_server(job_id)
+    else:
+        orchestrator.launch_next_to_first_hop(job_id)
 
 
 def auction_nudge() -> None:

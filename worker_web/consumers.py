@@ -270,6 +270,12 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         if route is not None:
             route.forward = event["forward"]
 
+    async def runner_launch(self, event: dict[str, Any]) -> None:
+        """A round placed a job whose first hop is this provider: its runner runs in this process (JOB_RUNNERS)."""
+        from market.orchestrator import launch_here  # the orchestrator imports this app's relay
+
+        launch_here(int(event["job"]))
+
     async def provider_close(self, event: dict[str, Any]) -> None:
         if self.routes.pop(uuid.UUID(event["session"]), None) is not None:
             await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))

@@ -26,6 +26,7 @@ from ledger import selectors as ledger_selectors
 from market import selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
+from market.tasks import job_launch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -206,6 +207,47 @@ def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is
     assert ledger_selectors.balances_of(user=alice).escrow == 0
     assert ledger_selectors.balances_of(user=carol).pending == paid - fee
     assert ledger_selectors.ledger_drift().ok
+
+
+def test_on_the_full_profile_the_runner_starts_where_the_first_provider_is_connected(
+    model: LanguageModel, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORCHESTRATOR=celery (rounds in a worker) with JOB_RUNNERS=server: the round's launch reaches the consumer of
+    the first hop's connection through the channel layer, and that consumer's process runs the job; nothing else
+    starts it here."""
+    settings.ORCHESTRATOR, settings.JOB_RUNNERS = "celery", "server"
+    monkeypatch.setattr("market.tasks.job_launch", job_launch)
+    messages = [{"role": "user", "content": "hello there"}]
+    job, token = queued_job(model, messages)
+    providers = [ScriptedProvider(token, f"p{i}", ns=500_000 + 100_000 * i) for i in range(2)]
+
+    async def scenario() -> Job:
+        for provider in providers:
+            await provider.start()
+        await asyncio.sleep(0.2)
+        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
+        try:
+            round_ = await sync_to_async(services.clear_market)()
+            assert round_ is not None and round_.n_placed == 1
+            for _ in range(200):
+                done: Job = await sync_to_async(Job.objects.get)(pk=job.pk)
+                if done.state in Job.FINAL_STATES and done.settled_at is not None:
+                    return done
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"the job is still {done.state}")
+        finally:
+            for task in serving:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for provider in providers:
+                await provider.ws.disconnect()
+
+    done = async_to_sync(scenario)()
+    assert done.state == Job.State.DONE, (done.error_code, done.error)
+    assert done.tokens == expected_tokens(model, messages)
+    first = Assignment.objects.get(job=done, hop=0)
+    assert done.pipeline[0]["provider"] == first.provider_id
 
 
 def test_a_head_provider_that_answers_with_logits_gives_the_same_tokens(model: LanguageModel) -> None:
