@@ -111,6 +111,7 @@ class ProviderAgent:
         self.ns_per_layer_token: int | None = None
         self.steps_served = 0
         self.welcomed = False
+        self._working = False  # the worker is handling a message (the reader then queues the next one behind it)
         self.heartbeat_seconds = 15.0
         # One thread runs the model: steps of all sessions take turns, and ONNX Runtime's own pool uses the cores.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
@@ -165,6 +166,11 @@ class ProviderAgent:
                 async for message in ws:
                     if isinstance(message, str) and await self._control(ws, message):
                         continue
+                    if not self._working and queue.empty() and _decode_step(message):
+                        # Nothing is queued before it: run it here, without the hand-off to the worker (a loop turn
+                        # per hop). Larger steps still go to the worker, which keeps this loop reading meanwhile.
+                        await self._handle(ws, message)
+                        continue
                     queue.put_nowait(message)
             finally:
                 worker.cancel()
@@ -197,18 +203,23 @@ class ProviderAgent:
         """Queued messages one at a time, in arrival order: a session is open before its first frame runs."""
         while True:
             message = await queue.get()
+            self._working = True
             try:
-                if isinstance(message, bytes):
-                    await self._step(ws, message)
-                else:
-                    await self._session_message(ws, p.loads(message))
-            except (p.ProtocolError, wire.BadFrame, InferenceError, OSError) as exc:
-                code = getattr(exc, "code", p.STEP_FAILED)
-                session = getattr(exc, "session", None)
-                log.warning("%s: %s", code, exc)
-                await ws.send(
-                    p.dumps(p.ERROR, code=code, message=str(exc), **({"session": session} if session else {}))
-                )
+                await self._handle(ws, message)
+            finally:
+                self._working = False
+
+    async def _handle(self, ws: ClientConnection, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes):
+                await self._step(ws, message)
+            else:
+                await self._session_message(ws, p.loads(message))
+        except (p.ProtocolError, wire.BadFrame, InferenceError, OSError) as exc:
+            code = getattr(exc, "code", p.STEP_FAILED)
+            session = getattr(exc, "session", None)
+            log.warning("%s: %s", code, exc)
+            await ws.send(p.dumps(p.ERROR, code=code, message=str(exc), **({"session": session} if session else {})))
 
     async def _session_message(self, ws: ClientConnection, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -315,6 +326,14 @@ def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> 
     finally:
         runtime.close(session)
     return max(1, int(statistics.median(times) / len(runtime.layers)))
+
+
+def _decode_step(message: str | bytes) -> bool:
+    """A frame of at most INLINE_TOKENS tokens (its second dimension, read from the header without parsing the rest;
+    a malformed frame is left to `_step`, which reports it)."""
+    if not isinstance(message, bytes) or len(message) < wire.HEADER_BYTES + 8:
+        return False
+    return int.from_bytes(message[wire.HEADER_BYTES + 4 : wire.HEADER_BYTES + 8], "little") <= INLINE_TOKENS
 
 
 def _for_session(exc: Exception, session: uuid.UUID | str) -> Exception:
