@@ -23,7 +23,7 @@ from config import daphne_write  # noqa: E402
 from config.static import IsolatedStaticFilesHandler  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
 from market import clock  # noqa: E402
-from market.orchestrator import remember_server_loop  # noqa: E402
+from market.launch import remember_server_loop  # noqa: E402
 
 daphne_write.install()
 

@@ -115,6 +115,14 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     return Frame(MessageType(kind), uuid.UUID(bytes=session), step, shard, tensor)
 
 
+def peek_tokens(data: bytes) -> int | None:
+    """The second dimension of a frame (its token count: ids [1, S], hidden states [1, S, H]), read from the header
+    without checking the rest; None when the frame is too short to tell. `decode` still checks everything."""
+    if len(data) < _HEADER.size + 8:
+        return None
+    return int(struct.unpack_from("<I", data, _HEADER.size + 4)[0])
+
+
 def readdress(data: bytes, *, kind: MessageType, session: uuid.UUID, shard: int) -> bytes:
     """The same tensor under another header: a hop's output becomes the next hop's input without being parsed
     again (the caller has checked the frame with `decode`)."""

@@ -1,7 +1,7 @@
 """The embedded profile's beat: on the ASGI server's loop, an auction round every AUCTION_EVERY_SECONDS (sooner
 after a nudge, debounced by AUCTION_NUDGE_SECONDS) and the release of providers' earnings whose challenge window
 closed. Rounds and releases are database work, so they run in a thread; runners start on the loop itself
-(`market.orchestrator.launch_in_server`)."""
+(`market.launch.launch_in_server`)."""
 
 from __future__ import annotations
 

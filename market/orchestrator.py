@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
@@ -33,43 +33,6 @@ from worker_web import relay
 from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
 
 log = logging.getLogger(__name__)
-_SERVER_LOOP: asyncio.AbstractEventLoop | None = None
-_RUNNING: set[asyncio.Task[None]] = set()  # strong references, so running jobs are not garbage-collected
-
-
-def remember_server_loop() -> None:
-    """Called from the consumers: the ASGI server's event loop, where embedded-profile runners live."""
-    global _SERVER_LOOP
-    _SERVER_LOOP = asyncio.get_running_loop()
-
-
-def launch_in_server(job_id: int) -> None:
-    """Start a runner on the server's loop from any thread (a sync view, an on_commit hook)."""
-    loop = _SERVER_LOOP
-    if loop is None or loop.is_closed():
-        raise RuntimeError(
-            "the embedded profile runs jobs inside the ASGI server, and no server loop is known in this process; "
-            "submit jobs through the server (or set ORCHESTRATOR=celery with a worker)"
-        )
-    loop.call_soon_threadsafe(launch_here, job_id)
-
-
-def launch_here(job_id: int) -> None:
-    """Start a runner on the running loop (a provider consumer received `runner.launch`)."""
-    task = asyncio.get_running_loop().create_task(run_job(job_id))
-    _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
-
-
-def launch_next_to_first_hop(job_id: int) -> None:
-    """Full profile: ask the server process that holds the connection of the job's first provider to run the job
-    (`runner.launch` to that connection's consumer), so the hops relayed there stay in the process. Should that
-    connection be gone, the message expires unread and the round's reclaim puts the job back into the book."""
-    channel = selectors.first_hop_channel(job_id)
-    if channel is None:
-        log.warning("job %s has no first hop to launch next to; the reclaim puts it back into the book", job_id)
-        return
-    async_to_sync(get_channel_layer().send)(channel, {"type": "runner.launch", "job": job_id})
 
 
 async def run_job(job_id: int, *, placement: Placement | None = None, layer: BaseChannelLayer | None = None) -> None:

@@ -82,7 +82,7 @@ class TokenStream:
             if self._published < len(self._pieces):
                 wait = next_write - loop.time()
                 if wait > 0 and not self._closing:  # written recently: these tokens go with the next write
-                    if timer is None or timer.cancelled() or timer.when() <= loop.time():
+                    if timer is None or timer.when() <= loop.time():  # none pending yet
                         timer = loop.call_later(wait, self._wake.set)
                     continue
                 await self._write()

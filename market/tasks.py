@@ -46,14 +46,14 @@ def clear_market() -> None:
 def job_launch(job_id: int) -> None:
     """Hand a job that a round placed to a runner (settings.JOB_RUNNERS): the ASGI server's loop on the embedded
     profile; on the full profile the server process holding its first provider's connection, or a Celery worker."""
-    from market import orchestrator
+    from market import launch
 
     if settings.JOB_RUNNERS == "worker":
         run_job.delay(job_id)
     elif settings.ORCHESTRATOR == "server":  # this process is the server, and the in-memory layer reaches no other
-        orchestrator.launch_in_server(job_id)
+        launch.launch_in_server(job_id)
     else:
-        orchestrator.launch_next_to_first_hop(job_id)
+        launch.launch_next_to_first_hop(job_id)
 
 
 def auction_nudge() -> None:

@@ -329,11 +329,9 @@ def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> 
 
 
 def _decode_step(message: str | bytes) -> bool:
-    """A frame of at most INLINE_TOKENS tokens (its second dimension, read from the header without parsing the rest;
-    a malformed frame is left to `_step`, which reports it)."""
-    if not isinstance(message, bytes) or len(message) < wire.HEADER_BYTES + 8:
-        return False
-    return int.from_bytes(message[wire.HEADER_BYTES + 4 : wire.HEADER_BYTES + 8], "little") <= INLINE_TOKENS
+    """A frame of at most INLINE_TOKENS tokens (a malformed one is left to `_step`, which reports it)."""
+    tokens = wire.peek_tokens(message) if isinstance(message, bytes) else None
+    return tokens is not None and tokens <= INLINE_TOKENS
 
 
 def _for_session(exc: Exception, session: uuid.UUID | str) -> Exception:

@@ -272,7 +272,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
 
     async def runner_launch(self, event: dict[str, Any]) -> None:
         """A round placed a job whose first hop is this provider: its runner runs in this process (JOB_RUNNERS)."""
-        from market.orchestrator import launch_here  # the orchestrator imports this app's relay
+        from market.launch import launch_here  # the orchestrator imports this app's relay
 
         launch_here(int(event["job"]))
 

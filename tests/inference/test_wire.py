@@ -144,3 +144,12 @@ def test_encode_refuses_an_oversize_tensor() -> None:
     tensor = np.zeros((1, wire.MAX_FRAME_BYTES // 4), dtype=np.float32)
     with pytest.raises(BadFrame, match=f"over the limit of {wire.MAX_FRAME_BYTES}"):
         wire.encode(MessageType.STEP_OUTPUT, SESSION, 0, 0, tensor)
+
+
+def test_peek_tokens_reads_the_token_count_from_the_header() -> None:
+    session = uuid.uuid4()
+    ids = wire.encode(MessageType.STEP_INPUT, session, 0, 0, np.zeros((1, 37), dtype=np.int64))
+    hidden = wire.encode(MessageType.STEP_INPUT, session, 3, 1, np.zeros((1, 1, 8), dtype=np.float16))
+    assert wire.peek_tokens(ids) == 37
+    assert wire.peek_tokens(hidden) == 1
+    assert wire.peek_tokens(hidden[: wire.HEADER_BYTES + 4]) is None
