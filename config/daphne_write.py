@@ -28,7 +28,7 @@ def install() -> None:
     def serverSend(self: Any, content: Any, binary: bool = False) -> None:  # noqa: N802  # Daphne's name
         buffered_send(self, content, binary)
         transport = getattr(self, "transport", None)
-        if binary and _writable(transport):
+        if binary and transport is not None and _writable(transport):
             transport.doWrite()
 
     serverSend.writes_at_once = True  # type: ignore[attr-defined]
@@ -40,8 +40,7 @@ def _writable(transport: Any) -> bool:
     close, which it must see), no producer. Binary messages only: the relay's frames; text, closes and handshakes
     keep Daphne's own path."""
     return (
-        transport is not None
-        and hasattr(transport, "doWrite")
+        hasattr(transport, "doWrite")
         and transport.connected
         and not transport.disconnecting
         and not getattr(transport, "_writeDisconnecting", False)
