@@ -37,6 +37,9 @@ class InboxConsumerMixin:
             queue = asyncio.Queue()
             pumps.append(asyncio.ensure_future(pump(receive, queue)))
         self.inbox: asyncio.Queue[dict[str, Any]] = queue
+        self._handling = False
+        if not pumps:  # the server's own queue: offer it binary messages before they are queued (daphne_fast.py)
+            queue.take_now = self._take_now  # type: ignore[attr-defined]
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
@@ -47,7 +50,11 @@ class InboxConsumerMixin:
                 message = await queue.get()
                 if message["type"] == PUMP_FAILED:
                     raise message["error"]
-                await self.dispatch(message)
+                self._handling = True
+                try:
+                    await self.dispatch(message)
+                finally:
+                    self._handling = False
         except StopConsumer:
             pass
         finally:
@@ -60,6 +67,24 @@ class InboxConsumerMixin:
 
     def inbox_closed(self) -> None:
         """Called once the consumer has stopped reading its inbox."""
+
+    def idle(self) -> bool:
+        """Nothing is being handled and nothing waits: a message handled now keeps the order of the inbox."""
+        return not self._handling and self.inbox.empty()
+
+    def receive_now(self, data: bytes) -> bool:
+        """Handle a binary socket message at once, in the server's read callback, or refuse it (False) to have it
+        queued as usual. Called only while idle; synchronous, so nothing else runs meanwhile."""
+        return False
+
+    def send_now(self, data: bytes) -> bool:
+        """Send a binary message on this connection at once from synchronous code; False where the server cannot
+        (not Daphne, or the connection is not open): then send it the usual way."""
+        sender = getattr(self.inbox, "send_now", None)
+        return sender is not None and bool(sender(data))
+
+    def _take_now(self, data: bytes) -> bool:
+        return self.idle() and self.receive_now(data)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)

@@ -11,6 +11,7 @@ exactly once whatever happens underneath.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import statistics
@@ -94,6 +95,9 @@ class JobRunner:
         self.timings: dict[str, Any] = {}
         self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
         self.steps_done = 0  # steps that went through every hop
+        # How each step input reached its provider's consumer: "now" (on the socket in the callback that had it),
+        # "queued" (through the consumer's inbox) or "layer" (through the channel layer).
+        self.relayed: collections.Counter[str] = collections.Counter()
 
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
@@ -226,6 +230,7 @@ class JobRunner:
         prefilled = time.perf_counter()
         self.timings["prefill_s"] = round(prefilled - started, 4)
         step, reason = 0, "length"
+        step_seconds: list[float] = []
         while True:
             # The head returns logits, or for a greedy job their argmax (the same token the sampler would pick).
             token = int(head[0, 0]) if head.dtype == np.int64 else sampler(head[0])
@@ -238,12 +243,15 @@ class JobRunner:
             if len(self.tokens) >= self.job.max_new_tokens:
                 break
             step += 1
+            step_started = time.perf_counter()
             head = await self._forward(step, np.asarray([[token]], dtype=np.int64))
+            step_seconds.append(time.perf_counter() - step_started)
         finished = time.perf_counter()
         self.timings.update(
             decode_s=round(finished - prefilled, 4),
             decode_steps=step,
             decode_tokens_per_s=round(step / (finished - prefilled), 2) if step else 0.0,
+            decode_step_ms=_spread(step_seconds),
         )
         return reason
 
@@ -285,7 +293,7 @@ class JobRunner:
         if tensor.dtype == np.float32:
             tensor = tensor.astype(np.float16)  # hidden states travel as float16 (half the bytes)
         frame = wire.encode(wire.MessageType.STEP_INPUT, hop.session, step, hop.index, tensor)
-        await relay.deliver(
+        delivered = await relay.deliver(
             self.layer,
             hop.provider.channel_name,
             {
@@ -297,6 +305,7 @@ class JobRunner:
                 "forward": forward,
             },
         )
+        self.relayed[delivered] += 1
 
     async def _await(self, hop: Hop, kind: str, step: int | None, deadline: float) -> Any:
         """Wait for the hop's answer; its provider's failure raises HopFailed, and so does the deadline.
@@ -320,6 +329,8 @@ class JobRunner:
             if message["type"] == kind == "runner.opened":
                 return None
             if message["type"] == kind == "runner.output" and message["step"] == step:
+                if message.get("relayed"):
+                    self.relayed[message["relayed"]] += 1
                 return wire.decode(message["frame"]).tensor
 
     async def _receive(self, until: float, deadline: float) -> dict[str, Any]:
@@ -385,6 +396,7 @@ class JobRunner:
             await sync_to_async(services.provider_release)(
                 provider_id=hop.provider.pk, channel_name=hop.provider.channel_name
             )
+        self.timings["step_inputs_relayed"] = dict(self.relayed)
         self.timings["hop_round_trip_ms_median"] = [
             round(statistics.median(h.round_trips[1:]) * 1000, 3) if len(h.round_trips) > 1 else None for h in self.hops
         ]
@@ -417,3 +429,15 @@ class JobRunner:
             log.exception("job %s: settlement failed; the next round retries it", job.pk)
         await self.layer.group_send(self.group, selectors.job_done_event(job))
         log.info("job %s %s (%s%s)", job.pk, job.state, reason or code, f": {message}" if message else "")
+
+
+def _spread(seconds: list[float]) -> dict[str, float] | None:
+    """Median, 90th and 99th percentile and maximum of step times, in ms: the tail shows stalls a mean hides."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"median": round(1000 * statistics.median(ordered), 3), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)}

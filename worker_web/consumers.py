@@ -204,9 +204,8 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         session, route = await self._own_route(str(frame.session))
         if frame.step not in route.pending:
             raise p.ProtocolError(f"step {frame.step} of session {session} was not asked for", code=p.UNEXPECTED_STEP)
-        tokens, go_on = route.pending[frame.step]
         try:
-            route.check_output(frame, tokens)
+            route.check_output(frame, route.pending[frame.step][0])
         except wire.BadFrame as exc:
             # A real step answered wrongly: the runner hears of it now instead of waiting for the deadline.
             await relay.deliver(
@@ -215,28 +214,33 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
                 {"type": "runner.error", "session": str(session), "code": p.BAD_FRAME, "message": str(exc)},
             )
             raise
-        del route.pending[frame.step]
-        if go_on and route.forward is not None:  # straight on to the next hop: the runner is not on this path
-            following = uuid.UUID(route.forward["session"])
-            await relay.deliver(
-                self.channel_layer,
-                route.forward["channel"],
-                {
-                    "type": "provider.step",
-                    "session": str(following),
-                    "step": frame.step,
-                    "tokens": tokens,
-                    "frame": wire.readdress(
-                        data, kind=wire.MessageType.STEP_INPUT, session=following, shard=route.forward["hop"]
-                    ),
-                    "forward": True,
-                },
-            )
-        await relay.deliver(  # the runner's copy: the next hop's recorded input, or the logits
-            self.channel_layer,
-            route.reply_to,
-            {"type": "runner.output", "session": str(session), "step": frame.step, "frame": data},
-        )
+        onward = _onward(frame, route, data)
+        delivered = await relay.deliver(self.channel_layer, *onward) if onward else None
+        await relay.deliver(self.channel_layer, route.reply_to, _runner_copy(frame, data, delivered))
+
+    def receive_now(self, data: bytes) -> bool:
+        """A step output relayed in the server's read callback: taken when the frame is sound, asked for, of this
+        provider's session, and the next hop and the runner are both on this loop. Anything else, a bad frame
+        included, is refused and takes `_frame`, which reports it."""
+        if self.provider_id is None:
+            return False
+        try:
+            frame = wire.decode(data)
+        except wire.BadFrame:
+            return False
+        route = self.routes.get(frame.session)
+        if frame.kind != wire.MessageType.STEP_OUTPUT or route is None or frame.step not in route.pending:
+            return False
+        if not relay.is_here(route.reply_to) or (route.forward and not relay.is_here(route.forward["channel"])):
+            return False
+        try:
+            route.check_output(frame, route.pending[frame.step][0])
+        except wire.BadFrame:
+            return False
+        onward = _onward(frame, route, data)
+        delivered = relay.deliver_here(*onward) if onward else None
+        relay.deliver_here(route.reply_to, _runner_copy(frame, data, delivered))
+        return True
 
     # --- events from runners (channel layer) --------------------------------------------------------------------
 
@@ -259,11 +263,23 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         )
 
     async def provider_step(self, event: dict[str, Any]) -> None:
+        if self._expect(event):
+            await self.send(bytes_data=event["frame"])
+
+    def take_event_now(self, event: dict[str, Any]) -> bool:
+        """A step input relayed while this consumer is idle goes onto the socket at once."""
+        if event["type"] != "provider.step" or not self.idle():
+            return False
+        return not self._expect(event) or self.send_now(event["frame"])
+
+    def _expect(self, event: dict[str, Any]) -> bool:
+        """Record the step the provider is about to be asked; False when its session was closed meanwhile (the
+        runner has moved on and ignores it: nothing is sent)."""
         route = self.routes.get(uuid.UUID(event["session"]))
         if route is None:
-            return  # closed meanwhile: the runner has moved on and ignores this session
+            return False
         route.pending[event["step"]] = (event["tokens"], bool(event.get("forward", False)))
-        await self.send(bytes_data=event["frame"])
+        return True
 
     async def provider_route(self, event: dict[str, Any]) -> None:
         route = self.routes.get(uuid.UUID(event["session"]))
@@ -279,6 +295,25 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
     async def provider_close(self, event: dict[str, Any]) -> None:
         if self.routes.pop(uuid.UUID(event["session"]), None) is not None:
             await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))
+
+
+def _onward(frame: wire.Frame, route: Route, data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """Take a checked output off the route's pending steps; the next hop's step input, unless this is the last hop
+    or a replayed step (which goes no further)."""
+    tokens, go_on = route.pending.pop(frame.step)
+    if not go_on or route.forward is None:
+        return None
+    following = uuid.UUID(route.forward["session"])
+    readdressed = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=route.forward["hop"])
+    event = {"type": "provider.step", "session": str(following), "step": frame.step, "tokens": tokens}
+    return route.forward["channel"], event | {"frame": readdressed, "forward": True}
+
+
+def _runner_copy(frame: wire.Frame, data: bytes, delivered: str | None) -> dict[str, Any]:
+    """The runner's copy of an output (the next hop's recorded input, or the head's answer), with how it went on:
+    "now" (on the next provider's socket at once), "queued", "layer" or None (nowhere)."""
+    event = {"type": "runner.output", "session": str(frame.session), "step": frame.step, "frame": data}
+    return event | {"relayed": delivered}
 
 
 def _benchmark_descriptor() -> dict[str, Any] | None:

@@ -6,28 +6,59 @@ trip through Redis on every hop of every token, and with either layer the copy a
 receive. A consumer in another process, or a sender on another loop (a Celery worker's runner), goes through the
 channel layer as before. Events for one consumer keep their order either way: everything a consumer handles,
 its socket's messages included, comes out of one queue (`config.consumers.InboxConsumerMixin`).
+
+A consumer that is idle (nothing handled, nothing queued) may take a relayed event at once instead: a provider
+consumer then writes the step input to its socket in the same callback that received the previous hop's output
+(`config/daphne_fast.py`), with no turn of the event loop in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
 
 from channels.layers import BaseChannelLayer
 
 from config.consumers import PUMP_FAILED, pump
 
-_INBOXES: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = {}
+Delivered = Literal["now", "queued", "layer"]
 
 
-async def deliver(layer: BaseChannelLayer, channel: str, event: dict[str, Any]) -> None:
-    """Send `event` to `channel`: into its consumer's inbox when that is here, else through the layer."""
+@dataclasses.dataclass
+class _Inbox:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[dict[str, Any]]
+    take_now: Callable[[dict[str, Any]], bool] | None = None  # handles an event at once, or refuses it (False)
+
+
+_INBOXES: dict[str, _Inbox] = {}
+
+
+def is_here(channel: str) -> bool:
+    """The channel's consumer (or runner) reads its inbox on this event loop."""
     local = _INBOXES.get(channel)
-    if local is not None and local[0] is asyncio.get_running_loop():
-        local[1].put_nowait(event)
-        return
+    return local is not None and local.loop is asyncio.get_running_loop()
+
+
+def deliver_here(channel: str, event: dict[str, Any]) -> Delivered:
+    """Hand `event` to a channel that `is_here`: handled at once when its consumer takes it ("now": a step input
+    is then on the provider's socket already), else into its inbox ("queued")."""
+    local = _INBOXES[channel]
+    if local.take_now is not None and local.take_now(event):
+        return "now"
+    local.queue.put_nowait(event)
+    return "queued"
+
+
+async def deliver(layer: BaseChannelLayer, channel: str, event: dict[str, Any]) -> Delivered:
+    """Send `event` to `channel`: to its consumer directly when that is here, else through the layer."""
+    if is_here(channel):
+        return deliver_here(channel, event)
     await layer.send(channel, event)
+    return "layer"
 
 
 class RelayMixin:
@@ -38,7 +69,11 @@ class RelayMixin:
 
     def relay_register(self) -> None:
         """Called once the consumer has its channel name (in connect)."""
-        _INBOXES[self.channel_name] = (asyncio.get_running_loop(), self.inbox)
+        _INBOXES[self.channel_name] = _Inbox(asyncio.get_running_loop(), self.inbox, self.take_event_now)
+
+    def take_event_now(self, event: dict[str, Any]) -> bool:
+        """Handle a relayed event at once instead of queueing it (False: queue it)."""
+        return False
 
     def inbox_closed(self) -> None:
         name = getattr(self, "channel_name", None)
@@ -59,7 +94,7 @@ class ChannelInbox:
 
     async def open(self) -> str:
         self.channel = await self.layer.new_channel()
-        _INBOXES[self.channel] = (asyncio.get_running_loop(), self.queue)
+        _INBOXES[self.channel] = _Inbox(asyncio.get_running_loop(), self.queue)
         self._pump = asyncio.ensure_future(pump(lambda: self.layer.receive(self.channel), self.queue))
         return self.channel
 

@@ -37,6 +37,12 @@ def test_greedy_output_equals_the_whole_model(
     assert _indices(events) == list(range(len(expected)))
     assert [hop["hop"] for hop in done["pipeline"]] == [0, 1, 2]
     assert len({hop["provider"] for hop in done["pipeline"]}) == 3, "each shard runs on a different provider"
+    # Every step input (the runner's to hop 0, each hop's output to the next) was counted, and on this server, where
+    # the runner and every provider's consumer share the loop, they went onto the socket in the callback that had
+    # them: none through the channel layer (config/daphne_fast.py, worker_web/relay.py).
+    steps, relayed = done["timings"]["decode_steps"] + 1, done["timings"]["step_inputs_relayed"]
+    assert sum(relayed.values()) == 3 * steps and "layer" not in relayed, relayed
+    assert relayed.get("now", 0) > 2 * steps, relayed
     if prompt.startswith("What is the capital"):
         assert done["text"] == "The capital of France is Paris."
 

@@ -263,7 +263,14 @@ async def test_a_session_is_relayed_between_its_runner_and_its_provider(alice_to
     assert await ws.receive_from(timeout=WAIT) == step0
     answer = output(session, 0, np.full((1, 3, 8), 0.5, dtype=np.float16))
     await ws.send_to(bytes_data=answer)
-    assert await to_runner() == {"type": "runner.output", "session": str(session), "step": 0, "frame": answer}
+    # The last hop of this session: its output goes to the runner only ("relayed": nowhere on).
+    assert await to_runner() == {
+        "type": "runner.output",
+        "session": str(session),
+        "step": 0,
+        "frame": answer,
+        "relayed": None,
+    }
     assert (await reply_to(ws, answer))["code"] == p.UNEXPECTED_STEP  # step 0 was answered already
 
     await from_runner("provider.step", step=1, tokens=1, frame=step0)
