@@ -162,3 +162,50 @@ def test_shards_download_with_etag_and_a_restarted_provider_downloads_nothing(ma
     assert market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)[1]["state"] == "done"
     after = re.findall(r"downloaded (\S+)", market.log_text(name))[len(before) :]
     assert before and not set(after) & set(before), f"downloaded again after the restart: {set(after) & set(before)}"
+
+
+def _wire_frame(payload: bytes, *, mask: bytes | None) -> bytes:
+    """One final binary WebSocket frame as a client writes it (RFC 6455 5.2), masked unless `mask` is None."""
+    assert 126 <= len(payload) < 1 << 16
+    header = bytes((0x82, (0x80 if mask else 0) | 126)) + len(payload).to_bytes(2, "big")
+    if mask is None:
+        return header + payload
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _one_message_four_ways(market: Any) -> tuple[list[str], int | None]:
+    """The same binary message sent whole (Daphne's quick path, config/daphne_fast.py), fragmented, split across
+    two TCP writes and in one write together with the next message (autobahn's path): the server must read the
+    same bytes every way. Then an unmasked frame, which autobahn must refuse by closing the connection."""
+    message = _frame(uuid.uuid4(), dtype=9)  # answered with an error naming the dtype code: the payload was read
+    raw = _wire_frame(message, mask=b"\x11\x22\x33\x44")
+    replies = []
+    async with connect(_ws_url(market, "/ws/provider/", market.carol), origin=market.url, proxy=None) as ws:
+        await ws.send(json.dumps({"type": "hello", **HELLO}))
+        assert json.loads(await ws.recv())["type"] == "welcome"
+
+        async def reply() -> str:
+            return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["message"])
+
+        await ws.send(message)
+        replies.append(await reply())
+        await ws.send([message[:10], message[10:500], message[500:]])
+        replies.append(await reply())
+        ws.transport.write(raw[:7])
+        await asyncio.sleep(0.2)
+        ws.transport.write(raw[7:])
+        replies.append(await reply())
+        ws.transport.write(raw + raw)
+        replies += [await reply(), await reply()]
+        ws.transport.write(_wire_frame(message, mask=None))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        return replies, ws.close_code
+
+
+def test_a_binary_message_reads_the_same_whole_fragmented_or_split(market: Any) -> None:
+    replies, close_code = asyncio.run(_one_message_four_ways(market))
+    assert len(replies) == 5 and len(set(replies)) == 1, replies
+    assert "dtype code 9" in replies[0]
+    # A client's frames must be masked: autobahn fails the connection, closing it (1002) or dropping it (1006).
+    assert close_code in (1002, 1006)
