@@ -98,6 +98,9 @@ class JobRunner:
         # How each step input reached its provider's consumer: "now" (on the socket in the callback that had it),
         # "queued" (through the consumer's inbox) or "layer" (through the channel layer).
         self.relayed: collections.Counter[str] = collections.Counter()
+        # The step whose input the head's consumer already sent to hop 0 (a greedy job's next token: see
+        # `_next_address`), so the runner does not send it again.
+        self.sent_ahead: int | None = None
 
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
@@ -179,12 +182,23 @@ class JobRunner:
         )
 
     def _next_address(self, hop: Hop) -> dict[str, Any] | None:
-        """Where the consumer of `hop` sends its outputs on to: the next hop's provider and session."""
-        if hop.index + 1 == len(self.hops):
+        """Where the consumer of `hop` sends its outputs on to: the next hop's provider and session. The head of a
+        greedy job sends its argmax on to hop 0 as the next step's input, unless it is a stop token or the token
+        limit is reached: the same decision `_generate` makes, made without a turn through the runner."""
+        last = hop.index + 1 == len(self.hops)
+        if last and not self._greedy:
             return None
-        after = self.hops[hop.index + 1]
+        after = self.hops[0 if last else hop.index + 1]
         assert after.provider is not None
-        return {"channel": after.provider.channel_name, "session": str(after.session), "hop": after.index}
+        address = {"channel": after.provider.channel_name, "session": str(after.session), "hop": after.index}
+        if last:
+            address |= {"next_token": True, "stop_ids": sorted(self.tokenizer.stop_ids)}
+            address["last_step"] = self.job.max_new_tokens - 1  # step s answers token s + 1
+        return address
+
+    @property
+    def _greedy(self) -> bool:
+        return bool(self.job.temperature == 0)
 
     async def _open(self, hop: Hop) -> None:
         """Ask the hop's provider to open its session (the answer is awaited separately)."""
@@ -199,13 +213,14 @@ class JobRunner:
                 "reply_to": self.channel,
                 "forward": self._next_address(hop),
                 # A greedy job needs only the argmax of the logits: 8 bytes back from the head instead of 4 × vocab.
-                "head_output": HEAD_ARGMAX if self.job.temperature == 0 else HEAD_LOGITS,
+                "head_output": HEAD_ARGMAX if self._greedy else HEAD_LOGITS,
             },
         )
 
     async def _reroute(self, hop: Hop) -> None:
-        """Point the previous hop's outputs at this hop's (new) session."""
-        if hop.index == 0:
+        """Point the previous hop's outputs at this hop's (new) session (hop 0's previous hop is a greedy job's
+        head)."""
+        if hop.index == 0 and not self._greedy:
             return
         before = self.hops[hop.index - 1]
         assert before.provider is not None
@@ -263,7 +278,8 @@ class JobRunner:
         hops = self.hops
         if len(hops[0].inputs) == step:
             hops[0].inputs.append(ids)
-        await self._send_step(hops[0], step, ids)
+        if self.sent_ahead != step:
+            await self._send_step(hops[0], step, ids)
         started = time.perf_counter()
         for hop in hops:
             asked_again = False
@@ -331,6 +347,8 @@ class JobRunner:
             if message["type"] == kind == "runner.output" and message["step"] == step:
                 if message.get("relayed"):
                     self.relayed[message["relayed"]] += 1
+                    if hop is self.hops[-1]:
+                        self.sent_ahead = message["step"] + 1
                 return wire.decode(message["frame"]).tensor
 
     async def _receive(self, until: float, deadline: float) -> dict[str, Any]:

@@ -38,7 +38,9 @@ class Route:
     has_head: bool
     hidden: int
     vocab: int
-    forward: dict[str, Any] | None = None  # the next hop {channel, session, hop}; None for the last
+    # The next hop {channel, session, hop}; for a greedy job's head, hop 0 with next_token, stop_ids and last_step;
+    # None for the last hop of a sampled job.
+    forward: dict[str, Any] | None = None
     head_output: str = p.HEAD_LOGITS  # what a head shard returns: its logits, or their argmax (greedy jobs)
     pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
 
@@ -299,14 +301,25 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
 
 def _onward(frame: wire.Frame, route: Route, data: bytes) -> tuple[str, dict[str, Any]] | None:
     """Take a checked output off the route's pending steps; the next hop's step input, unless this is the last hop
-    or a replayed step (which goes no further)."""
+    or a replayed step (which goes no further). A greedy job's head sends its token on to hop 0 as the next step's
+    input, unless it is a stop token or the last step: the runner's own decision, without a turn through it."""
     tokens, go_on = route.pending.pop(frame.step)
-    if not go_on or route.forward is None:
+    forward = route.forward
+    if not go_on or forward is None:
         return None
-    following = uuid.UUID(route.forward["session"])
-    readdressed = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=route.forward["hop"])
-    event = {"type": "provider.step", "session": str(following), "step": frame.step, "tokens": tokens}
-    return route.forward["channel"], event | {"frame": readdressed, "forward": True}
+    following = uuid.UUID(forward["session"])
+    if forward.get("next_token"):  # a greedy job's head: its argmax is hop 0's input for the next step
+        token = int(frame.tensor[0, 0]) if frame.tensor.dtype == np.int64 else None
+        if token is None or token in forward["stop_ids"] or frame.step + 1 > forward["last_step"]:
+            return None  # the runner ends the job here (or samples, for logits)
+        step, tokens = frame.step + 1, 1
+        ids = np.array([[token]], dtype=np.int64)
+        onward = wire.encode(wire.MessageType.STEP_INPUT, following, step, forward["hop"], ids)
+    else:
+        step = frame.step
+        onward = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=forward["hop"])
+    event = {"type": "provider.step", "session": str(following), "step": step, "tokens": tokens}
+    return forward["channel"], event | {"frame": onward, "forward": True}
 
 
 def _runner_copy(frame: wire.Frame, data: bytes, delivered: str | None) -> dict[str, Any]:

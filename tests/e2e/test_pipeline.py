@@ -60,12 +60,13 @@ def _kill_hop_provider_at(market: Any, job_id: int, hop: int, at_token: int) -> 
     return on_event, killed
 
 
+@pytest.mark.parametrize("hop", [1, 0])  # hop 0 is where a greedy job's head sends each next token on to
 def test_sigkilled_provider_is_replaced_by_the_spare_with_identical_output(
-    market: Any, whole_model_tokens: Callable[[str, int], list[int]]
+    market: Any, whole_model_tokens: Callable[[str, int], list[int]], hop: int
 ) -> None:
     market.ensure_providers(4)
     job = market.submit(market.alice, model="smollm2-135m", prompt=STORY, max_new_tokens=120)
-    on_event, killed = _kill_hop_provider_at(market, job["id"], hop=1, at_token=20)
+    on_event, killed = _kill_hop_provider_at(market, job["id"], hop=hop, at_token=20)
     events = market.stream(job["id"], market.alice, on_event=on_event)
     _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
     expected = whole_model_tokens(STORY, 120)
@@ -73,10 +74,10 @@ def test_sigkilled_provider_is_replaced_by_the_spare_with_identical_output(
     assert done["state"] == "done", done
     assert list(stream_tokens(events)) == expected == done["tokens"]
     assert _indices(events) == list(range(len(expected))), "a token was lost or repeated"
-    hop1 = [h for h in done["pipeline"] if h["hop"] == 1]
-    assert len(hop1) == 2 and hop1[0]["provider_name"] == killed[0]
-    assert hop1[0]["ended"].startswith("provider_lost") and hop1[1]["ended"] == "done"
-    assert hop1[1]["from_step"] == hop1[0]["until_step"] > 0
+    served = [h for h in done["pipeline"] if h["hop"] == hop]
+    assert len(served) == 2 and served[0]["provider_name"] == killed[0]
+    assert served[0]["ended"].startswith("provider_lost") and served[1]["ended"] == "done"
+    assert served[1]["from_step"] == served[0]["until_step"] > 0
 
 
 def test_sigkilled_provider_without_a_spare_fails_the_job_with_its_reason(
