@@ -21,10 +21,11 @@ No base64 and no JSON arrays of numbers: a decode step of SmolLM2 is 1,152 bytes
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import math
 import struct
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,8 @@ DTYPES: dict[int, np.dtype[np.generic]] = {
     3: np.dtype("<i8"),
 }
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+_DIMS = {n: struct.Struct(f"<{n}I") for n in range(1, 5)}
+_KINDS = {int(kind): kind for kind in MessageType}
 
 
 class BadFrame(InferenceError):
@@ -56,8 +59,7 @@ class BadFrame(InferenceError):
     code = "bad_tensor_frame"
 
 
-@dataclasses.dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded frame; `tensor` is a read-only view of the payload."""
 
     kind: MessageType
@@ -77,7 +79,7 @@ def encode(kind: MessageType, session: uuid.UUID, step: int, shard: int, tensor:
     header = _HEADER.pack(
         MAGIC, VERSION, int(kind), DTYPE_CODES[dtype], tensor.ndim, session.bytes, step, shard, 0, len(payload)
     )
-    frame = header + struct.pack(f"<{tensor.ndim}I", *tensor.shape) + payload
+    frame = header + _DIMS[tensor.ndim].pack(*tensor.shape) + payload
     if len(frame) > MAX_FRAME_BYTES:
         raise BadFrame(f"frame of {len(frame)} bytes is over the limit of {MAX_FRAME_BYTES}")
     return frame
@@ -94,25 +96,26 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         raise BadFrame("not a tensor frame (bad magic)")
     if version != VERSION:
         raise BadFrame(f"protocol version {version} is not supported (this side speaks {VERSION})")
-    if kind not in MessageType._value2member_map_:
+    if kind not in _KINDS:
         raise BadFrame(f"unknown message type {kind}")
-    if dtype_code not in DTYPES:
+    dtype = DTYPES.get(dtype_code)
+    if dtype is None:
         raise BadFrame(f"unknown dtype code {dtype_code}")
     if not 1 <= ndim <= 4:
         raise BadFrame(f"a frame carries 1 to 4 dimensions, not {ndim}")
     dims_end = _HEADER.size + 4 * ndim
     if len(data) < dims_end:
         raise BadFrame("frame truncated inside its dimensions")
-    shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
-    dtype = DTYPES[dtype_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = _DIMS[ndim].unpack_from(data, _HEADER.size)
+    expected = math.prod(shape) * dtype.itemsize
     if length != expected or len(data) - dims_end != expected:
         raise BadFrame(
             f"payload is {len(data) - dims_end} bytes (header says {length}) but shape {list(shape)} "
             f"of {dtype.name} needs {expected}"
         )
+    # A frame is decoded on the relay for every hop of every token: the cheapest calls that do the job.
     tensor = np.frombuffer(data, dtype=dtype, offset=dims_end).reshape(shape)
-    return Frame(MessageType(kind), uuid.UUID(bytes=session), step, shard, tensor)
+    return Frame(_KINDS[kind], uuid.UUID(bytes=session), step, shard, tensor)
 
 
 def peek_tokens(data: bytes) -> int | None:

@@ -45,21 +45,22 @@ class Route:
     pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
 
     def check_output(self, frame: wire.Frame, tokens: int) -> None:
+        # Read on the relay for every hop of every token: dtype kind and size (C attributes), not dtype.name.
         tensor = frame.tensor
+        kind, size = tensor.dtype.kind, tensor.dtype.itemsize
         expected: tuple[int, ...]
-        dtypes: tuple[str, ...]
-        if self.has_head and self.head_output == p.HEAD_ARGMAX and tensor.dtype.name == "int64":
+        sizes: tuple[int, ...]
+        if self.has_head and self.head_output == p.HEAD_ARGMAX and kind == "i":  # the frame's only integer: int64
             if tensor.shape != (1, 1) or not 0 <= int(tensor[0, 0]) < self.vocab:
                 raise wire.BadFrame(f"step {frame.step} must return an int64 [1, 1] token id below {self.vocab}")
             return
         if self.has_head:  # logits are always accepted: a provider may not know the argmax form
-            expected, dtypes = (1, self.vocab), ("float32",)
+            expected, sizes, names = (1, self.vocab), (4,), "float32"
         else:
-            expected, dtypes = (1, tokens, self.hidden), ("float16", "float32")
-        if tensor.shape != expected or tensor.dtype.name not in dtypes:
+            expected, sizes, names = (1, tokens, self.hidden), (2, 4), "float16/float32"
+        if tensor.shape != expected or kind != "f" or size not in sizes:
             raise wire.BadFrame(
-                f"step {frame.step} must return {'/'.join(dtypes)}{list(expected)}, "
-                f"got {tensor.dtype.name}{list(tensor.shape)}"
+                f"step {frame.step} must return {names}{list(expected)}, got {tensor.dtype.name}{list(tensor.shape)}"
             )
         if not np.isfinite(tensor).all():
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
