@@ -20,6 +20,7 @@ import statistics
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 from websockets.typing import Origin
 
 from inference import wire
@@ -37,6 +40,35 @@ from worker_web import protocol as p
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
 INLINE_TOKENS = 16  # steps of at most this many tokens run on the event loop itself (milliseconds each)
+
+
+class StepConnection(ClientConnection):
+    """The provider's connection to the server: a whole binary message is offered to `take_now` as soon as its frame
+    is parsed, in the protocol's callback, and only queued for the reader when refused. Decode steps then run and
+    answer without waiting for the reader's turn of the event loop (a loop turn and the message queue per hop)."""
+
+    take_now: Callable[[bytes], bool] | None = None
+
+    def process_event(self, event: Event) -> None:
+        take_now = self.take_now
+        if (
+            take_now is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and not len(self.recv_messages.frames)  # nothing received before it is still waiting for the reader
+            and take_now(bytes(event.data))
+        ):
+            return
+        super().process_event(event)
+
+    def send_now(self, data: bytes) -> bool:
+        """Send a binary message from synchronous code (False when the connection is not open)."""
+        if self.protocol.state is not State.OPEN:
+            return False
+        self.protocol.send_binary(data)
+        self.send_data()
+        return True
 
 
 class AuthRefused(Exception):
@@ -110,6 +142,7 @@ class ProviderAgent:
         self.sessions: dict[uuid.UUID, Session] = {}
         self.ns_per_layer_token: int | None = None
         self.steps_served = 0
+        self.steps_at_once = 0  # of those, run in the connection's callback (StepConnection.take_now)
         self.welcomed = False
         self._working = False  # the worker is handling a message (the reader then queues the next one behind it)
         self.heartbeat_seconds = 15.0
@@ -144,6 +177,7 @@ class ProviderAgent:
             max_size=wire.MAX_FRAME_BYTES + 4096,
             compression=None,
             proxy=None,
+            create_connection=StepConnection,
         ) as ws:
             for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
                 session.runtime.close(str(session_id))
@@ -162,6 +196,8 @@ class ProviderAgent:
             queue: asyncio.Queue[str | bytes] = asyncio.Queue()
             worker = asyncio.create_task(self._work(ws, queue))
             beat = asyncio.create_task(self._heartbeat(ws))
+            if isinstance(ws, StepConnection):
+                ws.take_now = lambda data: self._take_now(ws, queue, data)
             try:
                 async for message in ws:
                     if isinstance(message, str) and await self._control(ws, message):
@@ -169,7 +205,11 @@ class ProviderAgent:
                     if not self._working and queue.empty() and _decode_step(message):
                         # Nothing is queued before it: run it here, without the hand-off to the worker (a loop turn
                         # per hop). Larger steps still go to the worker, which keeps this loop reading meanwhile.
-                        await self._handle(ws, message)
+                        self._working = True
+                        try:
+                            await self._handle(ws, message)
+                        finally:
+                            self._working = False
                         continue
                     queue.put_nowait(message)
             finally:
@@ -209,6 +249,20 @@ class ProviderAgent:
             finally:
                 self._working = False
 
+    def _take_now(self, ws: StepConnection, queue: asyncio.Queue[str | bytes], data: bytes) -> bool:
+        """Run a decode step in the connection's callback and send its answer, when nothing is being handled or
+        waits before it. Anything that goes wrong is left to the reader (False), which runs the message again and
+        reports the error: a failed step changes no session."""
+        if self._working or not queue.empty() or not _decode_step(data):
+            return False
+        try:
+            answer = self._answer(data)
+        except Exception:  # the reader's path reports it, or fails the connection as it always did
+            return False
+        ws.send_now(answer)  # a connection that is closing loses it, as it would any answer in flight
+        self.steps_at_once += 1
+        return True
+
     async def _handle(self, ws: ClientConnection, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes):
@@ -246,22 +300,26 @@ class ProviderAgent:
             raise p.ProtocolError(f"unknown message type {kind!r}")
 
     async def _step(self, ws: ClientConnection, data: bytes) -> None:
+        if _decode_step(data):  # a decode step: a thread handoff would cost more than it saves
+            answer = self._answer(data)
+        else:  # a prefill may take seconds: keep the connection's loop free meanwhile
+            answer = await self._in_thread(self._answer, data)
+        await ws.send(answer)
+
+    def _answer(self, data: bytes) -> bytes:
+        """Run a step frame through its session and return the output frame; a step asked again (its answer was
+        lost on the way) gets the same answer without running twice. Errors change nothing."""
         frame = wire.decode(data)
         session = self.sessions.get(frame.session)
         if session is None:
             raise _for_session(p.ProtocolError("session is not open here", code=p.UNKNOWN_SESSION), frame.session)
         if frame.kind == wire.MessageType.STEP_INPUT and frame.step == session.next_step - 1 and session.last_output:
-            # The server asks again (a message was lost on its way): the same answer, without running the step twice.
-            await ws.send(session.last_output)
-            return
+            return session.last_output
         if frame.kind != wire.MessageType.STEP_INPUT or frame.step != session.next_step:
             message = f"expected step input {session.next_step}, got type {int(frame.kind)} step {frame.step}"
             raise _for_session(p.ProtocolError(message, code=p.UNEXPECTED_STEP), frame.session)
         try:
-            if frame.tensor.shape[1] <= INLINE_TOKENS:  # a decode step: a thread handoff would cost more than it saves
-                result = session.runtime.step(str(frame.session), frame.tensor)
-            else:  # a prefill may take seconds: keep the connection's loop free meanwhile
-                result = await self._in_thread(session.runtime.step, str(frame.session), frame.tensor)
+            result = session.runtime.step(str(frame.session), frame.tensor)
         except InferenceError as exc:
             raise _for_session(exc, frame.session) from None
         session.next_step += 1
@@ -273,7 +331,7 @@ class ProviderAgent:
         else:
             output = result.output.astype(np.float16)
         session.last_output = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output)
-        await ws.send(session.last_output)
+        return session.last_output
 
     async def _runtime(self, shard: dict[str, Any]) -> ShardRuntime:
         """The loaded shard, fetched into the cache first if needed; a cached file that fails its hash check is

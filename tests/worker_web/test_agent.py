@@ -294,3 +294,59 @@ def test_a_head_session_answers_with_the_argmax_when_asked_and_the_logits_otherw
             assert answer.dtype == np.int64 and answer.tolist() == [[int(np.argmax(logits[0]))]]
         else:
             assert answer.dtype == np.float32 and np.array_equal(answer, logits)
+
+
+def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_the_reader(
+    agent: ProviderAgent, tiny_model: GGUFModel
+) -> None:
+    """Against a real WebSocket server: the prefill goes through the reader's queue (it may take seconds), each
+    decode step is run as soon as its frame is parsed (StepConnection.take_now), a step asked again gets the same
+    answer without running twice, and a bad frame is still reported. Every answer equals the shard's own."""
+    import uuid
+
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from inference import wire
+    from worker_web.agent import Disconnected
+
+    spec = ShardSpec("tiny", "f32", 1, 3, tiny_model.config.n_layers)  # a middle shard: float16 hidden states out
+    data = build_shard(tiny_model, spec).SerializeToString()
+    sha = hashlib.sha256(data).hexdigest()
+    agent.runtimes[sha] = ShardRuntime(data)  # loaded already: nothing to download
+    reference = ShardRuntime(data)
+    reference.open("reference")
+    session = uuid.uuid4()
+    hidden = np.random.default_rng(2).standard_normal((1, 20, tiny_model.config.hidden)).astype(np.float16)
+    inputs = [hidden[:, :18], hidden[:, 18:19], hidden[:, 19:20]]
+    answers: list[np.ndarray] = []
+    errors: list[str] = []
+
+    async def server(ws: ServerConnection) -> None:
+        assert p.loads(str(await ws.recv()))["type"] == p.HELLO
+        await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
+        shard = {"id": spec.shard_id, "sha256": sha, "url": "/unused"}
+        await ws.send(p.dumps(p.OPEN_SESSION, session=str(session), hop=1, shard=shard, head_output=p.HEAD_LOGITS))
+        assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
+        for step, tensor in enumerate(inputs):
+            await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, tensor))
+            answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 2, 1, inputs[2]))  # asked again
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        await ws.send(b"CMTF-not-a-frame")
+        errors.append(p.loads(str(await ws.recv()))["code"])
+        await ws.close(1001, "going away")
+
+    async def scenario() -> None:
+        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
+            agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
+            with pytest.raises(Disconnected):
+                await agent.serve_once()
+
+    asyncio.run(scenario())
+    expected = [reference.step("reference", tensor).output for tensor in inputs]
+    assert len(answers) == 4 and errors == [p.BAD_FRAME]
+    for got, want in zip(answers, [*expected, expected[-1]], strict=True):
+        assert np.array_equal(got, want.astype(np.float16))
+    # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat. The
+    # prefill (18 tokens) went through the reader.
+    assert agent.steps_served == 3 and agent.steps_at_once == 3
