@@ -241,6 +241,8 @@ MARKET_FEE_BPS = env_int("MARKET_FEE_BPS", 500)
 AUCTION_SOLVER = env_str("AUCTION_SOLVER", "auto")
 AUCTION_TIME_LIMIT_SECONDS = float(env_str("AUCTION_TIME_LIMIT_SECONDS", "2"))
 AUCTION_EVERY_SECONDS = env_int("AUCTION_EVERY_SECONDS", 2)
+# The embedded clock's interval while the book is empty (market/clock.py); anything that fills it nudges a round.
+AUCTION_IDLE_SECONDS = env_int("AUCTION_IDLE_SECONDS", 30)
 AUCTION_NUDGE_SECONDS = float(env_str("AUCTION_NUDGE_SECONDS", "0.2"))
 AUCTION_MAX_BOOK = env_int("AUCTION_MAX_BOOK", 5_000)
 # A placed job whose runner has not started this long after its round (a lost task) goes back into the book.

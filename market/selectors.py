@@ -124,6 +124,11 @@ def benchmark_shard() -> Shard | None:
     return shards[0] if shards else None
 
 
+def book_empty() -> bool:
+    """No bid waits in the book (no queued job)."""
+    return not Job.objects.filter(state=Job.State.QUEUED).exists()
+
+
 def job_group(job_id: int) -> str:
     """The channel-layer group that carries a job's stream to its buyer's /ws/jobs/<id>/ connections."""
     return f"job-{job_id}"

@@ -328,6 +328,37 @@ def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch
     assert asyncio.run(nudged()) == 1
 
 
+def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds every AUCTION_EVERY_SECONDS while bids wait; after a round that found the book empty, the next waits
+    AUCTION_IDLE_SECONDS unless a nudge (a new bid) comes first."""
+    settings.MARKET_CLOCK, settings.AUCTION_NUDGE_SECONDS = True, 0.01
+    settings.AUCTION_EVERY_SECONDS, settings.AUCTION_IDLE_SECONDS = 0.05, 60
+    book = {"bids": 0}
+    rounds: list[int] = []
+
+    def clear_market() -> object | None:
+        rounds.append(book["bids"])
+        return object() if book["bids"] else None  # a round when bids wait, None for an empty book
+
+    monkeypatch.setattr(services, "clear_market", clear_market)
+    monkeypatch.setattr(selectors, "book_empty", lambda: not book["bids"])
+
+    async def scenario() -> tuple[int, int]:
+        clock.start()
+        await asyncio.sleep(0.6)
+        idle = len(rounds)
+        book["bids"] = 1
+        clock.nudge()
+        await asyncio.sleep(0.6)
+        return idle, len(rounds) - idle
+
+    idle, busy = asyncio.run(scenario())
+    assert idle == 1, "the clock kept its short interval over an empty book"
+    assert busy >= 4, "a nudge did not bring the short interval back"
+
+
 def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.ORCHESTRATOR, settings.REDIS_URL, settings.AUCTION_NUDGE_SECONDS = "celery", "redis://127.0.0.1:6379/9", 1
     redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)
