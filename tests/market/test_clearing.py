@@ -331,8 +331,8 @@ def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch
 def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
     settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rounds every AUCTION_EVERY_SECONDS while bids wait; after a round that found the book empty, the next waits
-    AUCTION_IDLE_SECONDS unless a nudge (a new bid) comes first."""
+    """Rounds every AUCTION_EVERY_SECONDS while bids wait; after a round that left the book empty (it placed every
+    bid, or there was none), the next waits AUCTION_IDLE_SECONDS unless a nudge (a new bid) comes first."""
     settings.MARKET_CLOCK, settings.AUCTION_NUDGE_SECONDS = True, 0.01
     settings.AUCTION_EVERY_SECONDS, settings.AUCTION_IDLE_SECONDS = 0.05, 60
     book = {"bids": 0}
@@ -340,23 +340,31 @@ def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
 
     def clear_market() -> object | None:
         rounds.append(book["bids"])
-        return object() if book["bids"] else None  # a round when bids wait, None for an empty book
+        if book["bids"] == 1:  # this round places the one bid: the book is empty after it
+            book["bids"] = 0
+            return object()
+        return object() if book["bids"] else None  # bids left waiting (unmatched), or None for an empty book
 
     monkeypatch.setattr(services, "clear_market", clear_market)
     monkeypatch.setattr(selectors, "book_empty", lambda: not book["bids"])
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         clock.start()
         await asyncio.sleep(0.6)
         idle = len(rounds)
-        book["bids"] = 1
+        book["bids"] = 1  # a bid that the next round places
         clock.nudge()
         await asyncio.sleep(0.6)
-        return idle, len(rounds) - idle
+        placed = len(rounds) - idle
+        book["bids"] = 2  # bids that stay in the book, unmatched
+        clock.nudge()
+        await asyncio.sleep(0.6)
+        return idle, placed, len(rounds) - idle - placed
 
-    idle, busy = asyncio.run(scenario())
+    idle, placed, waiting = asyncio.run(scenario())
     assert idle == 1, "the clock kept its short interval over an empty book"
-    assert busy >= 4, "a nudge did not bring the short interval back"
+    assert placed == 1, "the clock kept its short interval after a round that placed every bid"
+    assert waiting >= 4, "a nudge did not bring the short interval back while bids wait"
 
 
 def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
