@@ -51,12 +51,16 @@ class StepConnection(ClientConnection):
 
     def process_event(self, event: Event) -> None:
         take_now = self.take_now
+        # Frames received before this one and still waiting for the reader (websockets' assembler queue; where a
+        # websockets version keeps it elsewhere, every message takes the reader's path).
+        waiting = getattr(self.recv_messages, "frames", None)
         if (
             take_now is not None
             and isinstance(event, Frame)
             and event.opcode is Opcode.BINARY
             and event.fin
-            and not len(self.recv_messages.frames)  # nothing received before it is still waiting for the reader
+            and waiting is not None
+            and not len(waiting)
             and take_now(bytes(event.data))
         ):
             return
