@@ -19,9 +19,10 @@ binary message that arrives while its consumer is busy, takes Daphne's path unch
   which sends a binary message on that connection at once from synchronous code (False when the connection is not
   open: the caller then takes the queued path, which handles a closed connection as before).
 - Write: a binary message is framed here as one unmasked final frame (autobahn's `sendMessage` when anything
-  needs it: compression, fragmentation, a send queue), and `doWrite` runs at once: it is what the reactor would do
-  when it next sees the socket writable (write what is buffered, stop watching the socket once the buffer is empty,
-  resume a paused producer). What cannot be written stays buffered and registered, for the reactor to finish.
+  needs it: compression, fragmentation, a send queue) and, when Twisted holds nothing unsent for the connection,
+  sent with one `send` on its socket; the rest, if any, and every write behind buffered data go through Twisted's
+  buffer (with `doWrite` at once: what the reactor would do when it next sees the socket writable). What cannot be
+  written stays buffered and registered, for the reactor to finish or to report the connection lost.
 """
 
 from __future__ import annotations
@@ -146,10 +147,25 @@ def _frame_and_write(protocol: Any, payload: bytes) -> bool:
         header = b"\x82\x7e" + size.to_bytes(2, "big")
     else:
         header = b"\x82\x7f" + size.to_bytes(8, "big")
-    transport.write(header + payload)
-    transport.doWrite()
+    _write_now(transport, header + payload)
     protocol.trafficStats.outgoingOctetsWireLevel += len(header) + size
     return True
+
+
+def _write_now(transport: Any, data: bytes) -> None:
+    """Send `data` on the socket now when Twisted holds nothing unsent for it (one send call: no registering with
+    the reactor and unregistering again, which a relay pays on every hop); what the socket does not take, and any
+    error, goes through Twisted's buffer, for the reactor to write or to report the connection lost as usual."""
+    if getattr(transport, "TLS", True) or transport.dataBuffer or transport._tempDataLen:
+        transport.write(data)
+        transport.doWrite()
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:  # full (EAGAIN) or broken: the reactor finds out which when it writes the buffer
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def _writable(transport: Any) -> bool:

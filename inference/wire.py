@@ -118,6 +118,34 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     return Frame(_KINDS[kind], uuid.UUID(bytes=session), step, shard, tensor)
 
 
+def header_around_step(
+    kind: MessageType, dtype: np.dtype[np.generic], session: uuid.UUID, shard: int, shape: tuple[int, ...]
+) -> tuple[bytes, bytes]:
+    """The header of a frame with these fields, without its step number: the bytes before it and those after it up
+    to the payload. A relay checks and builds frames of a shape it knows in advance with these, without `decode`."""
+    size = math.prod(shape) * dtype.itemsize
+    fields = (MAGIC, VERSION, int(kind), DTYPE_CODES[dtype], len(shape), session.bytes, 0, shard, 0, size)
+    header = _HEADER.pack(*fields) + _DIMS[len(shape)].pack(*shape)
+    return header[:24], header[28:]
+
+
+def encode_token(kind: MessageType, session: uuid.UUID, step: int, shard: int, token: int) -> bytes:
+    """`encode` of one token id, as int64 [1, 1], without numpy."""
+    header = _HEADER.pack(MAGIC, VERSION, int(kind), DTYPE_CODES[DTYPES[3]], 2, session.bytes, step, shard, 0, 8)
+    return header + _DIMS[2].pack(1, 1) + token.to_bytes(8, "little", signed=True)
+
+
+# The high byte of a little-endian float16 is its sign bit, its 5 exponent bits (0x7C) and 2 mantissa bits: the
+# value is inf or NaN exactly when those exponent bits are all set.
+_FINITE_F16_HIGH_BYTES = bytes(b for b in range(256) if b & 0x7C != 0x7C)
+
+
+def float16_finite(payload: bytes) -> bool:
+    """Whether every little-endian float16 in `payload` is finite, without numpy (a relay checks each hidden
+    state it passes on)."""
+    return not payload[1::2].translate(None, _FINITE_F16_HIGH_BYTES)
+
+
 def peek_tokens(data: bytes) -> int | None:
     """The second dimension of a frame (its token count: ids [1, S], hidden states [1, S, H]), read from the header
     without checking the rest; None when the frame is too short to tell. `decode` still checks everything."""

@@ -356,7 +356,9 @@ class JobRunner:
         if remaining <= 0:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s")
         try:
-            message: dict[str, Any] = await asyncio.wait_for(self.answers.get(), remaining)
+            # A timeout scope, not wait_for: that would run each wait (three per token) as a task of its own.
+            async with asyncio.timeout(remaining):
+                message: dict[str, Any] = await self.answers.get()
         except TimeoutError:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s") from None
         return message

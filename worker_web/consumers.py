@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 class Route:
     """A session a runner opened on this provider: where its outputs go and what shape they must have."""
 
+    session: uuid.UUID
     reply_to: str
     hop: int
     has_head: bool
@@ -43,6 +45,33 @@ class Route:
     forward: dict[str, Any] | None = None
     head_output: str = p.HEAD_LOGITS  # what a head shard returns: its logits, or their argmax (greedy jobs)
     pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
+
+    def __post_init__(self) -> None:
+        # The output of a decode step in its usual form, a header known but for the step number: float16 [1, 1,
+        # hidden], or for a greedy job's head its token as int64 [1, 1] (`plain_output` reads those without decode).
+        argmax = self.has_head and self.head_output == p.HEAD_ARGMAX
+        dtype, shape = (wire.DTYPES[3], (1, 1)) if argmax else (wire.DTYPES[1], (1, 1, self.hidden))
+        self._plain = wire.header_around_step(wire.MessageType.STEP_OUTPUT, dtype, self.session, self.hop, shape)
+        self._plain_payload = wire.HEADER_BYTES + 4 * len(shape)
+        self._plain_size = self._plain_payload + math.prod(shape) * dtype.itemsize
+        self._plain_logits = self.has_head and not argmax  # logits: always decoded and checked in full
+
+    def plain_output(self, data: bytes) -> tuple[int, int | None] | None:
+        """(step, token or None) of a sound output of a pending single-token step in the usual form, read from the
+        bytes with no decode; None for any other frame, which `wire.decode` and `check_output` then judge. It
+        accepts no frame that those would refuse."""
+        prefix, suffix = self._plain
+        start = self._plain_payload
+        if self._plain_logits or len(data) != self._plain_size or data[:24] != prefix or data[28:start] != suffix:
+            return None
+        step = int.from_bytes(data[24:28], "little")
+        pending = self.pending.get(step)
+        if pending is None or pending[0] != 1:
+            return None
+        if not self.has_head:
+            return (step, None) if wire.float16_finite(data[start:]) else None
+        token = int.from_bytes(data[start:], "little", signed=True)
+        return (step, token) if 0 <= token < self.vocab else None
 
     def check_output(self, frame: wire.Frame, tokens: int) -> None:
         # Read on the relay for every hop of every token: dtype kind and size (C attributes), not dtype.name.
@@ -217,32 +246,36 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
                 {"type": "runner.error", "session": str(session), "code": p.BAD_FRAME, "message": str(exc)},
             )
             raise
-        onward = _onward(frame, route, data)
+        onward = _onward(route, frame.step, data, _token(frame))
         delivered = await relay.deliver(self.channel_layer, *onward) if onward else None
-        await relay.deliver(self.channel_layer, route.reply_to, _runner_copy(frame, data, delivered))
+        await relay.deliver(self.channel_layer, route.reply_to, _runner_copy(route, frame.step, data, delivered))
 
     def receive_now(self, data: bytes) -> bool:
         """A step output relayed in the server's read callback: taken when the frame is sound, asked for, of this
         provider's session, and the next hop and the runner are both on this loop. Anything else, a bad frame
         included, is refused and takes `_frame`, which reports it."""
-        if self.provider_id is None:
+        if self.provider_id is None or len(data) < wire.HEADER_BYTES:
             return False
-        try:
-            frame = wire.decode(data)
-        except wire.BadFrame:
-            return False
-        route = self.routes.get(frame.session)
-        if frame.kind != wire.MessageType.STEP_OUTPUT or route is None or frame.step not in route.pending:
+        route = self.routes.get(uuid.UUID(bytes=data[8:24]))
+        if route is None:
             return False
         if not relay.is_here(route.reply_to) or (route.forward and not relay.is_here(route.forward["channel"])):
             return False
-        try:
-            route.check_output(frame, route.pending[frame.step][0])
-        except wire.BadFrame:
-            return False
-        onward = _onward(frame, route, data)
+        plain = route.plain_output(data)
+        if plain is not None:  # a decode step's output, the usual case: no numpy on the relay
+            step, token = plain
+        else:
+            try:
+                frame = wire.decode(data)
+                if frame.kind != wire.MessageType.STEP_OUTPUT or frame.step not in route.pending:
+                    return False
+                route.check_output(frame, route.pending[frame.step][0])
+            except wire.BadFrame:
+                return False
+            step, token = frame.step, _token(frame)
+        onward = _onward(route, step, data, token)
         delivered = relay.deliver_here(*onward) if onward else None
-        relay.deliver_here(route.reply_to, _runner_copy(frame, data, delivered))
+        relay.deliver_here(route.reply_to, _runner_copy(route, step, data, delivered))
         return True
 
     # --- events from runners (channel layer) --------------------------------------------------------------------
@@ -251,6 +284,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         shard = event["shard"]
         session = uuid.UUID(event["session"])
         self.routes[session] = route = Route(
+            session=session,
             reply_to=event["reply_to"],
             forward=event.get("forward"),
             hop=event["hop"],
@@ -300,33 +334,35 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
             await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))
 
 
-def _onward(frame: wire.Frame, route: Route, data: bytes) -> tuple[str, dict[str, Any]] | None:
+def _token(frame: wire.Frame) -> int | None:
+    """A head's argmax token (int64 [1, 1]); None for logits or hidden states."""
+    return int(frame.tensor[0, 0]) if frame.tensor.dtype == np.int64 else None
+
+
+def _onward(route: Route, step: int, data: bytes, token: int | None) -> tuple[str, dict[str, Any]] | None:
     """Take a checked output off the route's pending steps; the next hop's step input, unless this is the last hop
     or a replayed step (which goes no further). A greedy job's head sends its token on to hop 0 as the next step's
     input, unless it is a stop token or the last step: the runner's own decision, without a turn through it."""
-    tokens, go_on = route.pending.pop(frame.step)
+    tokens, go_on = route.pending.pop(step)
     forward = route.forward
     if not go_on or forward is None:
         return None
     following = uuid.UUID(forward["session"])
     if forward.get("next_token"):  # a greedy job's head: its argmax is hop 0's input for the next step
-        token = int(frame.tensor[0, 0]) if frame.tensor.dtype == np.int64 else None
-        if token is None or token in forward["stop_ids"] or frame.step + 1 > forward["last_step"]:
+        if token is None or token in forward["stop_ids"] or step + 1 > forward["last_step"]:
             return None  # the runner ends the job here (or samples, for logits)
-        step, tokens = frame.step + 1, 1
-        ids = np.array([[token]], dtype=np.int64)
-        onward = wire.encode(wire.MessageType.STEP_INPUT, following, step, forward["hop"], ids)
+        step, tokens = step + 1, 1
+        onward = wire.encode_token(wire.MessageType.STEP_INPUT, following, step, forward["hop"], token)
     else:
-        step = frame.step
         onward = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=forward["hop"])
-    event = {"type": "provider.step", "session": str(following), "step": step, "tokens": tokens}
+    event = {"type": "provider.step", "session": forward["session"], "step": step, "tokens": tokens}
     return forward["channel"], event | {"frame": onward, "forward": True}
 
 
-def _runner_copy(frame: wire.Frame, data: bytes, delivered: str | None) -> dict[str, Any]:
+def _runner_copy(route: Route, step: int, data: bytes, delivered: str | None) -> dict[str, Any]:
     """The runner's copy of an output (the next hop's recorded input, or the head's answer), with how it went on:
     "now" (on the next provider's socket at once), "queued", "layer" or None (nowhere)."""
-    event = {"type": "runner.output", "session": str(frame.session), "step": frame.step, "frame": data}
+    event = {"type": "runner.output", "session": str(route.session), "step": step, "frame": data}
     return event | {"relayed": delivered}
 
 

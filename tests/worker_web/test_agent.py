@@ -347,6 +347,78 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     assert len(answers) == 4 and errors == [p.BAD_FRAME]
     for got, want in zip(answers, [*expected, expected[-1]], strict=True):
         assert np.array_equal(got, want.astype(np.float16))
-    # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat. The
-    # prefill (18 tokens) went through the reader.
-    assert agent.steps_served == 3 and agent.steps_at_once == 3
+    # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat, each
+    # read whole without websockets' parser. The prefill (18 tokens) went through the reader.
+    assert agent.steps_served == 3 and agent.steps_at_once == 3 and agent.steps_unparsed == 3
+
+
+def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_still_fails_the_connection(
+    agent: ProviderAgent, tiny_model: GGUFModel
+) -> None:
+    """The server writes the raw bytes: a decode frame split across two reads, two frames in one read, one whole
+    frame, then a masked frame (which a server must never send). The agent answers each step as the shard does; only
+    the whole frame skips websockets' parser, and the masked one still closes the connection as a protocol error."""
+    import uuid
+
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosedError
+
+    from inference import wire
+
+    spec = ShardSpec("tiny", "f32", 1, 3, tiny_model.config.n_layers)
+    data = build_shard(tiny_model, spec).SerializeToString()
+    sha = hashlib.sha256(data).hexdigest()
+    agent.runtimes[sha] = ShardRuntime(data)
+    reference = ShardRuntime(data)
+    reference.open("reference")
+    session = uuid.uuid4()
+    hidden = np.random.default_rng(3).standard_normal((1, 22, tiny_model.config.hidden)).astype(np.float16)
+    inputs = [hidden[:, :18], *(hidden[:, i : i + 1] for i in range(18, 22))]  # a prefill, then 4 decode steps
+    answers: list[np.ndarray] = []
+    closed: list[int | None] = []
+
+    def raw(step: int) -> bytes:
+        payload = wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, inputs[step])
+        assert 126 <= len(payload) < 1 << 16
+        return b"\x82\x7e" + len(payload).to_bytes(2, "big") + payload  # FIN, binary, unmasked, 16-bit length
+
+    async def server(ws: ServerConnection) -> None:
+        assert p.loads(str(await ws.recv()))["type"] == p.HELLO
+        await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
+        shard = {"id": spec.shard_id, "sha256": sha, "url": "/unused"}
+        await ws.send(p.dumps(p.OPEN_SESSION, session=str(session), hop=1, shard=shard, head_output=p.HEAD_LOGITS))
+        assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
+        await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 0, 1, inputs[0]))  # the prefill
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        split = raw(1)
+        ws.transport.write(split[:7])
+        await asyncio.sleep(0.05)
+        ws.transport.write(split[7:])
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        ws.transport.write(raw(2) + raw(3))
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        ws.transport.write(raw(4))
+        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        masked = bytearray(raw(4))
+        masked[1] |= 0x80
+        ws.transport.write(bytes(masked[:4]) + b"\0\0\0\0" + bytes(masked[4:]))  # a zero mask: same payload
+        try:
+            await ws.recv()
+        except ConnectionClosedError:
+            closed.append(ws.close_code)
+
+    async def scenario() -> None:
+        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
+            agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
+            with pytest.raises(ConnectionClosedError):
+                await agent.serve_once()
+
+    asyncio.run(scenario())
+    expected = [reference.step("reference", tensor).output.astype(np.float16) for tensor in inputs]
+    assert len(answers) == len(expected)
+    for got, want in zip(answers, expected, strict=True):
+        assert np.array_equal(got, want)
+    assert closed == [1002]  # protocol error
+    # Steps 1 to 4 ran at once; only step 4 arrived as a whole frame on its own.
+    assert agent.steps_served == 5 and agent.steps_at_once == 4 and agent.steps_unparsed == 1
