@@ -37,9 +37,12 @@ def run_job(job_id: int) -> None:
 
 @app.task(name="market.clear_market", ignore_result=True)  # type: ignore[untyped-decorator]  # celery has no hints
 def clear_market() -> None:
-    """One auction round (skipped when another is in progress)."""
+    """One auction round (skipped when another is in progress). A bid that nudges once this round has begun needs
+    a round after it: the key that debounces nudges goes first, so that nudge schedules one."""
     from market import services
 
+    if settings.ORCHESTRATOR == "celery":
+        redis.Redis.from_url(settings.REDIS_URL).delete(NUDGE_KEY)
     services.clear_market()
 
 

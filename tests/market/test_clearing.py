@@ -378,6 +378,11 @@ def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypa
     redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)  # the window has passed
     tasks.auction_nudge()
     assert len(scheduled) == 2
+    # Within the window, but the round it scheduled has begun: a bid nudging now is not in that round's book.
+    monkeypatch.setattr(services, "clear_market", lambda: None)
+    tasks.clear_market()
+    tasks.auction_nudge()
+    assert len(scheduled) == 3
 
 
 def test_a_placed_job_whose_runner_never_started_goes_back_into_the_book(
