@@ -138,7 +138,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     profiles = list(results["profiles"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, rounds) = plt.subplots(1, 3, figsize=(15, 4))
     width = 0.38
     for offset, (key, label) in enumerate(
         [("whole_tokens_per_s_median", "whole model, one process"), ("pipeline_tokens_per_s_median", "3 providers")]
@@ -161,6 +161,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_title("Round trip per hop (hops 0, 1, 2)")
     right.set_ylim(0, 1.3 * max(max(results["profiles"][p]["hop_round_trip_ms_median"]) for p in profiles))
     right.legend(loc="upper center", ncols=2, fontsize="small")
+    for p in profiles:
+        ratios = [r["ratio"] for r in results["profiles"][p]["rounds"]]
+        rounds.plot(range(1, len(ratios) + 1), ratios, marker="o", label=f"{p}: median {statistics.median(ratios):.3f}")
+    rounds.axhline(TARGET, color="grey", linestyle="--", label=f"target {TARGET}")
+    rounds.set_xlabel("round (whole model run right before and after each job)")
+    rounds.set_ylabel("pipeline / whole model, decode tokens/s")
+    rounds.set_title("Ratio per round")
+    rounds.legend(fontsize="small")
     fig.suptitle(f"SmolLM2-135M q4 over loopback; target ratio ≥ {TARGET}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
