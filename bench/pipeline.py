@@ -116,7 +116,7 @@ def measure(job: dict[str, Any], before: Any, after: Any) -> dict[str, Any]:
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def median(key: str) -> float:
-        return round(statistics.median(r[key] for r in rounds), 3)
+        return round(float(statistics.median(r[key] for r in rounds)), 3)
 
     return {
         "pipeline_tokens_per_s_median": median("pipeline_tokens_per_s"),

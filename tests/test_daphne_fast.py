@@ -45,7 +45,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 def received(sock: socket.socket) -> bytes:
     sock.setblocking(False)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = sock.recv(1 << 20)

@@ -31,7 +31,7 @@ def _platform_fees(market: Any) -> int:
 
 def _step_tokens(entry: dict[str, Any], prompt_tokens: int) -> int:
     first, until = entry["from_step"], entry["until_step"]
-    return (prompt_tokens if first == 0 else 0) + (until - max(first, 1))
+    return int((prompt_tokens if first == 0 else 0) + (until - max(first, 1)))
 
 
 def test_a_bid_is_auctioned_run_and_settled_to_the_base_unit(market: Any) -> None:

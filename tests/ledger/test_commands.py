@@ -14,7 +14,7 @@ from ledger import services
 from ledger.models import Account, Entry, Transaction
 
 if TYPE_CHECKING:  # the fixtures' types (pytest loads conftest itself; never imported at run time)
-    from conftest import Books
+    from tests.ledger.conftest import Books
 
 Kind = Account.Kind
 

@@ -22,7 +22,7 @@ from ledger.errors import InsufficientFunds
 from ledger.models import Account, PendingRelease, Transaction
 
 if TYPE_CHECKING:  # the fixtures' types (pytest loads conftest itself; never imported at run time)
-    from conftest import Books, MakeUser
+    from tests.ledger.conftest import Books, MakeUser
 
 
 Kind = Account.Kind

@@ -15,7 +15,7 @@ from ledger import services, tasks
 from ledger.models import Account, PendingRelease, Transaction
 
 if TYPE_CHECKING:  # the fixtures' types (pytest loads conftest itself; never imported at run time)
-    from conftest import Books
+    from tests.ledger.conftest import Books
 
 Kind = Account.Kind
 SECOND = timedelta(seconds=1)

@@ -17,7 +17,7 @@ from ledger.errors import InsufficientFunds, OperatorOnly
 from ledger.models import Account, PendingRelease
 
 if TYPE_CHECKING:  # the fixtures' types (pytest loads conftest itself; never imported at run time)
-    from conftest import Books, MakeUser
+    from tests.ledger.conftest import Books, MakeUser
 
 Kind = Account.Kind
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from ledger.models import Account, Entry, Transaction
 from ledger.services.posting import net_lines, post_lines
 
 if TYPE_CHECKING:  # the fixtures' types (pytest loads conftest itself; never imported at run time)
-    from conftest import Books, MakeUser
+    from tests.ledger.conftest import Books, MakeUser
 
 
 Kind = Account.Kind

@@ -174,6 +174,7 @@ def test_a_bid_names_its_price_and_expiry(model: LanguageModel, alice: User, nud
     body = api(alice).post("/api/jobs/", request, format="json").json()
     job = Job.objects.get()
     assert body["max_price"] == job.max_price == 12_345
+    assert job.expires_at is not None
     assert abs((job.expires_at - job.created_at).total_seconds() - 30) < 5
     assert ledger_selectors.balances_of(user=alice).escrow == 12_345
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -57,8 +59,8 @@ def bid(buyer: User, model: LanguageModel, **fields: Any) -> Job:
         model=model,
         messages=[{"role": "user", "content": "hello there"}],
         max_new_tokens=fields.pop("max_new_tokens", 8),
-        temperature=0,
-        top_p=1,
+        temperature=Decimal(0),
+        top_p=Decimal(1),
         seed=None,
         **fields,
     )
@@ -144,7 +146,7 @@ def test_an_expired_bid_is_refunded_and_its_stream_ends(
     listener = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(selectors.job_group(job.pk), listener)
     with django_capture_on_commit_callbacks(execute=True):
-        services.clear_market(now=timezone.now() + timezone.timedelta(seconds=2))
+        services.clear_market(now=timezone.now() + timedelta(seconds=2))
     job.refresh_from_db()
     assert (job.state, job.error_code, job.cost["refunded"]) == (Job.State.EXPIRED, "expired", 7_000)
     assert ledger_selectors.balances_of(user=alice).available == GRANT
@@ -180,8 +182,9 @@ def test_the_runner_takes_the_assigned_providers_and_falls_back_when_one_has_gon
     terms = {t.hop: t for t in Assignment.objects.filter(job=job)}
     gone = terms[1].provider_id
     Provider.objects.filter(pk=gone).update(state=Provider.State.OFFLINE)  # left between the round and the start
-    job = services.job_claim(job_id=job.pk)
-    assert job is not None
+    claimed = services.job_claim(job_id=job.pk)
+    assert claimed is not None
+    job = claimed
     placement = AuctionPlacement()
     shards = [selectors.shard_descriptor(s) for s in selectors.shard_chain(model=model, plan=None)]
     first = placement.place(job=job, shard=shards[0], exclude=set())
@@ -199,8 +202,9 @@ def test_slots_of_hops_never_placed_are_given_back(
     provider(carol, "a"), provider(carol, "b")
     job = bid(alice, model)
     services.clear_market()
-    job = services.job_claim(job_id=job.pk)
-    assert job is not None
+    claimed = services.job_claim(job_id=job.pk)
+    assert claimed is not None
+    job = claimed
     placement = AuctionPlacement()
     shard = selectors.shard_descriptor(selectors.shard_chain(model=model, plan=None)[0])
     placement.place(job=job, shard=shard, exclude=set())
@@ -392,9 +396,9 @@ def test_a_placed_job_whose_runner_never_started_goes_back_into_the_book(
     job = bid(alice, model)
     services.clear_market()
     assert Job.objects.get(pk=job.pk).state == Job.State.ALLOCATED
-    services.clear_market(now=timezone.now() + timezone.timedelta(seconds=30))  # still within the timeout
+    services.clear_market(now=timezone.now() + timedelta(seconds=30))  # still within the timeout
     assert Job.objects.get(pk=job.pk).state == Job.State.ALLOCATED
-    round_ = services.clear_market(now=timezone.now() + timezone.timedelta(seconds=61))
+    round_ = services.clear_market(now=timezone.now() + timedelta(seconds=61))
     job.refresh_from_db()
     # Reclaimed (slots freed, priority up), then placed again by the same round on the same two providers.
     assert round_ is not None and round_.n_placed == 1

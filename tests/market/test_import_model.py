@@ -38,6 +38,7 @@ def test_import_model_stores_shards_by_sha256(media: Path, tiny_gguf: Path) -> N
     assert [s.shard_id for s in shards] == ["tiny:f32:0-1", "tiny:f32:1-3", "tiny:f32:3-4"]
     assert [(s.has_embedding, s.has_head) for s in shards] == [(True, False), (False, False), (False, True)]
     for shard in shards:
+        assert shard.file.name is not None
         data = (media / shard.file.name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard.sha256
         assert shard.file.name == f"shards/{shard.sha256}.onnx"
@@ -98,6 +99,7 @@ def test_generate_explains_a_missing_model(media: Path) -> None:
 def test_a_corrupted_stored_shard_is_refused(media: Path, tiny_gguf: Path) -> None:
     run("import_model", str(tiny_gguf), "--plan", "0-2,2-4", "--name", "tiny")
     shard = Shard.objects.get(first_layer=2)
+    assert shard.file.name is not None
     path = Path(default_storage.path(shard.file.name))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

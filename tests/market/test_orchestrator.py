@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -159,7 +160,13 @@ def queued_job(model: LanguageModel, messages: list[dict[str, str]]) -> tuple[Jo
     """A bid from alice at the default price, and the token of carol, who runs the providers."""
     buyer = services.account_open(username="alice")[0]
     job = services.job_create(
-        buyer=buyer, model=model, messages=messages, max_new_tokens=MAX_NEW, temperature=0, top_p=1, seed=None
+        buyer=buyer,
+        model=model,
+        messages=messages,
+        max_new_tokens=MAX_NEW,
+        temperature=Decimal(0),
+        top_p=Decimal(1),
+        seed=None,
     )
     return job, services.account_open(username="carol")[1]
 
