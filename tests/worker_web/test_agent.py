@@ -296,6 +296,28 @@ def test_a_head_session_answers_with_the_argmax_when_asked_and_the_logits_otherw
             assert answer.dtype == np.float32 and np.array_equal(answer, logits)
 
 
+async def _open_session(ws: Any, shard_id: str, sha: str, session: Any) -> None:
+    """The server's side up to an open session on hop 1: hello, welcome, open_session, session_opened."""
+    assert p.loads(str(await ws.recv()))["type"] == p.HELLO
+    await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
+    shard = {"id": shard_id, "sha256": sha, "url": "/unused"}
+    await ws.send(p.dumps(p.OPEN_SESSION, session=str(session), hop=1, shard=shard, head_output=p.HEAD_LOGITS))
+    assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
+
+
+def _serve_once(agent: ProviderAgent, server: Any, *, ends_with: type[BaseException]) -> None:
+    """Run `server` as a real WebSocket server on loopback and the agent's connection to it until it ends."""
+    from websockets.asyncio.server import serve
+
+    async def scenario() -> None:
+        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
+            agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
+            with pytest.raises(ends_with):
+                await agent.serve_once()
+
+    asyncio.run(scenario())
+
+
 def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_the_reader(
     agent: ProviderAgent, tiny_model: GGUFModel
 ) -> None:
@@ -304,7 +326,7 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     answer without running twice, and a bad frame is still reported. Every answer equals the shard's own."""
     import uuid
 
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
 
     from inference import wire
     from worker_web.agent import Disconnected
@@ -322,11 +344,7 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     errors: list[str] = []
 
     async def server(ws: ServerConnection) -> None:
-        assert p.loads(str(await ws.recv()))["type"] == p.HELLO
-        await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
-        shard = {"id": spec.shard_id, "sha256": sha, "url": "/unused"}
-        await ws.send(p.dumps(p.OPEN_SESSION, session=str(session), hop=1, shard=shard, head_output=p.HEAD_LOGITS))
-        assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
+        await _open_session(ws, spec.shard_id, sha, session)
         for step, tensor in enumerate(inputs):
             await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, tensor))
             answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
@@ -336,13 +354,7 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
         errors.append(p.loads(str(await ws.recv()))["code"])
         await ws.close(1001, "going away")
 
-    async def scenario() -> None:
-        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
-            agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
-            with pytest.raises(Disconnected):
-                await agent.serve_once()
-
-    asyncio.run(scenario())
+    _serve_once(agent, server, ends_with=Disconnected)
     expected = [reference.step("reference", tensor).output for tensor in inputs]
     assert len(answers) == 4 and errors == [p.BAD_FRAME]
     for got, want in zip(answers, [*expected, expected[-1]], strict=True):
@@ -360,7 +372,7 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
     the whole frame skips websockets' parser, and the masked one still closes the connection as a protocol error."""
     import uuid
 
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
     from websockets.exceptions import ConnectionClosedError
 
     from inference import wire
@@ -383,11 +395,7 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
         return b"\x82\x7e" + len(payload).to_bytes(2, "big") + payload  # FIN, binary, unmasked, 16-bit length
 
     async def server(ws: ServerConnection) -> None:
-        assert p.loads(str(await ws.recv()))["type"] == p.HELLO
-        await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
-        shard = {"id": spec.shard_id, "sha256": sha, "url": "/unused"}
-        await ws.send(p.dumps(p.OPEN_SESSION, session=str(session), hop=1, shard=shard, head_output=p.HEAD_LOGITS))
-        assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
+        await _open_session(ws, spec.shard_id, sha, session)
         await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 0, 1, inputs[0]))  # the prefill
         answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
         split = raw(1)
@@ -408,13 +416,7 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
         except ConnectionClosedError:
             closed.append(ws.close_code)
 
-    async def scenario() -> None:
-        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
-            agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
-            with pytest.raises(ConnectionClosedError):
-                await agent.serve_once()
-
-    asyncio.run(scenario())
+    _serve_once(agent, server, ends_with=ConnectionClosedError)
     expected = [reference.step("reference", tensor).output.astype(np.float16) for tensor in inputs]
     assert len(answers) == len(expected)
     for got, want in zip(answers, expected, strict=True):
