@@ -189,6 +189,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     },
     # The auction clears the book every few seconds (and sooner when a bid arrives: see AUCTION_NUDGE_SECONDS).
     "market.clear_market": {"task": "market.clear_market", "schedule": float(env_int("AUCTION_EVERY_SECONDS", 2))},
+    # The chain: send queued operator transactions, credit deposits, refresh stakes; anchor settlement batches.
+    "ledger.chain_sync": {"task": "ledger.chain_sync", "schedule": float(env_int("CHAIN_SYNC_SECONDS", 3))},
+    "ledger.chain_anchor": {"task": "ledger.chain_anchor", "schedule": float(env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30))},
 }
 
 # Ledger (amounts in integer base units). With CONTRIBUTE_TO_USE on, a new account starts with nothing and earns
@@ -197,6 +200,38 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 CONTRIBUTE_TO_USE = env_bool("CONTRIBUTE_TO_USE", False)
 SIGNUP_GRANT = env_int("SIGNUP_GRANT", 1_000_000)
 CHALLENGE_WINDOW_SECONDS = env_int("CHALLENGE_WINDOW_SECONDS", 3600)
+
+# The chain (docs/chain.md). CHAIN_RPC_URL empty: no chain, providers are placed without a stake (the demo and the
+# chain tests start Anvil and set it). Set: the market deploys (or finds) its contracts there, places a provider only
+# while its stake, read from the chain at most CHAIN_STAKE_MAX_AGE_SECONDS ago, reaches CHAIN_MIN_STAKE base units,
+# backs every ledger mint with tokens in the vault, credits deposits and pays withdrawals, anchors settlements every
+# CHAIN_ANCHOR_EVERY_SECONDS, and slashes for the verifier. Unbonding must outlast the challenge window plus a dispute.
+CHAIN_RPC_URL = env_str("CHAIN_RPC_URL")
+# Anvil's first public development key, only with DEBUG: production must name its own operator.
+CHAIN_OPERATOR_KEY = env_str("CHAIN_OPERATOR_KEY")
+if not CHAIN_OPERATOR_KEY and CHAIN_RPC_URL and not DEBUG:
+    raise ImproperlyConfigured("CHAIN_OPERATOR_KEY must be set when CHAIN_RPC_URL is set and DJANGO_DEBUG is false")
+if not CHAIN_OPERATOR_KEY and DEBUG:
+    CHAIN_OPERATOR_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+CHAIN_TREASURY = env_str("CHAIN_TREASURY")  # empty: the operator's address
+CHAIN_MIN_STAKE = env_int("CHAIN_MIN_STAKE", 1_000_000)
+CHAIN_CHALLENGER_SHARE_BPS = env_int("CHAIN_CHALLENGER_SHARE_BPS", 5_000)
+CHAIN_DISPUTE_SECONDS = env_int("CHAIN_DISPUTE_SECONDS", 86_400)
+CHAIN_UNBONDING_SECONDS = env_int("CHAIN_UNBONDING_SECONDS", CHALLENGE_WINDOW_SECONDS + CHAIN_DISPUTE_SECONDS + 3600)
+if CHAIN_UNBONDING_SECONDS <= CHALLENGE_WINDOW_SECONDS + CHAIN_DISPUTE_SECONDS:
+    raise ImproperlyConfigured(
+        "CHAIN_UNBONDING_SECONDS must exceed CHALLENGE_WINDOW_SECONDS + CHAIN_DISPUTE_SECONDS, or a cheater could "
+        "withdraw its stake before it can be slashed"
+    )
+CHAIN_STAKE_MAX_AGE_SECONDS = env_int("CHAIN_STAKE_MAX_AGE_SECONDS", 60)
+CHAIN_SYNC_SECONDS = env_int("CHAIN_SYNC_SECONDS", 3)  # outbox, deposits and stakes
+CHAIN_ANCHOR_EVERY_SECONDS = env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30)
+CHAIN_ANCHOR_MAX_LEAVES = env_int("CHAIN_ANCHOR_MAX_LEAVES", 1_000)
+# The market holds keys for users on the development chain so the API can stake and deposit for them. Never with
+# real money: refused without DEBUG.
+CHAIN_DEV_WALLETS = env_bool("CHAIN_DEV_WALLETS", DEBUG)
+if CHAIN_DEV_WALLETS and not DEBUG:
+    raise ImproperlyConfigured("CHAIN_DEV_WALLETS holds users' keys: development only (DJANGO_DEBUG=true)")
 
 # Orchestration. Who keeps the market's time (auction rounds, releases): "server" is a clock on the ASGI server's
 # event loop (the embedded profile, where the in-memory channel layer reaches only that process); "celery" is beat

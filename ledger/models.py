@@ -31,9 +31,12 @@ class Account(models.Model):
         PLATFORM_FEES = "platform_fees", "platform: fees collected"
         CHALLENGE_BONDS = "challenge_bonds", "platform: challenge bonds held"
         MINT = "mint", "platform: the issuer (minus everything minted)"
+        BRIDGE = "bridge", "platform: the chain bridge (minus deposits credited, plus withdrawals debited)"
 
     # Kinds that belong to the platform (owner null), one account each.
-    PLATFORM_KINDS = frozenset({Kind.PLATFORM_FEES, Kind.CHALLENGE_BONDS, Kind.MINT})
+    PLATFORM_KINDS = frozenset({Kind.PLATFORM_FEES, Kind.CHALLENGE_BONDS, Kind.MINT, Kind.BRIDGE})
+    # Kinds whose balance may be negative: the issuer, and the bridge, through which tokens enter and leave.
+    SIGNED_KINDS = frozenset({Kind.MINT, Kind.BRIDGE})
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -57,16 +60,18 @@ class Account(models.Model):
                 fields=["kind"], condition=Q(owner__isnull=True), name="ledger_account_platform_kind_uniq"
             ),
             models.CheckConstraint(
-                condition=Q(owner__isnull=True, kind__in=["platform_fees", "challenge_bonds", "mint"])
+                condition=Q(owner__isnull=True, kind__in=["platform_fees", "challenge_bonds", "mint", "bridge"])
                 | Q(
                     owner__isnull=False,
                     kind__in=["user_available", "user_escrow", "provider_pending", "provider_available", "stake"],
                 ),
                 name="ledger_account_owner_matches_kind",
             ),
-            # A backstop for the service's own check: only the issuer may be negative, and never positive.
+            # A backstop for the service's own check: only the issuer (never positive) and the bridge may be negative.
             models.CheckConstraint(
-                condition=Q(kind="mint", balance__lte=0) | (~Q(kind="mint") & Q(balance__gte=0)),
+                condition=Q(kind="mint", balance__lte=0)
+                | Q(kind="bridge")
+                | (~Q(kind__in=["mint", "bridge"]) & Q(balance__gte=0)),
                 name="ledger_account_balance_sign",
             ),
         ]
@@ -130,6 +135,9 @@ class Transaction(AppendOnlyModel):
         CHALLENGE_BOND = "challenge_bond", "challenge bond"
         SLASH = "slash", "slash"
         REVERSAL = "reversal", "reversal after fraud"
+        DEPOSIT = "deposit", "deposit from the chain"
+        WITHDRAWAL = "withdrawal", "withdrawal to the chain"
+        WITHDRAWAL_RETURN = "withdrawal_return", "a withdrawal the chain refused, returned"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     idempotency_key = models.CharField(max_length=200, unique=True)
@@ -198,3 +206,29 @@ class PendingRelease(models.Model):
     def __str__(self) -> str:
         state = "released" if self.released_at else ("held" if self.on_hold else "pending")
         return f"{self.amount} to {self.provider_id} for {self.job_ref} ({state})"
+
+
+# The chain bridge's models live beside its code; importing them here registers them with the ledger app.
+from ledger.chain.models import (  # noqa: E402
+    ChainCursor,
+    ChainDeployment,
+    ChainDeposit,
+    ChainOp,
+    SettlementBatch,
+    SettlementLeaf,
+    Wallet,
+)
+
+__all__ = [
+    "Account",
+    "ChainCursor",
+    "ChainDeployment",
+    "ChainDeposit",
+    "ChainOp",
+    "Entry",
+    "PendingRelease",
+    "SettlementBatch",
+    "SettlementLeaf",
+    "Transaction",
+    "Wallet",
+]

@@ -22,3 +22,23 @@ from ledger import services
 def release_due_earnings(limit: int = 1000) -> int:
     """Release providers' earnings whose challenge window has closed. Returns how many were released."""
     return services.release_due_earnings(now=timezone.now(), limit=limit)
+
+
+@app.task(name="ledger.chain_sync", autoretry_for=(OperationalError, InterfaceError), retry_backoff=True, max_retries=3)  # type: ignore[untyped-decorator]
+def chain_sync() -> dict[str, object]:
+    """Send the outbox's queued transactions, credit new deposits, refresh stakes (nothing without a chain). A
+    chain that is down is reported in the result, not raised: the next beat tries again."""
+    from ledger.services import chain
+
+    return chain.chain_sync()
+
+
+@app.task(
+    name="ledger.chain_anchor", autoretry_for=(OperationalError, InterfaceError), retry_backoff=True, max_retries=3
+)  # type: ignore[untyped-decorator]
+def chain_anchor() -> int | None:
+    """Put settlements not anchored yet into the next batch and queue its anchor; the batch id or None."""
+    from ledger.services import anchoring
+
+    batch = anchoring.anchor_pending()
+    return batch.batch_id if batch else None

@@ -36,6 +36,8 @@ def start() -> None:
         return
     _LOOP, _WAKE = loop, asyncio.Event()
     _TASK = loop.create_task(_run(_WAKE))
+    if settings.CHAIN_RPC_URL:
+        loop.create_task(_chain())
 
 
 def nudge() -> None:
@@ -46,6 +48,26 @@ def nudge() -> None:
         log.debug("no market clock in this process; the server's next round will see the book")
         return
     loop.call_soon_threadsafe(wake.set)
+
+
+async def _chain() -> None:
+    """The bridge's beat: every CHAIN_SYNC_SECONDS send queued operator transactions, credit deposits and refresh
+    stakes; every CHAIN_ANCHOR_EVERY_SECONDS anchor a batch of settlements. In a thread: it is I/O and database work."""
+    from ledger.services import anchoring
+    from ledger.services import chain as chain_services
+
+    sync = sync_to_async(chain_services.chain_sync, thread_sensitive=False)
+    anchor = sync_to_async(anchoring.anchor_pending, thread_sensitive=False)
+    anchored_at = time.monotonic()
+    while True:
+        await asyncio.sleep(settings.CHAIN_SYNC_SECONDS)
+        try:
+            if time.monotonic() - anchored_at > settings.CHAIN_ANCHOR_EVERY_SECONDS:
+                anchored_at = time.monotonic()
+                await anchor()
+            await sync()
+        except Exception:  # the clock must outlive one bad pass (a chain that is down is reported, not raised)
+            log.exception("chain sync failed")
 
 
 async def _run(wake: asyncio.Event) -> None:

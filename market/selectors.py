@@ -17,6 +17,7 @@ from inference.config import parse_plan
 from inference.generate import LocalChain
 from inference.runtime import ShardRuntime
 from inference.tokenizer import ChatTokenizer
+from ledger.chain import selectors as chain_selectors
 from market.auction.pricing import platform_ask
 from market.models import Assignment, Job, LanguageModel, Provider, Shard
 
@@ -87,10 +88,11 @@ def providers_online() -> QuerySet[Provider]:
 
 
 def providers_free(*, exclude: set[int]) -> list[Provider]:
-    """Online providers with a free slot, fastest benchmark first (not yet benchmarked last), then most reliable."""
+    """Online providers with a free slot whose owner's stake may take work (ledger.chain: with a chain, a fresh read
+    at or above the minimum), fastest benchmark first (not yet benchmarked last), then most reliable."""
     return list(
         providers_online()
-        .filter(busy_slots__lt=F("slots"))
+        .filter(chain_selectors.staked_users_q(), busy_slots__lt=F("slots"))
         .exclude(pk__in=exclude)
         .order_by(F("ns_per_layer_token").asc(nulls_last=True), "-reliability_permille", "pk")
     )

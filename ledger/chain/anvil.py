@@ -132,4 +132,3 @@ def increase_time(url: str, seconds: int) -> None:
     """Move the dev chain's clock forward and mine a block at the new time."""
     rpc(url, "evm_increaseTime", seconds)
     rpc(url, "evm_mine")
-

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 
 from ledger.errors import OperatorOnly
 from ledger.models import Transaction
+from ledger.services import chain as chain_services
 from ledger.services.posting import Kind, TxKind, account_for, amount_arg, post_lines, text_arg, user_arg
 
 
@@ -25,7 +27,12 @@ def mint_as_system(*, to_user: User, amount: int, key: str, memo: str = "") -> T
     key = "mint:" + text_arg("key", key, max_length=180)
     issuer = account_for(owner=None, kind=Kind.MINT)
     available = account_for(owner=to_user, kind=Kind.USER_AVAILABLE)
-    return post_lines(kind=TxKind.MINT, key=key, lines={issuer.pk: -amount, available.pk: amount}, memo=memo)
+    with transaction.atomic():
+        tx = post_lines(kind=TxKind.MINT, key=key, lines={issuer.pk: -amount, available.pk: amount}, memo=memo)
+        # With a chain, every base unit the ledger holds is a token in the vault: queue the vault's issue of these
+        # (in this transaction, so a crash cannot leave the mint unbacked).
+        chain_services.issue_backing(mint_tx=tx, amount=amount)
+    return tx
 
 
 def grant_signup_bonus(*, user: User) -> Transaction | None:

@@ -1,0 +1,84 @@
+"""The market's one connection to its chain: settings in, a `Chain` with the contracts' addresses out.
+
+`connect()` finds the contracts this database recorded for the node's chain id and checks their code is there; a
+chain that lacks them (a fresh node) gets them deployed and recorded, so a second start reuses them (idempotent
+deployment). It returns None when no chain is configured (CHAIN_RPC_URL empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+from django.db import transaction
+from eth_account import Account
+
+from ledger.chain.client import Addresses, Chain, StakingParams
+from ledger.chain.models import ChainCursor, ChainDeployment
+
+log = logging.getLogger(__name__)
+_NAMES = {"token": "MarketToken", "vault": "MarketVault", "staking": "Staking", "anchor": "SettlementAnchor"}
+_lock = threading.Lock()
+_cached: dict[str, Chain] = {}
+
+
+def enabled() -> bool:
+    return bool(settings.CHAIN_RPC_URL)
+
+
+def staking_params() -> StakingParams:
+    treasury = settings.CHAIN_TREASURY or Account.from_key(settings.CHAIN_OPERATOR_KEY).address
+    return StakingParams(
+        treasury=treasury,
+        unbonding_period=settings.CHAIN_UNBONDING_SECONDS,
+        min_stake=settings.CHAIN_MIN_STAKE,
+        challenger_share_bps=settings.CHAIN_CHALLENGER_SHARE_BPS,
+    )
+
+
+def connect() -> Chain | None:
+    """The chain with the market's contracts (deployed on first use), or None without CHAIN_RPC_URL.
+    ChainUnavailable when the node does not answer."""
+    if not enabled():
+        return None
+    url = settings.CHAIN_RPC_URL
+    with _lock:
+        chain = _cached.get(url)
+        if chain is None:
+            chain = Chain(url, settings.CHAIN_OPERATOR_KEY)
+        if chain.addresses is None:
+            chain.addresses = _ensure_deployed(chain)
+            _cached[url] = chain
+        return chain
+
+
+def forget() -> None:
+    """Drop the cached connection (tests that restart or replace the node)."""
+    with _lock:
+        _cached.clear()
+
+
+def _ensure_deployed(chain: Chain) -> Addresses:
+    chain_id = chain.chain_id()
+    recorded = dict(ChainDeployment.objects.filter(chain_id=chain_id).values_list("name", "address"))
+    if set(recorded) == set(_NAMES.values()) and all(chain.has_code(recorded[n], n) for n in _NAMES.values()):
+        return Addresses(**{field: recorded[name] for field, name in _NAMES.items()})
+    if recorded:
+        log.warning("chain %s lacks the contracts recorded for it (a fresh node?): deploying them again", chain_id)
+    addresses = chain.deploy_market(staking_params())
+    with transaction.atomic():
+        ChainDeployment.objects.filter(chain_id=chain_id).delete()
+        ChainDeployment.objects.bulk_create(
+            ChainDeployment(chain_id=chain_id, name=name, address=getattr(addresses, field))
+            for field, name in _NAMES.items()
+        )
+        # A new chain: its nonces and logs start afresh.
+        ChainCursor.objects.filter(name__startswith=f"{chain_id}:").delete()
+    log.info("deployed the market's contracts on chain %s: %s", chain_id, addresses.as_dict())
+    return addresses
+
+
+def cursor_name(chain: Chain, what: str) -> str:
+    """A cursor's name, scoped to the chain id and (for per-contract cursors) the address."""
+    return f"{chain.chain_id()}:{what}"

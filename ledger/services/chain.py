@@ -1,0 +1,357 @@
+"""Writes that cross between the ledger and the chain: wallets, deposits, withdrawals, stakes, slashes, anchors.
+
+Money moves on the chain only through the outbox (ledger/chain/outbox.py), queued in the same database transaction
+as the ledger posting it belongs to. Users' own chain actions (stake, unbond, deposit) are theirs to sign; on the
+development chain the market holds a key per user (a dev wallet) and signs them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from eth_account import Account as EthAccount
+from eth_account.messages import encode_defunct
+from eth_utils import is_address, to_checksum_address
+
+from config.errors import Conflict, InvalidInput
+from ledger.chain import bridge, outbox
+from ledger.chain.client import Chain
+from ledger.chain.errors import ChainError, chain_errors
+from ledger.chain.models import ChainCursor, ChainDeposit, ChainOp, Wallet
+from ledger.errors import InsufficientFunds
+from ledger.models import Transaction
+from ledger.services.posting import (
+    MAX_AMOUNT,
+    Kind,
+    TxKind,
+    accounts_for,
+    amount_arg,
+    lock_accounts,
+    post_lines,
+    replay,
+    user_arg,
+)
+
+log = logging.getLogger(__name__)
+_INT64_MAX = 2**63 - 1
+LOG_CHUNK_BLOCKS = 2_000
+
+
+def _require_chain() -> Chain:
+    chain = bridge.connect()
+    if chain is None:
+        raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
+    return chain
+
+
+def address_arg(name: str, value: object) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise InvalidInput(f"{name} must be an Ethereum address (0x and 40 hex digits), got {value!r}")
+    return to_checksum_address(value)
+
+
+# --- wallets ------------------------------------------------------------------------------------------------------
+
+
+def wallet_for(*, user: User) -> Wallet:
+    """The user's wallet row (its deposit reference), created on first use without an address."""
+    user = user_arg("user", user)
+    wallet, _ = Wallet.objects.get_or_create(user=user, defaults={"deposit_ref": "0x" + secrets.token_hex(32)})
+    return wallet
+
+
+def wallet_dev_create(*, user: User) -> Wallet:
+    """Give the user a development wallet whose key the market holds (CHAIN_DEV_WALLETS only), with gas money on
+    the dev chain. Idempotent: a user with a dev wallet keeps it."""
+    if not settings.CHAIN_DEV_WALLETS:
+        raise Conflict("dev wallets are off on this market: link your own address", code="dev_wallets_off")
+    chain = _require_chain()
+    wallet = wallet_for(user=user)
+    if not wallet.dev_key:
+        if wallet.address:
+            raise Conflict("this account already linked its own address", code="wallet_linked")
+        account = EthAccount.create()
+        Wallet.objects.filter(pk=wallet.pk, dev_key="").update(address=account.address, dev_key=account.key.hex())
+        wallet.refresh_from_db()
+    _dev_gas(chain, wallet.address or "")
+    return wallet
+
+
+def _dev_gas(chain: Chain, address: str) -> None:
+    """Top a dev wallet's ether up for gas (Anvil's anvil_setBalance: development chains only)."""
+    with chain_errors():
+        if chain.w3.eth.get_balance(to_checksum_address(address)) < 10**17:
+            chain.w3.provider.make_request("anvil_setBalance", [address, hex(10**18)])  # type: ignore[arg-type]
+
+
+def link_message(*, user: User, address: str) -> str:
+    return f"compute-market: link {to_checksum_address(address)} to account {user.pk}"
+
+
+def wallet_link(*, user: User, address: str, signature: str) -> Wallet:
+    """Link an address the user controls: `signature` is its EIP-191 signature of `link_message`."""
+    address = address_arg("address", address)
+    try:
+        signer = EthAccount.recover_message(
+            encode_defunct(text=link_message(user=user, address=address)), signature=signature
+        )
+    except Exception as exc:  # eth_account raises several kinds for a malformed signature
+        raise InvalidInput(f"signature is not a valid signature: {exc}") from exc
+    if to_checksum_address(signer) != address:
+        raise InvalidInput("the signature was not made by that address")
+    wallet = wallet_for(user=user)
+    if wallet.dev_key:
+        raise Conflict("this account has a dev wallet", code="wallet_linked")
+    try:
+        Wallet.objects.filter(pk=wallet.pk).update(address=address)
+    except IntegrityError as exc:
+        raise Conflict("that address is linked to another account", code="wallet_taken") from exc
+    wallet.refresh_from_db()
+    return wallet
+
+
+def _dev_signer(user: User) -> tuple[Chain, Wallet, object]:
+    chain = _require_chain()
+    wallet = wallet_for(user=user)
+    if not wallet.dev_key:
+        raise Conflict("this account has no dev wallet: sign from your own wallet", code="no_dev_wallet")
+    _dev_gas(chain, wallet.address or "")
+    return chain, wallet, EthAccount.from_key(wallet.dev_key)
+
+
+def token_balance(chain: Chain, address: str) -> int:
+    return int(chain.call(chain.token.functions.balanceOf(to_checksum_address(address))))
+
+
+# --- stakes -------------------------------------------------------------------------------------------------------
+
+
+def stake_dev(*, user: User, amount: int) -> Wallet:
+    """Stake `amount` base units from the user's dev wallet (it must hold them on chain: withdraw to it first)."""
+    amount = amount_arg("amount", amount)
+    chain, wallet, key = _dev_signer(user)
+    held = token_balance(chain, wallet.address or "")
+    if held < amount:
+        raise InsufficientFunds(f"the wallet holds {held} base units on chain; {amount} are needed (withdraw first)")
+    chain.transact(chain.token.functions.approve(chain.staking.address, amount), key=key)  # type: ignore[arg-type]
+    chain.transact(chain.staking.functions.stake(amount), key=key)  # type: ignore[arg-type]
+    return stakes_refresh(addresses=[wallet.address or ""])[0]
+
+
+def unbond_dev(*, user: User, amount: int) -> Wallet:
+    """Start unbonding `amount` of the dev wallet's active stake."""
+    amount = amount_arg("amount", amount)
+    chain, wallet, key = _dev_signer(user)
+    chain.transact(chain.staking.functions.requestUnbond(amount), key=key)  # type: ignore[arg-type]
+    return stakes_refresh(addresses=[wallet.address or ""])[0]
+
+
+def unbonded_withdraw_dev(*, user: User) -> Wallet:
+    """Withdraw the dev wallet's unbonded stake to the wallet (after the unbonding period)."""
+    chain, wallet, key = _dev_signer(user)
+    chain.transact(chain.staking.functions.withdraw(), key=key)  # type: ignore[arg-type]
+    return stakes_refresh(addresses=[wallet.address or ""])[0]
+
+
+def stakes_refresh(*, addresses: Iterable[str] | None = None) -> list[Wallet]:
+    """Read the stakes of these wallets (all wallets with an address when None) from the chain into the mirror.
+    ChainUnavailable when the node does not answer: the mirror keeps its old read time and goes stale."""
+    chain = _require_chain()
+    wallets = Wallet.objects.exclude(address=None)
+    if addresses is not None:
+        wallets = wallets.filter(address__in=[to_checksum_address(a) for a in addresses])
+    now = timezone.now()
+    refreshed = []
+    for wallet in wallets:
+        active, unbonding, release_at, slashed = chain.call(chain.staking.functions.stakeOf(wallet.address))
+        fields = {
+            "stake_active": min(int(active), _INT64_MAX),
+            "stake_unbonding": min(int(unbonding), _INT64_MAX),
+            "unbond_release_at": datetime.fromtimestamp(int(release_at), tz=UTC) if release_at else None,
+            "stake_slashed": min(int(slashed), _INT64_MAX),
+            "stake_read_at": now,
+        }
+        Wallet.objects.filter(pk=wallet.pk).update(**fields)
+        wallet.refresh_from_db()
+        refreshed.append(wallet)
+    min_stake = int(chain.call(chain.staking.functions.minStake()))
+    ChainCursor.objects.update_or_create(name="staking:min_stake", defaults={"value": min(min_stake, _INT64_MAX)})
+    return refreshed
+
+
+def stakes_refresh_quietly(*, addresses: Iterable[str] | None = None) -> None:
+    try:
+        stakes_refresh(addresses=addresses)
+    except ChainError as exc:
+        log.warning("stake refresh failed: %s", exc)
+
+
+def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger: str | None = None) -> ChainOp:
+    """Queue a slash of `provider`'s stake for the fraud `evidence_hash` (bytes32 hex) proves, with the challenger's
+    share to `challenger` (an address, or None: all to the treasury). Once per evidence hash. For the verifier."""
+    provider = user_arg("provider", provider)
+    amount = amount_arg("amount", amount)
+    if not isinstance(evidence_hash, str) or len(evidence_hash) != 66 or not evidence_hash.startswith("0x"):
+        raise InvalidInput("evidence_hash must be 32 bytes as 0x and 64 hex digits")
+    wallet = Wallet.objects.filter(user=provider).exclude(address=None).first()
+    if wallet is None:
+        raise Conflict(f"provider {provider.pk} has no wallet on chain: nothing to slash", code="no_wallet")
+    args = {
+        "provider": wallet.address,
+        "amount": str(amount),
+        "evidence_hash": evidence_hash.lower(),
+        "challenger": address_arg("challenger", challenger) if challenger else "",
+    }
+    with transaction.atomic():
+        return outbox.enqueue(kind=ChainOp.Kind.SLASH, key=f"slash:{evidence_hash.lower()}", args=args, user=provider)
+
+
+# --- issuance, deposits, withdrawals ------------------------------------------------------------------------------
+
+
+def issue_backing(*, mint_tx: Transaction, amount: int) -> ChainOp | None:
+    """Queue the vault's issue of `amount` tokens behind a ledger mint (call in the mint's atomic block)."""
+    if not bridge.enabled():
+        return None
+    args = {"amount": str(amount), "mint_tx": mint_tx.pk}
+    return outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=f"issue:{mint_tx.idempotency_key}", args=args)
+
+
+def deposit_dev(*, user: User, amount: int) -> str:
+    """Deposit `amount` base units from the user's dev wallet into the vault under its deposit reference; the
+    watcher credits it once mined. Returns the transaction hash."""
+    amount = amount_arg("amount", amount)
+    chain, wallet, key = _dev_signer(user)
+    held = token_balance(chain, wallet.address or "")
+    if held < amount:
+        raise InsufficientFunds(f"the wallet holds {held} base units on chain; {amount} are needed")
+    ref = bytes.fromhex(wallet.deposit_ref[2:])
+    chain.transact(chain.token.functions.approve(chain.vault.address, amount), key=key)  # type: ignore[arg-type]
+    receipt = chain.transact(chain.vault.functions.deposit(amount, ref), key=key)  # type: ignore[arg-type]
+    return "0x" + bytes(receipt["transactionHash"]).hex()
+
+
+def deposits_watch(*, confirmations: int = 0) -> int:
+    """Credit the vault's Deposited logs not credited yet, each once (key deposit:<tx hash>:<log index>). The
+    cursor (last block scanned) only saves work: a rescan credits nothing twice. Returns how many were credited."""
+    chain = _require_chain()
+    cursor, _ = ChainCursor.objects.get_or_create(name=bridge.cursor_name(chain, f"deposits:{chain.vault.address}"))
+    with chain_errors():
+        head = int(chain.w3.eth.block_number) - confirmations
+    credited = 0
+    start = cursor.value + 1 if cursor.value else 0
+    while start <= head:
+        end = min(start + LOG_CHUNK_BLOCKS - 1, head)
+        with chain_errors():
+            logs = chain.vault.events.Deposited().get_logs(from_block=start, to_block=end)
+        for entry in logs:
+            credited += deposit_credit(
+                tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
+                log_index=int(entry["logIndex"]),
+                block_number=int(entry["blockNumber"]),
+                sender=str(entry["args"]["from"]),
+                deposit_ref="0x" + bytes(entry["args"]["accountRef"]).hex(),
+                amount=int(entry["args"]["amount"]),
+            )
+        ChainCursor.objects.filter(pk=cursor.pk).update(value=end)
+        start = end + 1
+    return credited
+
+
+def deposit_credit(
+    *, tx_hash: str, log_index: int, block_number: int, sender: str, deposit_ref: str, amount: int
+) -> int:
+    """Credit one deposit log to the account its reference names, once. 1 if credited now, else 0 (credited
+    before, or an unknown reference: recorded for the operator, tokens held in the vault)."""
+    with transaction.atomic():
+        record, created = ChainDeposit.objects.get_or_create(
+            tx_hash=tx_hash,
+            log_index=log_index,
+            defaults={
+                "block_number": block_number,
+                "sender": sender,
+                "deposit_ref": deposit_ref,
+                "amount": min(amount, _INT64_MAX),
+            },
+        )
+        if record.credit_id is not None:
+            return 0
+        wallet = Wallet.objects.filter(deposit_ref=deposit_ref).select_related("user").first()
+        if wallet is None or not 0 < amount <= MAX_AMOUNT:
+            if created:
+                log.warning(
+                    "deposit %s:%s names unknown reference %s (or a bad amount)", tx_hash, log_index, deposit_ref
+                )
+            return 0
+        bridge_account, available = accounts_for((None, Kind.BRIDGE), (wallet.user, Kind.USER_AVAILABLE))
+        tx = post_lines(
+            kind=TxKind.DEPOSIT,
+            key=f"deposit:{tx_hash}:{log_index}",
+            lines={bridge_account.pk: -amount, available.pk: amount},
+            memo=f"deposit from {sender}",
+        )
+        ChainDeposit.objects.filter(pk=record.pk).update(user=wallet.user, credit=tx)
+    return 1
+
+
+def withdrawal_request(*, user: User, amount: int, to: str, key: str | None = None) -> ChainOp:
+    """Debit `amount` from the user's spendable balance (available, then released earnings) and queue its payment
+    from the vault to `to`, in one transaction. Idempotent per `key` (a client's retry pays once). Not enough:
+    InsufficientFunds and nothing changes. The chain pays it through the outbox; a refusal returns it."""
+    user = user_arg("user", user)
+    amount = amount_arg("amount", amount)
+    to = address_arg("to", to)
+    _require_chain()
+    key = f"withdraw:{user.pk}:{key or secrets.token_hex(16)}"
+    available, earnings, bridge_account = accounts_for(
+        (user, Kind.USER_AVAILABLE), (user, Kind.PROVIDER_AVAILABLE), (None, Kind.BRIDGE)
+    )
+    intent = {"kind": TxKind.WITHDRAWAL, "user": user.pk, "amount": amount, "to": to}
+    with transaction.atomic():
+        locked = lock_accounts([available.pk, earnings.pk, bridge_account.pk])
+        if replay(key=key, kind=TxKind.WITHDRAWAL, job_ref="", lines={}, intent=intent) is not None:
+            return ChainOp.objects.get(key=key)
+        from_available = min(locked[available.pk].balance, amount)
+        from_earnings = amount - from_available
+        if from_earnings > locked[earnings.pk].balance:
+            spendable = locked[available.pk].balance + locked[earnings.pk].balance
+            raise InsufficientFunds(f"a withdrawal of {amount} base units needs them spendable; you have {spendable}")
+        lines = {available.pk: -from_available, earnings.pk: -from_earnings, bridge_account.pk: amount}
+        lines = {pk: value for pk, value in lines.items() if value}
+        tx = post_lines(kind=TxKind.WITHDRAWAL, key=key, lines=lines, intent=intent, locked=locked, memo=f"to {to}")
+        args = {"to": to, "amount": str(amount), "ledger_tx": tx.pk}
+        return outbox.enqueue(kind=ChainOp.Kind.WITHDRAW, key=key, args=args, user=user)
+
+
+def withdrawal_return(*, op: ChainOp) -> Transaction:
+    """A withdrawal the vault refused goes back to the user's available balance, once."""
+    amount = int(op.args["amount"])
+    bridge_account, available = accounts_for((None, Kind.BRIDGE), (op.user, Kind.USER_AVAILABLE))
+    return post_lines(
+        kind=TxKind.WITHDRAWAL_RETURN,
+        key=f"withdraw-return:{op.key}",
+        lines={bridge_account.pk: -amount, available.pk: amount},
+        memo=f"withdrawal refused by the chain: {op.last_error[:200]}",
+    )
+
+
+def chain_sync() -> dict[str, object]:
+    """One pass of the bridge: send queued ops, credit deposits, refresh stakes. Each part survives the others'
+    failure (a chain that is down is reported, not raised)."""
+    report: dict[str, object] = {}
+    flushed = outbox.flush()
+    report["outbox"] = {"mined": len(flushed.mined), "failed": len(flushed.failed), "error": flushed.error}
+    for name, step in (("deposits", deposits_watch), ("stakes", lambda: len(stakes_refresh()))):
+        try:
+            report[name] = step()
+        except ChainError as exc:
+            report[name] = f"error: {exc}"
+            log.warning("chain sync (%s): %s", name, exc)
+    return report
