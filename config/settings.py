@@ -191,7 +191,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "market.clear_market": {"task": "market.clear_market", "schedule": float(env_int("AUCTION_EVERY_SECONDS", 2))},
     # The chain: send queued operator transactions, credit deposits, refresh stakes; anchor settlement batches.
     "ledger.chain_sync": {"task": "ledger.chain_sync", "schedule": float(env_int("CHAIN_SYNC_SECONDS", 3))},
-    "ledger.chain_anchor": {"task": "ledger.chain_anchor", "schedule": float(env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30))},
+    "ledger.chain_anchor": {
+        "task": "ledger.chain_anchor",
+        "schedule": float(env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30)),
+    },
 }
 
 # Ledger (amounts in integer base units). With CONTRIBUTE_TO_USE on, a new account starts with nothing and earns

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from config.errors import Conflict, InvalidInput, NotFound
 from ledger import selectors as ledger_selectors
+from ledger.chain import selectors as chain_selectors
 from ledger.models import PendingRelease
 from market import selectors, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
@@ -110,7 +111,24 @@ class JobCostApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 class AccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(responses=BalancesSerializer, summary="Your balances, in base units")
     def get(self, request: Request) -> Response:
-        return Response(BalancesSerializer(ledger_selectors.balances_of(user=request.user)).data)
+        balances = BalancesSerializer(ledger_selectors.balances_of(user=request.user)).data
+        return Response({**balances, "chain": chain_selectors.stake_view(user=request.user)})
+
+
+class JobProofApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="A settled job's settlement leaf, its Merkle proof and the anchor transaction, to check on chain",
+    )
+    def get(self, request: Request, job_id: int) -> Response:
+        job = selectors.job_for_buyer(buyer=request.user, job_id=job_id)
+        proof = chain_selectors.settlement_proof(job_ref=selectors.job_ref(job.pk))
+        if proof is None:
+            raise Conflict(
+                f"job {job.pk}'s settlement is not in an anchored batch yet (batches every few seconds)",
+                code="not_anchored",
+            )
+        return Response(proof)
 
 
 class MyCapacityApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints

@@ -8,8 +8,13 @@ The end-to-end tests' servers are separate processes with their own settings.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from ledger.chain.anvil import AnvilNode
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,3 +33,18 @@ def fresh_channel_layer() -> Iterator[None]:
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture
+def chain_node(tmp_path: Path, settings: Any) -> Iterator[AnvilNode]:
+    """A fresh Anvil from node_modules (its state kept in a file, so a restart keeps the chain) that the market's
+    settings point at, with a small minimum stake. The market deploys its contracts there on first use."""
+    from ledger.chain import bridge
+    from ledger.chain.anvil import AnvilNode
+
+    with AnvilNode(state=tmp_path / "anvil-state.json", log=tmp_path / "anvil.log") as node:
+        settings.CHAIN_RPC_URL = node.url
+        settings.CHAIN_MIN_STAKE = 1_000
+        bridge.forget()
+        yield node
+    bridge.forget()

@@ -4,13 +4,9 @@ the outbox. No mock of the chain: every test runs its own Anvil from node_module
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from django.contrib.auth.models import User
 from eth_account import Account as EthAccount
-from pytest_django.fixtures import Settings
 
 from ledger.errors import InsufficientFunds
 from ledger.chain import bridge, outbox
@@ -26,14 +22,8 @@ State = ChainOp.State
 
 
 @pytest.fixture
-def node(tmp_path: Path, settings: Settings) -> Iterator[AnvilNode]:
-    """A fresh Anvil (state kept in a file, so a restart keeps the chain) that the market's settings point at."""
-    with AnvilNode(state=tmp_path / "anvil-state.json", log=tmp_path / "anvil.log") as anvil:
-        settings.CHAIN_RPC_URL = anvil.url
-        settings.CHAIN_MIN_STAKE = 1_000
-        bridge.forget()
-        yield anvil
-    bridge.forget()
+def node(chain_node: AnvilNode) -> AnvilNode:
+    return chain_node
 
 
 def restart(node: AnvilNode) -> None:
@@ -114,9 +104,7 @@ def test_a_withdrawal_without_the_funds_changes_nothing(node: AnvilNode, make_us
     assert not ChainOp.objects.filter(kind=ChainOp.Kind.WITHDRAW).exists()
 
 
-def test_a_withdrawal_the_vault_refuses_returns_to_the_user(
-    node: AnvilNode, make_user: MakeUser, books: Books
-) -> None:
+def test_a_withdrawal_the_vault_refuses_returns_to_the_user(node: AnvilNode, make_user: MakeUser, books: Books) -> None:
     alice = make_user("alice", funds=3_000)
     outbox.flush()
     c = chain()
@@ -185,8 +173,12 @@ def test_stakes_are_mirrored_and_slashes_go_through_the_outbox(node: AnvilNode, 
     wallet = _staked(provider, 5_000)
     assert wallet.stake_active == 5_000 and wallet.stake_read_at is not None
     challenger = EthAccount.create().address
-    op = chain_services.slash_request(provider=provider, amount=2_000, evidence_hash="0x" + "ab" * 32, challenger=challenger)
-    again = chain_services.slash_request(provider=provider, amount=2_000, evidence_hash="0x" + "ab" * 32, challenger=challenger)
+    op = chain_services.slash_request(
+        provider=provider, amount=2_000, evidence_hash="0x" + "ab" * 32, challenger=challenger
+    )
+    again = chain_services.slash_request(
+        provider=provider, amount=2_000, evidence_hash="0x" + "ab" * 32, challenger=challenger
+    )
     assert again.pk == op.pk
     outbox.flush()
     op.refresh_from_db()

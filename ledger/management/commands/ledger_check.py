@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ledger.chain import bridge
+from ledger.chain.reconcile import Reconciliation, reconcile
 from ledger.models import Account, Transaction
 from ledger.selectors import Drift, ledger_drift
 
@@ -17,14 +19,34 @@ class Command(BaseCommand):
         "Exits 1 with a report when one of them does not hold."
     )
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--no-chain", action="store_true", help="Check the ledger alone even when a chain is configured."
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         drift = ledger_drift()
         if not drift.ok:
             raise CommandError(report(drift))
+        chain = None if options["no_chain"] else bridge.connect()
+        if chain is not None:
+            self._chain(reconcile(chain))
         self.stdout.write(
             self.style.SUCCESS(
                 f"ledger ok: {Account.objects.count()} accounts, {Transaction.objects.count()} transactions; "
                 f"balances sum to {drift.held} base units = minted {drift.minted}"
+            )
+        )
+
+    def _chain(self, r: Reconciliation) -> None:
+        if not r.ok:
+            raise CommandError("ledger and chain disagree:\n" + "\n".join(f"  {p}" for p in r.problems))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"chain ok: the vault holds {r.vault_balance} base units = ledger {r.ledger_held} "
+                f"+ withdrawals in flight {r.withdrawals_in_flight} - backing in flight {r.backing_in_flight} "
+                f"+ deposits not credited {r.deposits_uncredited}; issued {r.issued_on_chain}, "
+                f"paid out {r.withdrawn_on_chain}, deposited {r.deposited_on_chain}; {r.wallets_checked} stake(s) match"
             )
         )
 
