@@ -83,6 +83,8 @@ class AnvilNode:
         return argv
 
     def start(self, timeout: float = 30) -> AnvilNode:
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         until = time.monotonic() + timeout

@@ -73,10 +73,25 @@ def _ensure_deployed(chain: Chain) -> Addresses:
             ChainDeployment(chain_id=chain_id, name=name, address=getattr(addresses, field))
             for field, name in _NAMES.items()
         )
-        # A new chain: its nonces and logs start afresh.
+        # A new chain: its nonces and logs start afresh, transactions signed for the old one are signed again, and
+        # the vault is issued what the ledger holds (none of it is on this chain yet).
         ChainCursor.objects.filter(name__startswith=f"{chain_id}:").delete()
+        _backfill(addresses)
     log.info("deployed the market's contracts on chain %s: %s", chain_id, addresses.as_dict())
     return addresses
+
+
+def _backfill(addresses: Addresses) -> None:
+    from ledger.chain import outbox
+    from ledger.chain.models import ChainOp
+    from ledger.chain.reconcile import IN_FLIGHT, ledger_held, ops_total
+
+    ChainOp.objects.filter(state=ChainOp.State.SENT).update(
+        state=ChainOp.State.QUEUED, raw_tx="", tx_hash="", nonce=None
+    )
+    held = ledger_held() + ops_total(ChainOp.Kind.WITHDRAW, IN_FLIGHT) - ops_total(ChainOp.Kind.ISSUE, IN_FLIGHT)
+    if held > 0:
+        outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=f"issue:backfill:{addresses.vault}", args={"amount": str(held)})
 
 
 def cursor_name(chain: Chain, what: str) -> str:

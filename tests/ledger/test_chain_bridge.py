@@ -8,11 +8,11 @@ import pytest
 from django.contrib.auth.models import User
 from eth_account import Account as EthAccount
 
-from ledger.errors import InsufficientFunds
 from ledger.chain import bridge, outbox
 from ledger.chain.anvil import AnvilNode, rpc
 from ledger.chain.client import Chain
 from ledger.chain.models import ChainDeposit, ChainOp, Wallet
+from ledger.errors import InsufficientFunds
 from ledger.models import Account
 from ledger.services import chain as chain_services
 from tests.ledger.conftest import Books, MakeUser
@@ -188,3 +188,19 @@ def test_stakes_are_mirrored_and_slashes_go_through_the_outbox(node: AnvilNode, 
     assert (wallet.stake_active, wallet.stake_slashed) == (3_000, 2_000)
     c = chain()
     assert int(c.call(c.token.functions.balanceOf(challenger))) == 1_000  # 50 % to the challenger
+
+
+def test_a_ledger_that_predates_its_chain_is_backed_when_the_contracts_are_deployed(
+    node: AnvilNode, make_user: MakeUser, settings: object
+) -> None:
+    url = node.url
+    settings.CHAIN_RPC_URL = ""  # type: ignore[attr-defined]
+    make_user("early", funds=3_000)  # minted while the market ran without a chain: nothing queued
+    assert not ChainOp.objects.exists()
+    settings.CHAIN_RPC_URL = url  # type: ignore[attr-defined]
+    bridge.forget()
+    outbox.flush()
+    assert vault_balance() == 3_000
+    from ledger.chain.reconcile import reconcile
+
+    assert reconcile(chain()).ok

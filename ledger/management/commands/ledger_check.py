@@ -28,15 +28,15 @@ class Command(BaseCommand):
         drift = ledger_drift()
         if not drift.ok:
             raise CommandError(report(drift))
-        chain = None if options["no_chain"] else bridge.connect()
-        if chain is not None:
-            self._chain(reconcile(chain))
         self.stdout.write(
             self.style.SUCCESS(
                 f"ledger ok: {Account.objects.count()} accounts, {Transaction.objects.count()} transactions; "
                 f"balances sum to {drift.held} base units = minted {drift.minted}"
             )
         )
+        chain = None if options["no_chain"] else bridge.connect()
+        if chain is not None:
+            self._chain(reconcile(chain))
 
     def _chain(self, r: Reconciliation) -> None:
         if not r.ok:

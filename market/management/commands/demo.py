@@ -23,14 +23,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
+from ledger.chain import bridge
+from ledger.chain import selectors as chain_selectors
+from ledger.services import anchoring
 from market import selectors, services
 from market.localstack import LocalMarket, free_port
+from market.management.commands._chain import flush_until_done, stake, start_chain
 from market.management.commands._common import SAMPLE_CHAT, import_with_progress, shard_table
 
 DEMO_PLAN = "0-10,10-20,20-30"
 
 
 DEMO_BUYER_FUNDS = 1_000_000  # base units the buyer holds before the sample bid (topped up when short)
+DEMO_STAKE = 2_000_000  # base units the demo providers' account stakes (the market's minimum is CHAIN_MIN_STAKE)
 
 
 def _token(username: str) -> str:
@@ -69,13 +74,28 @@ class Command(BaseCommand):
         self.stdout.write(
             f"\nShards of {report.model}:\n{shard_table(selectors.shard_chain(model=report.model, plan=DEMO_PLAN))}\n"
         )
-        buyer, provider = _token("demo-buyer"), _token("demo-provider")
-        self.stdout.write(f"Buyer demo-buyer holds {_fund('demo-buyer'):,} base units.\n")
-        port = options["port"] if _port_free(options["port"]) else free_port()
         work = Path(settings.VAR_DIR) / "demo"
-        # A TERM (a supervisor, `timeout`) unwinds like Ctrl-C, so the server and providers are stopped with us.
+        # A TERM (a supervisor, `timeout`) unwinds like Ctrl-C, so the chain, server and providers stop with us.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        with LocalMarket(env={}, logs=work / "logs", port=port) as market:
+        node, chain = start_chain(work)
+        with contextlib.ExitStack() as stack:
+            stack.callback(node.stop)
+            self.stdout.write(
+                f"Chain: Anvil at {node.url}, contracts {chain.addresses.as_dict() if chain.addresses else {}}"
+            )
+            self._serve(work, options)
+
+    def _serve(self, work: Path, options: dict[str, Any]) -> None:
+        buyer, provider = _token("demo-buyer"), _token("demo-provider")
+        self.stdout.write(f"Buyer demo-buyer holds {_fund('demo-buyer'):,} base units.")
+        wallet = stake("demo-provider", DEMO_STAKE)
+        self.stdout.write(
+            f"Providers' account demo-provider staked {wallet.stake_active:,} base units on chain from "
+            f"{wallet.address} "
+            f"(minimum {chain_selectors.min_stake():,}).\n"
+        )
+        port = options["port"] if _port_free(options["port"]) else free_port()
+        with LocalMarket(env={"CHAIN_RPC_URL": settings.CHAIN_RPC_URL}, logs=work / "logs", port=port) as market:
             self.stdout.write(f"Starting the server on {market.url} and {options['providers']} providers …")
             market.start_server()
             for index in range(1, options["providers"] + 1):
@@ -84,6 +104,7 @@ class Command(BaseCommand):
             self._providers(market, provider)
             self._sample(market, buyer, options)
             self._money(market, buyer, provider)
+            self._anchor(market, buyer)
             if options["once"]:
                 return
             self.stdout.write(
@@ -101,6 +122,36 @@ class Command(BaseCommand):
                 f"  {p['name']:<20} {p['backend']:<5} {p['ns_per_layer_token'] / 1e6:7.3f} ms/layer-token"
                 f"   ask {p['ask']} base units/layer-token"
             )
+
+    def _anchor(self, market: LocalMarket, buyer: str) -> None:
+        """Anchor the sample's settlement on chain now (the server would within CHAIN_ANCHOR_EVERY_SECONDS), fetch its
+        proof as the buyer would, check it with the contract, and check the ledger against the chain."""
+        anchoring.anchor_pending()
+        flush_until_done()
+        _, jobs = market.api("GET", "/api/jobs/", token=buyer)
+        status, proof = market.api("GET", f"/api/jobs/{jobs[0]['id']}/proof/", token=buyer)
+        if status != 200:
+            raise CommandError(f"no settlement proof for job {jobs[0]['id']}: {proof}")
+        chain = bridge.connect()
+        assert chain is not None
+        job_ref, escrow, paid, fee, refund, payouts = proof["values"]
+        checked = chain.call(
+            chain.anchor.functions.verifySettlement(
+                proof["batch_id"],
+                [bytes.fromhex(p[2:]) for p in proof["proof"]],
+                job_ref,
+                escrow,
+                paid,
+                fee,
+                refund,
+                bytes.fromhex(payouts[2:]),
+            )
+        )
+        self.stdout.write(
+            f"Anchored: settlement batch {proof['batch_id']} ({proof['count']} job(s), root {proof['root'][:18]}…) "
+            f"in transaction {proof['anchor_tx'][:18]}…; the contract checks job {jobs[0]['id']}'s proof: {checked}."
+        )
+        self.stdout.write(market.manage("ledger_check"))
 
     def _money(self, market: LocalMarket, buyer: str, provider: str) -> None:
         """The job's settlement as the buyer and the provider see it through the API."""
