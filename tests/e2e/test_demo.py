@@ -19,6 +19,9 @@ SETTLED = re.compile(
 HOP = re.compile(r"hop (\d)\s+smollm2-135m:q4:(\S+)\s+on (\S+)\s+steps 0-(\d+)\s+done")
 LINE = re.compile(r"hop (\d)\s+([\d,]+) layer-tokens x (\d+) =\s+([\d,]+)\s+\((\S+) receives ([\d,]+)\)")
 LEFT = re.compile(r"Buyer available now ([\d,]+); provider earnings pending ([\d,]+)")
+STAKED = re.compile(r"demo-provider staked ([\d,]+) base units on chain from (0x[0-9a-fA-F]{40}) \(minimum ([\d,]+)\)")
+ANCHORED = re.compile(r"Anchored: settlement batch (\d+) .* the contract checks job (\d+)'s proof: (True|False)\.")
+CHAIN_OK = re.compile(r"chain ok: the vault holds (\d+) base units = ledger (\d+) ")
 
 
 def number(text: str) -> int:
@@ -63,3 +66,13 @@ def test_the_demo_serves_the_sample_job_end_to_end_and_its_settlement_adds_up(tm
     assert left is not None, out
     # The demo tops its buyer up to 1,000,000 base units before the bid; the providers' earnings wait out the window.
     assert number(left[1]) == 1_000_000 - paid and number(left[2]) == sum(receipts)
+
+    # The providers staked on the chain before they took work; the settlement was anchored there, its proof checks
+    # with the contract, and the ledger and the chain agree to the base unit after the run.
+    staked = STAKED.search(out)
+    assert staked is not None and number(staked[1]) >= number(staked[3]) > 0, out
+    anchored = ANCHORED.search(out)
+    assert anchored is not None and anchored[3] == "True", out
+    chain_ok = CHAIN_OK.search(out)
+    assert chain_ok is not None and chain_ok[1] == chain_ok[2], out
+    assert "ledger ok:" in out
