@@ -48,6 +48,7 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "ortBase": static("onnxruntime-web/"),
         "workerUrl": static("worker_web/provider-worker.js"),
         "earningsUrl": reverse("api-provider-earnings"),
+        "chainUrl": reverse("api-account-chain"),
         "benchmarkShard": selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }

@@ -202,6 +202,8 @@ def test_the_page_benchmarks_on_request_and_clears_its_cache(market: Any, tab: B
     assert total > 0, "the tab served settled jobs: dave has earned something"
     tab.page.wait_for_function(f"document.getElementById('stat-earned').dataset.total === '{total}'", timeout=15_000)
     assert tab.text("stat-earned").startswith(f"{total:,} base units")
+    # This market runs without a chain: the page says no stake is needed (from /api/account/chain/).
+    tab.page.wait_for_function("document.getElementById('stat-stake').textContent.includes('without a chain')")
     tab.page.click("#clear-cache")
     tab.page.wait_for_function("document.getElementById('cache-list').textContent === 'none'")
     tab.reload()

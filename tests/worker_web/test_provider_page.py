@@ -86,6 +86,7 @@ def test_signed_in_provider_gets_the_page_cross_origin_isolated() -> None:
     assert b"nothing to benchmark" in response.content
     assert b"Tokens earned" in response.content
     assert config["earningsUrl"] == "/api/provider/earnings/"  # the page reads earnings from the ledger only
+    assert config["chainUrl"] == "/api/account/chain/"  # and its stake and pending chain operations from the API
 
 
 def test_issue_token_password_lets_the_user_sign_in_on_the_tab() -> None:

@@ -138,6 +138,34 @@ async function refreshEarnings() {
 refreshEarnings();
 setInterval(refreshEarnings, 5000);
 
+// The stake and pending chain operations, as the market's API shows them (GET /api/account/chain/).
+function stakeText(c) {
+  const units = (n) => n.toLocaleString("en");
+  if (!c.enabled) return "this market runs without a chain: no stake needed";
+  if (!c.address) return `no wallet yet (minimum stake ${units(c.min_stake)} base units)`;
+  let text = `${units(c.stake)} base units staked (minimum ${units(c.min_stake)})`;
+  if (c.unbonding) text += `, ${units(c.unbonding)} unbonding until ${new Date(c.unbond_release_at).toLocaleString()}`;
+  if (c.slashed) text += `, ${units(c.slashed)} slashed`;
+  if (!c.stake_fresh) return `${text}: could not be read from the chain lately, not placed`;
+  return `${text}: ${c.can_take_work ? "can take work" : "below the minimum, not placed"}`;
+}
+async function refreshChain() {
+  try {
+    const response = await fetch(config.chainUrl, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const c = await response.json();
+    $("stat-stake").textContent = stakeText(c);
+    $("stat-chain-ops").textContent = c.pending_ops.length === 0
+      ? "none pending"
+      : c.pending_ops.map((op) => `${op.kind} ${op.amount.toLocaleString("en")} ${op.state}` +
+          (op.last_error ? ` (${op.last_error})` : "")).join("; ");
+  } catch {
+    // Offline for a moment: the last figure stays until the next try.
+  }
+}
+refreshChain();
+setInterval(refreshChain, 5000);
+
 // For bench/browser.py and the tests: the same worker, reached from outside the page.
 window.providerTab = { call, ready: null };
 window.providerTab.ready = guarded(() => call("init", config)).then(() => {
