@@ -147,7 +147,7 @@ class Chain:
         with chain_errors():
             if wait:
                 try:
-                    return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait, poll_latency=0.05)
+                    return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait, poll_latency=0.01)
                 except Exception as exc:
                     if type(exc).__name__ == "TimeExhausted":
                         return None

@@ -113,7 +113,7 @@ def anchor_problems(chain: Chain | None) -> tuple[int, list[str]]:
     from ledger.services.anchoring import settlement_values, values_leaf
 
     problems: list[str] = []
-    batches = SettlementBatch.objects.select_related("op").prefetch_related("leaves__settlement")
+    batches = SettlementBatch.objects.select_related("op").prefetch_related("leaves__settlement__entries__account")
     for batch in batches:
         leaves = []
         for leaf in batch.leaves.all():

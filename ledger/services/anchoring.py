@@ -28,7 +28,7 @@ def settlement_values(tx: Transaction) -> list[Any]:
     payoutsHash = keccak256(abi.encode(uint256[] provider user ids ascending, uint256[] their earnings))."""
     escrow = providers = fee = refund = 0
     payouts: dict[int, int] = {}
-    for entry in tx.entries.select_related("account"):
+    for entry in tx.entries.all():  # prefetched with their accounts by anchor_pending
         kind, amount = entry.account.kind, entry.amount
         if kind == Kind.USER_ESCROW:
             escrow -= amount
@@ -60,11 +60,8 @@ def anchor_pending(*, max_leaves: int | None = None) -> SettlementBatch | None:
     with transaction.atomic():
         counter, _ = ChainCursor.objects.get_or_create(name="anchor:next_batch")
         counter = ChainCursor.objects.select_for_update().get(pk=counter.pk)
-        pending = list(
-            Transaction.objects.filter(kind=Transaction.Kind.SETTLEMENT, anchor_leaf__isnull=True).order_by("pk")[
-                :limit
-            ]
-        )
+        unanchored = Transaction.objects.filter(kind=Transaction.Kind.SETTLEMENT, anchor_leaf__isnull=True)
+        pending = list(unanchored.order_by("pk").prefetch_related("entries__account")[:limit])
         if not pending:
             return None
         values = [settlement_values(tx) for tx in pending]
