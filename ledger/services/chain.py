@@ -347,6 +347,8 @@ def chain_sync() -> dict[str, object]:
     """One pass of the bridge: send queued ops, credit deposits, refresh stakes. Each part survives the others'
     failure (a chain that is down is reported, not raised)."""
     report: dict[str, object] = {}
+    if not bridge.enabled():
+        return report
     flushed = outbox.flush()
     report["outbox"] = {"mined": len(flushed.mined), "failed": len(flushed.failed), "error": flushed.error}
     for name, step in (("deposits", deposits_watch), ("stakes", lambda: len(stakes_refresh()))):
