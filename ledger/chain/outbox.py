@@ -63,15 +63,21 @@ class FlushReport:
 def flush(*, limit: int = 200, wait: float = 2.0) -> FlushReport:
     """Send what is queued, in order, until done or blocked. Returns what happened (nothing without a chain)."""
     report = FlushReport()
-    if not bridge.enabled() or not ChainOp.objects.filter(state__in=[State.QUEUED, State.SENT]).exists():
+    if not bridge.enabled():
+        return report
+    try:
+        chain = bridge.connect()  # the first connection may deploy, and queue the backing of an older ledger
+    except ChainError as exc:
+        report.error = str(exc)
+        return report
+    assert chain is not None
+    if not ChainOp.objects.filter(state__in=[State.QUEUED, State.SENT]).exists():
         return report
     holder = _lease()
     if holder is None:
         report.error = "another flush holds the lease"
         return report
     try:
-        chain = bridge.connect()
-        assert chain is not None
         for op in ChainOp.objects.filter(state__in=[State.QUEUED, State.SENT]).order_by("pk")[:limit]:
             if not _advance(chain, op, report, wait=wait):
                 report.waiting = op.pk
