@@ -1,7 +1,7 @@
 // Compiles contracts/src/*.sol with solc from npm (solcjs, standard JSON) against @openzeppelin/contracts from
 // node_modules, and writes contracts/artifacts/<Name>.json (ABI, creation and runtime bytecode, compiler).
 //   node contracts/build.mjs [OUT_DIR]      (default: contracts/artifacts)
-// The output is deterministic: tests/contracts/test_artifacts.py rebuilds into a temporary folder and compares.
+// The output is deterministic: tests/chain/test_artifacts.py rebuilds into a temporary folder and compares.
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -38,7 +38,10 @@ function findImports(importPath) {
 }
 
 const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
-if (!output.contracts && !output.errors) { process.stderr.write(JSON.stringify(output) + "\n"); process.exit(1); }
+if (!output.contracts && !output.errors) {
+  process.stderr.write(`solc returned no contracts: ${JSON.stringify(output).slice(0, 2000)}\n`);
+  process.exit(1);
+}
 const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
 if (errors.length) process.exit(1);

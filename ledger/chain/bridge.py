@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
 from django.conf import settings
 from django.db import transaction
@@ -91,7 +92,9 @@ def _backfill(addresses: Addresses) -> None:
     )
     held = ledger_held() + ops_total(ChainOp.Kind.WITHDRAW, IN_FLIGHT) - ops_total(ChainOp.Kind.ISSUE, IN_FLIGHT)
     if held > 0:
-        outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=f"issue:backfill:{addresses.vault}", args={"amount": str(held)})
+        # A fresh node under the same operator key puts the vault at the same address: the key names this deployment.
+        key = f"issue:backfill:{addresses.vault}:{uuid.uuid4().hex}"
+        outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=key, args={"amount": str(held)})
 
 
 def cursor_name(chain: Chain, what: str) -> str:

@@ -17,11 +17,12 @@ from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
-from ledger.chain.errors import ChainReverted, chain_errors, register_abi
+from ledger.chain.errors import ChainReverted, ChainUnavailable, chain_errors, register_abi
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
 CONTRACTS = ("MarketToken", "MarketVault", "Staking", "SettlementAnchor")
@@ -147,13 +148,13 @@ class Chain:
         with chain_errors():
             if wait:
                 try:
-                    return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait, poll_latency=0.01)
+                    return self.w3.eth.wait_for_transaction_receipt(HexBytes(tx_hash), timeout=wait, poll_latency=0.01)
                 except Exception as exc:
                     if type(exc).__name__ == "TimeExhausted":
                         return None
                     raise
             try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
+                return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except Exception as exc:
                 if type(exc).__name__ == "TransactionNotFound":
                     return None
@@ -168,7 +169,7 @@ class Chain:
         tx_hash = self.send_raw(signed.raw_transaction)
         receipt = self.receipt(tx_hash, wait=wait)
         if receipt is None:
-            raise ChainReverted(f"transaction {tx_hash.hex()} not mined within {wait:.0f} s")
+            raise ChainUnavailable(f"transaction 0x{tx_hash.hex()} not mined within {wait:.0f} s")
         if receipt["status"] != 1:
             raise ChainReverted(f"transaction {tx_hash.hex()} reverted")
         return receipt

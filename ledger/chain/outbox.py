@@ -79,6 +79,7 @@ def flush(*, limit: int = 200, wait: float = 2.0) -> FlushReport:
         return report
     try:
         for op in ChainOp.objects.filter(state__in=[State.QUEUED, State.SENT]).order_by("pk")[:limit]:
+            holder = _renew(holder)
             if not _advance(chain, op, report, wait=wait):
                 report.waiting = op.pk
                 break
@@ -96,6 +97,13 @@ def _lease() -> int | None:
     until = now + LEASE_SECONDS
     claimed = ChainCursor.objects.filter(name="outbox:lease", value__lt=now).update(value=until)
     return until if claimed else None
+
+
+def _renew(holder: int) -> int:
+    """Extend the lease before each op, so a long flush never outlives it while it still works."""
+    until = int(time.time()) + LEASE_SECONDS
+    ChainCursor.objects.filter(name="outbox:lease", value=holder).update(value=until)
+    return until
 
 
 def _advance(chain: Chain, op: ChainOp, report: FlushReport, *, wait: float) -> bool:
@@ -149,11 +157,12 @@ def _sign(chain: Chain, op: ChainOp) -> None:
         cursor, _ = ChainCursor.objects.select_for_update().get_or_create(name=bridge.cursor_name(chain, sender))
         nonce = max(cursor.value, chain.nonce_of(sender))
         signed = chain.sign(fn, nonce=nonce)
-        ChainCursor.objects.filter(pk=cursor.pk).update(value=nonce + 1)
         fields = {"raw_tx": "0x" + bytes(signed.raw_transaction).hex(), "tx_hash": "0x" + bytes(signed.hash).hex()}
-        ChainOp.objects.filter(pk=op.pk, state=State.QUEUED).update(
+        # Only if no other flush signed it meanwhile does this nonce get used (and the cursor move past it).
+        if ChainOp.objects.filter(pk=op.pk, state=State.QUEUED).update(
             state=State.SENT, nonce=nonce, sent_at=timezone.now(), **fields
-        )
+        ):
+            ChainCursor.objects.filter(pk=cursor.pk).update(value=nonce + 1)
     op.refresh_from_db()
 
 
@@ -178,7 +187,7 @@ def _done_on_chain(chain: Chain, op: ChainOp) -> bool:
     """Whether the chain already holds exactly this op's effect (so the refusal means it was done before)."""
     if op.kind == Kind.ANCHOR:
         root, *_ = chain.call(chain.anchor.functions.batch(int(op.args["batch_id"])))
-        return "0x" + bytes(root).hex() == op.args["root"]
+        return bool("0x" + bytes(root).hex() == op.args["root"])
     return True  # the issue id, withdrawal id and evidence hash are derived from this op's own key
 
 
@@ -188,7 +197,7 @@ def _finish(op: ChainOp, *, state: str, error: str = "", block: int | None = Non
             state=state, last_error=error[:500], block_number=block, gas_used=gas, mined_at=timezone.now()
         )
         if changed:
-            op.state = state
+            op.state, op.last_error = state, error[:500]
             on_finished(op)
 
 

@@ -69,7 +69,12 @@ def anchor_pending(*, max_leaves: int | None = None) -> SettlementBatch | None:
         tree = MerkleTree.of_leaves(leaves)
         total = sum(v[2] + v[3] for v in values)
         batch_id = counter.value
-        args = {"batch_id": batch_id, "root": "0x" + tree.root.hex(), "count": len(pending), "total": str(total)}
+        args: dict[str, Any] = {
+            "batch_id": batch_id,
+            "root": "0x" + tree.root.hex(),
+            "count": len(pending),
+            "total": str(total),
+        }
         op = outbox.enqueue(kind=ChainOp.Kind.ANCHOR, key=f"anchor:{batch_id}", args=args)
         batch = SettlementBatch.objects.create(
             batch_id=batch_id, root=args["root"], count=len(pending), total=total, op=op

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -198,6 +198,8 @@ def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger
     share to `challenger` (an address, or None: all to the treasury). Once per evidence hash. For the verifier."""
     provider = user_arg("provider", provider)
     amount = amount_arg("amount", amount)
+    if not bridge.enabled():
+        raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
     if not isinstance(evidence_hash, str) or len(evidence_hash) != 66 or not evidence_hash.startswith("0x"):
         raise InvalidInput("evidence_hash must be 32 bytes as 0x and 64 hex digits")
     wallet = Wallet.objects.filter(user=provider).exclude(address=None).first()
@@ -351,7 +353,11 @@ def chain_sync() -> dict[str, object]:
         return report
     flushed = outbox.flush()
     report["outbox"] = {"mined": len(flushed.mined), "failed": len(flushed.failed), "error": flushed.error}
-    for name, step in (("deposits", deposits_watch), ("stakes", lambda: len(stakes_refresh()))):
+    steps: tuple[tuple[str, Callable[[], int]], ...] = (
+        ("deposits", deposits_watch),
+        ("stakes", lambda: len(stakes_refresh())),
+    )
+    for name, step in steps:
         try:
             report[name] = step()
         except ChainError as exc:

@@ -13,7 +13,7 @@ from ledger.chain.anvil import AnvilNode, rpc
 from ledger.chain.client import Chain
 from ledger.chain.models import ChainDeposit, ChainOp, Wallet
 from ledger.errors import InsufficientFunds
-from ledger.models import Account
+from ledger.models import Account, Transaction
 from ledger.services import chain as chain_services
 from tests.ledger.conftest import Books, MakeUser
 
@@ -118,6 +118,8 @@ def test_a_withdrawal_the_vault_refuses_returns_to_the_user(node: AnvilNode, mak
     assert books.balance(alice, Account.Kind.USER_AVAILABLE) == 3_000
     outbox.flush()
     assert books.balance(alice, Account.Kind.USER_AVAILABLE) == 3_000  # returned once
+    returned = Transaction.objects.get(kind=Transaction.Kind.WITHDRAWAL_RETURN)
+    assert "AccessControlUnauthorizedAccount" in returned.memo  # the reason travels with the money
 
 
 def test_a_deposit_is_credited_once_across_a_chain_restart(node: AnvilNode, make_user: MakeUser, books: Books) -> None:
@@ -204,3 +206,17 @@ def test_a_ledger_that_predates_its_chain_is_backed_when_the_contracts_are_deplo
     from ledger.chain.reconcile import reconcile
 
     assert reconcile(chain()).ok
+
+
+def test_an_op_signed_by_two_flushes_at_once_spends_one_nonce(node: AnvilNode, make_user: MakeUser) -> None:
+    make_user("alice", funds=1_000)
+    make_user("bob", funds=2_000)
+    first, second = ChainOp.objects.order_by("pk")
+    stale = ChainOp.objects.get(pk=first.pk)  # what a second, overlapping flush read before the first signed it
+    outbox._sign(chain(), first)
+    outbox._sign(chain(), stale)  # loses: the op is signed already, the nonce cursor stays
+    first.refresh_from_db()
+    assert first.state == State.SENT
+    report = outbox.flush()
+    assert report.mined == [first.pk, second.pk] and not report.failed
+    assert vault_balance() == 3_000
