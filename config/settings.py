@@ -226,7 +226,10 @@ if CHAIN_UNBONDING_SECONDS <= CHALLENGE_WINDOW_SECONDS + CHAIN_DISPUTE_SECONDS:
         "CHAIN_UNBONDING_SECONDS must exceed CHALLENGE_WINDOW_SECONDS + CHAIN_DISPUTE_SECONDS, or a cheater could "
         "withdraw its stake before it can be slashed"
     )
-CHAIN_STAKE_MAX_AGE_SECONDS = env_int("CHAIN_STAKE_MAX_AGE_SECONDS", 60)
+# Stakes are read every CHAIN_SYNC_SECONDS; a read this old still counts, so a chain outage of a few minutes does not
+# stop placement. That is safe because stake only leaves through unbonding, which stays slashable for
+# CHAIN_UNBONDING_SECONDS (more than a day), and through slashes, which the market itself sends.
+CHAIN_STAKE_MAX_AGE_SECONDS = env_int("CHAIN_STAKE_MAX_AGE_SECONDS", 300)
 CHAIN_SYNC_SECONDS = env_int("CHAIN_SYNC_SECONDS", 3)  # outbox, deposits and stakes
 CHAIN_ANCHOR_EVERY_SECONDS = env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30)
 CHAIN_ANCHOR_MAX_LEAVES = env_int("CHAIN_ANCHOR_MAX_LEAVES", 1_000)

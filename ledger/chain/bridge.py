@@ -82,14 +82,23 @@ def _ensure_deployed(chain: Chain) -> Addresses:
     return addresses
 
 
+def epoch() -> int:
+    """Which deployment the market's contracts are: 1 for the first, one more for each fresh chain under this
+    database. Mined ops and credited deposits carry it, so the checks compare the ledger with the chain it is on."""
+    return int(ChainCursor.objects.filter(name="chain:epoch").values_list("value", flat=True).first() or 0)
+
+
 def _backfill(addresses: Addresses) -> None:
     from ledger.chain import outbox
     from ledger.chain.models import ChainOp
     from ledger.chain.reconcile import IN_FLIGHT, ledger_held, ops_total
 
-    ChainOp.objects.filter(state=ChainOp.State.SENT).update(
-        state=ChainOp.State.QUEUED, raw_tx="", tx_hash="", nonce=None
-    )
+    counter, _ = ChainCursor.objects.get_or_create(name="chain:epoch")
+    ChainCursor.objects.filter(pk=counter.pk).update(value=counter.value + 1)
+    unsent = {"raw_tx": "", "tx_hash": "", "nonce": None, "block_number": None, "gas_used": None, "mined_at": None}
+    ChainOp.objects.filter(state=ChainOp.State.SENT).update(state=ChainOp.State.QUEUED, **unsent)
+    # Settlement batches are numbered from 0 on each anchor contract: every batch is anchored again, in order.
+    ChainOp.objects.filter(kind=ChainOp.Kind.ANCHOR).update(state=ChainOp.State.QUEUED, last_error="", **unsent)
     held = ledger_held() + ops_total(ChainOp.Kind.WITHDRAW, IN_FLIGHT) - ops_total(ChainOp.Kind.ISSUE, IN_FLIGHT)
     if held > 0:
         # A fresh node under the same operator key puts the vault at the same address: the key names this deployment.

@@ -49,6 +49,7 @@ class ChainOp(models.Model):
         WITHDRAW = "withdraw", "pay a withdrawal from the vault"
         SLASH = "slash", "slash a provider's stake"
         ANCHOR = "anchor", "anchor a settlement batch"
+        ADMIN = "admin", "change a Staking parameter to the market's setting"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -70,6 +71,7 @@ class ChainOp(models.Model):
     last_error = models.CharField(max_length=500, blank=True, default="")
     block_number = models.BigIntegerField(null=True, blank=True)
     gas_used = models.BigIntegerField(null=True, blank=True)
+    epoch = models.PositiveIntegerField(default=0, help_text="the deployment it was mined on (bridge.epoch())")
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     mined_at = models.DateTimeField(null=True, blank=True)
@@ -122,6 +124,7 @@ class ChainDeposit(models.Model):
     credit = models.ForeignKey(
         "ledger.Transaction", null=True, blank=True, on_delete=models.PROTECT, help_text="null: unknown reference"
     )
+    epoch = models.PositiveIntegerField(default=0, help_text="the deployment whose vault received it")
     seen_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

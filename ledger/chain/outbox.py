@@ -38,6 +38,14 @@ ALREADY_DONE = {
     Kind.WITHDRAW: {"WithdrawalAlreadyPaid"},
     Kind.SLASH: {"EvidenceAlreadyUsed"},
     Kind.ANCHOR: {"BatchOutOfOrder"},
+    Kind.ADMIN: set(),
+}
+# The Staking setters an admin op may call, and how its value is passed.
+STAKING_SETTERS = {
+    "setMinStake": int,
+    "setUnbondingPeriod": int,
+    "setChallengerShareBps": int,
+    "setTreasury": to_checksum_address,
 }
 
 
@@ -180,7 +188,10 @@ def call_for(chain: Chain, op: ChainOp) -> Any:
     if op.kind == Kind.ANCHOR:
         root = bytes.fromhex(a["root"][2:])
         return chain.anchor.functions.anchor(int(a["batch_id"]), root, int(a["count"]), int(a["total"]))
-    raise ValueError(f"unknown chain op kind {op.kind!r}")
+    if op.kind == Kind.ADMIN and a["function"] in STAKING_SETTERS:
+        value = STAKING_SETTERS[a["function"]](a["value"])
+        return getattr(chain.staking.functions, a["function"])(value)
+    raise ValueError(f"unknown chain op {op.kind!r} {a!r}")
 
 
 def _done_on_chain(chain: Chain, op: ChainOp) -> bool:
@@ -194,7 +205,12 @@ def _done_on_chain(chain: Chain, op: ChainOp) -> bool:
 def _finish(op: ChainOp, *, state: str, error: str = "", block: int | None = None, gas: int | None = None) -> None:
     with transaction.atomic():
         changed = ChainOp.objects.filter(pk=op.pk, state__in=[State.QUEUED, State.SENT]).update(
-            state=state, last_error=error[:500], block_number=block, gas_used=gas, mined_at=timezone.now()
+            state=state,
+            last_error=error[:500],
+            block_number=block,
+            gas_used=gas,
+            mined_at=timezone.now(),
+            epoch=bridge.epoch(),
         )
         if changed:
             op.state, op.last_error = state, error[:500]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
+from ledger.chain import bridge
 from ledger.chain.client import Chain
 from ledger.chain.merkle import MerkleTree
 from ledger.chain.models import ChainDeposit, ChainOp, SettlementBatch, Wallet
@@ -50,7 +51,11 @@ class Reconciliation:
 
 
 def ops_total(kind: str, states: tuple[str, ...]) -> int:
-    return sum(int(op.args["amount"]) for op in ChainOp.objects.filter(kind=kind, state__in=states))
+    """The amounts of ops of `kind` in `states`; mined ones only of the current deployment (bridge.epoch())."""
+    ops = ChainOp.objects.filter(kind=kind, state__in=states)
+    if OpState.MINED in states:
+        ops = ops.exclude(~Q(epoch=bridge.epoch()), state=OpState.MINED)
+    return sum(int(op.args["amount"]) for op in ops)
 
 
 def _logs_total(event: object, argument: str) -> tuple[int, int]:
@@ -76,8 +81,9 @@ def reconcile(chain: Chain) -> Reconciliation:
     r.minted_in_ledger = total_minted()
     r.issues_mined = ops_total(OpKind.ISSUE, (OpState.MINED,))
     r.withdrawals_mined = ops_total(OpKind.WITHDRAW, (OpState.MINED,))
-    credited = ChainDeposit.objects.exclude(credit=None).aggregate(total=Sum("amount"))["total"] or 0
-    r.deposits_recorded = int(ChainDeposit.objects.aggregate(total=Sum("amount"))["total"] or 0)
+    deposits = ChainDeposit.objects.filter(epoch=bridge.epoch())
+    credited = deposits.exclude(credit=None).aggregate(total=Sum("amount"))["total"] or 0
+    r.deposits_recorded = int(deposits.aggregate(total=Sum("amount"))["total"] or 0)
     r.deposits_uncredited = r.deposited_on_chain - int(credited)
     expected_vault = r.ledger_held + r.withdrawals_in_flight - r.backing_in_flight + r.deposits_uncredited
     if r.vault_balance != expected_vault:
@@ -90,10 +96,42 @@ def reconcile(chain: Chain) -> Reconciliation:
         r.problems.append(f"the vault issued {r.issued_on_chain}; the outbox saw {r.issues_mined} issued")
     if r.withdrawn_on_chain != r.withdrawals_mined:
         r.problems.append(f"the vault paid {r.withdrawn_on_chain} in withdrawals; the outbox saw {r.withdrawals_mined}")
-    if ChainDeposit.objects.count() > deposit_logs:
+    if deposits.count() > deposit_logs:
         r.problems.append("the ledger recorded deposits that have no Deposited log on chain")
     r.problems += _stake_problems(chain, r)
+    r.problems += parameter_problems(chain)
     return r
+
+
+def parameter_problems(chain: Chain) -> list[str]:
+    """Staking's deployed parameters against the market's settings: the unbonding period must outlast the challenge
+    window plus a dispute on chain too, not only in the settings."""
+    from django.conf import settings
+
+    period = int(chain.call(chain.staking.functions.unbondingPeriod()))
+    needed = settings.CHALLENGE_WINDOW_SECONDS + settings.CHAIN_DISPUTE_SECONDS
+    problems = []
+    if period <= needed:
+        problems.append(
+            f"Staking's unbonding period is {period} s on chain, not more than the challenge window plus a dispute "
+            f"({needed} s): a cheater could withdraw before it is slashed"
+        )
+    for name, wanted in staking_settings().items():
+        deployed = chain.call(getattr(chain.staking.functions, name)())
+        if str(deployed).lower() != str(wanted).lower():
+            problems.append(f"Staking.{name} is {deployed} on chain but {wanted} in the settings (run chain_params)")
+    return problems
+
+
+def staking_settings() -> dict[str, object]:
+    """Staking's parameters as the settings want them, by the contract's getter names."""
+    params = bridge.staking_params()
+    return {
+        "minStake": params.min_stake,
+        "unbondingPeriod": params.unbonding_period,
+        "challengerShareBps": params.challenger_share_bps,
+        "treasury": params.treasury,
+    }
 
 
 def _stake_problems(chain: Chain, r: Reconciliation) -> list[str]:

@@ -281,6 +281,7 @@ def deposit_credit(
                 "sender": sender,
                 "deposit_ref": deposit_ref,
                 "amount": min(amount, _INT64_MAX),
+                "epoch": bridge.epoch(),
             },
         )
         if record.credit_id is not None:
@@ -343,6 +344,30 @@ def withdrawal_return(*, op: ChainOp) -> Transaction:
         lines={bridge_account.pk: -amount, available.pk: amount},
         memo=f"withdrawal refused by the chain: {op.last_error[:200]}",
     )
+
+
+def staking_params_sync() -> list[ChainOp]:
+    """Queue a Staking setter for each deployed parameter that differs from the market's settings (the operator's
+    `manage.py chain_params --apply`). Once per (deployment, parameter, change)."""
+    from ledger.chain.reconcile import staking_settings
+
+    chain = _require_chain()
+    setters = {
+        "minStake": "setMinStake",
+        "unbondingPeriod": "setUnbondingPeriod",
+        "challengerShareBps": "setChallengerShareBps",
+        "treasury": "setTreasury",
+    }
+    ops = []
+    with transaction.atomic():
+        for name, wanted in staking_settings().items():
+            deployed = chain.call(getattr(chain.staking.functions, name)())
+            if str(deployed).lower() == str(wanted).lower():
+                continue
+            key = f"admin:{bridge.epoch()}:{setters[name]}:{deployed}->{wanted}"
+            args = {"function": setters[name], "value": str(wanted)}
+            ops.append(outbox.enqueue(kind=ChainOp.Kind.ADMIN, key=key, args=args))
+    return ops
 
 
 def chain_sync() -> dict[str, object]:

@@ -137,3 +137,56 @@ def test_only_providers_with_a_fresh_stake_at_the_minimum_are_placed(
     old = timezone.now() - timedelta(seconds=settings.CHAIN_STAKE_MAX_AGE_SECONDS + 1)  # type: ignore[attr-defined]
     Wallet.objects.filter(user=staked).update(stake_read_at=old)
     assert market_selectors.providers_free(exclude=set()) == []
+
+
+def test_a_fresh_chain_under_the_same_database_is_redeployed_backed_and_reanchored(
+    chain_node: AnvilNode, make_user: MakeUser, settings: object, tmp_path: object
+) -> None:
+    buyer, p1 = make_user("buyer", funds=50_000), make_user("p1")
+    chain_services.wallet_dev_create(user=buyer)
+    chain_services.withdrawal_request(user=buyer, amount=1_000, to=Wallet.objects.get(user=buyer).address or "")
+    settle(buyer, [p1], "before")
+    anchoring.anchor_pending()
+    outbox.flush()
+    assert reconcile(bridge.connect()).ok  # type: ignore[arg-type]
+    chain_node.stop()
+    # The node comes back with nothing (its state lost): a new chain under the same database.
+    with AnvilNode() as fresh:
+        settings.CHAIN_RPC_URL = fresh.url  # type: ignore[attr-defined]
+        bridge.forget()
+        settle(buyer, [p1], "after")
+        anchoring.anchor_pending()
+        outbox.flush()
+        chain = bridge.connect()
+        assert chain is not None
+        r = reconcile(chain)
+        assert r.ok, r.problems
+        assert r.vault_balance == r.ledger_held  # the backfill issued what the ledger holds
+        assert chain.call(chain.anchor.functions.batchCount()) == 2  # batch 0 anchored again, then batch 1
+        assert anchor_problems(chain) == (2, [])
+        proof = settlement_proof(job_ref="before")
+        assert proof is not None and proof["anchor_state"] == ChainOp.State.MINED
+        bridge.forget()
+
+
+def test_staking_parameters_follow_the_settings_through_the_outbox(
+    chain_node: AnvilNode, settings: object, make_user: MakeUser
+) -> None:
+    chain = bridge.connect()
+    assert chain is not None and reconcile(chain).ok
+    settings.CHAIN_MIN_STAKE = 2_500  # type: ignore[attr-defined]
+    settings.CHAIN_CHALLENGER_SHARE_BPS = 1_000  # type: ignore[attr-defined]
+    problems = reconcile(chain).problems
+    assert any("minStake" in p for p in problems) and any("challengerShareBps" in p for p in problems)
+    call_command("chain_params", "--apply")
+    assert chain.call(chain.staking.functions.minStake()) == 2_500
+    assert chain.call(chain.staking.functions.challengerShareBps()) == 1_000
+    assert reconcile(chain).ok
+    assert chain_services.staking_params_sync() == []  # nothing left to change
+
+
+def test_an_unbonding_period_too_short_on_chain_is_reported(chain_node: AnvilNode, settings: object) -> None:
+    chain = bridge.connect()
+    assert chain is not None
+    chain.transact(chain.staking.functions.setUnbondingPeriod(60))
+    assert any("a cheater could withdraw" in p for p in reconcile(chain).problems)
