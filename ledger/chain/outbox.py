@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ ALREADY_DONE = {
     Kind.ADMIN: set(),
 }
 # The Staking setters an admin op may call, and how its value is passed.
-STAKING_SETTERS = {
+STAKING_SETTERS: dict[str, Callable[[str], Any]] = {
     "setMinStake": int,
     "setUnbondingPeriod": int,
     "setChallengerShareBps": int,
@@ -141,6 +142,11 @@ def _advance(chain: Chain, op: ChainOp, report: FlushReport, *, wait: float) -> 
     except ChainUnavailable as exc:
         ChainOp.objects.filter(pk=op.pk).update(attempts=F("attempts") + 1, last_error=str(exc)[:500])
         raise
+    except (ValueError, KeyError, TypeError) as exc:
+        # Arguments no call can be made of: fail this op rather than block every op behind it.
+        _finish(op, state=State.FAILED, error=f"malformed op: {exc!r}")
+        report.failed.append(op.pk)
+        return True
     if receipt is None:
         ChainOp.objects.filter(pk=op.pk).update(attempts=F("attempts") + 1, last_error="not mined yet")
         return False

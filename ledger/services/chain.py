@@ -7,9 +7,11 @@ development chain the market holds a key per user (a dev wallet) and signs them 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -18,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 
 from config.errors import Conflict, InvalidInput
@@ -110,20 +113,26 @@ def wallet_link(*, user: User, address: str, signature: str) -> Wallet:
     if wallet.dev_key:
         raise Conflict("this account has a dev wallet", code="wallet_linked")
     try:
-        Wallet.objects.filter(pk=wallet.pk).update(address=address)
+        with transaction.atomic():  # a savepoint: the unique constraint's failure must not break the caller's block
+            Wallet.objects.filter(pk=wallet.pk).update(address=address)
     except IntegrityError as exc:
         raise Conflict("that address is linked to another account", code="wallet_taken") from exc
     wallet.refresh_from_db()
     return wallet
 
 
-def _dev_signer(user: User) -> tuple[Chain, Wallet, object]:
+@contextlib.contextmanager
+def _dev_signer(user: User) -> Iterator[tuple[Chain, Wallet, LocalAccount]]:
+    """The chain, the user's dev wallet and its key, with the wallet's row locked: one dev action per user at a time,
+    so two requests never sign with the same nonce (development chains only; they wait on the node meanwhile)."""
     chain = _require_chain()
-    wallet = wallet_for(user=user)
-    if not wallet.dev_key:
-        raise Conflict("this account has no dev wallet: sign from your own wallet", code="no_dev_wallet")
-    _dev_gas(chain, wallet.address or "")
-    return chain, wallet, EthAccount.from_key(wallet.dev_key)
+    wallet_for(user=user)
+    with transaction.atomic():
+        wallet = Wallet.objects.select_for_update().get(user=user)
+        if not wallet.dev_key:
+            raise Conflict("this account has no dev wallet: sign from your own wallet", code="no_dev_wallet")
+        _dev_gas(chain, wallet.address or "")
+        yield chain, wallet, EthAccount.from_key(wallet.dev_key)
 
 
 def token_balance(chain: Chain, address: str) -> int:
@@ -136,27 +145,29 @@ def token_balance(chain: Chain, address: str) -> int:
 def stake_dev(*, user: User, amount: int) -> Wallet:
     """Stake `amount` base units from the user's dev wallet (it must hold them on chain: withdraw to it first)."""
     amount = amount_arg("amount", amount)
-    chain, wallet, key = _dev_signer(user)
-    held = token_balance(chain, wallet.address or "")
-    if held < amount:
-        raise InsufficientFunds(f"the wallet holds {held} base units on chain; {amount} are needed (withdraw first)")
-    chain.transact(chain.token.functions.approve(chain.staking.address, amount), key=key)  # type: ignore[arg-type]
-    chain.transact(chain.staking.functions.stake(amount), key=key)  # type: ignore[arg-type]
+    with _dev_signer(user) as (chain, wallet, key):
+        held = token_balance(chain, wallet.address or "")
+        if held < amount:
+            raise InsufficientFunds(
+                f"the wallet holds {held} base units on chain; {amount} are needed (withdraw first)"
+            )
+        chain.transact(chain.token.functions.approve(chain.staking.address, amount), key=key)
+        chain.transact(chain.staking.functions.stake(amount), key=key)
     return stakes_refresh(addresses=[wallet.address or ""])[0]
 
 
 def unbond_dev(*, user: User, amount: int) -> Wallet:
     """Start unbonding `amount` of the dev wallet's active stake."""
     amount = amount_arg("amount", amount)
-    chain, wallet, key = _dev_signer(user)
-    chain.transact(chain.staking.functions.requestUnbond(amount), key=key)  # type: ignore[arg-type]
+    with _dev_signer(user) as (chain, wallet, key):
+        chain.transact(chain.staking.functions.requestUnbond(amount), key=key)
     return stakes_refresh(addresses=[wallet.address or ""])[0]
 
 
 def unbonded_withdraw_dev(*, user: User) -> Wallet:
     """Withdraw the dev wallet's unbonded stake to the wallet (after the unbonding period)."""
-    chain, wallet, key = _dev_signer(user)
-    chain.transact(chain.staking.functions.withdraw(), key=key)  # type: ignore[arg-type]
+    with _dev_signer(user) as (chain, wallet, key):
+        chain.transact(chain.staking.functions.withdraw(), key=key)
     return stakes_refresh(addresses=[wallet.address or ""])[0]
 
 
@@ -200,7 +211,7 @@ def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger
     amount = amount_arg("amount", amount)
     if not bridge.enabled():
         raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
-    if not isinstance(evidence_hash, str) or len(evidence_hash) != 66 or not evidence_hash.startswith("0x"):
+    if not isinstance(evidence_hash, str) or not re.fullmatch(r"0x[0-9a-fA-F]{64}", evidence_hash):
         raise InvalidInput("evidence_hash must be 32 bytes as 0x and 64 hex digits")
     wallet = Wallet.objects.filter(user=provider).exclude(address=None).first()
     if wallet is None:
@@ -230,13 +241,13 @@ def deposit_dev(*, user: User, amount: int) -> str:
     """Deposit `amount` base units from the user's dev wallet into the vault under its deposit reference; the
     watcher credits it once mined. Returns the transaction hash."""
     amount = amount_arg("amount", amount)
-    chain, wallet, key = _dev_signer(user)
-    held = token_balance(chain, wallet.address or "")
-    if held < amount:
-        raise InsufficientFunds(f"the wallet holds {held} base units on chain; {amount} are needed")
-    ref = bytes.fromhex(wallet.deposit_ref[2:])
-    chain.transact(chain.token.functions.approve(chain.vault.address, amount), key=key)  # type: ignore[arg-type]
-    receipt = chain.transact(chain.vault.functions.deposit(amount, ref), key=key)  # type: ignore[arg-type]
+    with _dev_signer(user) as (chain, wallet, key):
+        held = token_balance(chain, wallet.address or "")
+        if held < amount:
+            raise InsufficientFunds(f"the wallet holds {held} base units on chain; {amount} are needed")
+        ref = bytes.fromhex(wallet.deposit_ref[2:])
+        chain.transact(chain.token.functions.approve(chain.vault.address, amount), key=key)
+        receipt = chain.transact(chain.vault.functions.deposit(amount, ref), key=key)
     return "0x" + bytes(receipt["transactionHash"]).hex()
 
 

@@ -220,3 +220,13 @@ def test_an_op_signed_by_two_flushes_at_once_spends_one_nonce(node: AnvilNode, m
     report = outbox.flush()
     assert report.mined == [first.pk, second.pk] and not report.failed
     assert vault_balance() == 3_000
+
+
+def test_a_malformed_op_fails_alone_and_does_not_block_the_ops_behind_it(node: AnvilNode, make_user: MakeUser) -> None:
+    bad = outbox.enqueue(kind=ChainOp.Kind.ADMIN, key="bad", args={"function": "selfdestruct", "value": "1"})
+    make_user("alice", funds=1_000)
+    report = outbox.flush()
+    bad.refresh_from_db()
+    assert bad.state == State.FAILED and "malformed" in bad.last_error
+    assert report.failed == [bad.pk] and len(report.mined) == 1
+    assert vault_balance() == 1_000
