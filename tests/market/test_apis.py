@@ -72,7 +72,10 @@ def make_job(buyer: User, model: LanguageModel, state: str = Job.State.QUEUED) -
         ("get", "/api/jobs/{id}/"),
         ("post", "/api/jobs/{id}/cancel/"),
         ("get", "/api/jobs/{id}/cost/"),
+        ("get", "/api/jobs/{id}/proof/"),
         ("get", "/api/account/"),
+        ("get", "/api/account/chain/"),
+        ("post", "/api/account/withdraw/"),
         ("get", "/api/provider/capacity/"),
         ("get", "/api/provider/earnings/"),
         ("get", "/api/auction/rounds/"),
@@ -111,7 +114,9 @@ def test_the_owner_reads_a_job(model: LanguageModel, alice: User) -> None:
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/api/jobs/{id}/cancel/", "/api/jobs/{id}/cost/"])
+@pytest.mark.parametrize(
+    "path", ["/api/jobs/{id}/", "/api/jobs/{id}/cancel/", "/api/jobs/{id}/cost/", "/api/jobs/{id}/proof/"]
+)
 def test_another_buyers_job_is_404_like_a_missing_one(model: LanguageModel, alice: User, bob: User, path: str) -> None:
     job = make_job(alice, model)
     method = "post" if "cancel" in path else "get"
@@ -381,6 +386,12 @@ def test_the_cost_of_a_job_not_settled_yet_is_a_conflict(model: LanguageModel, a
     job = make_job(alice, model, Job.State.RUNNING)
     response = api(alice).get(f"/api/jobs/{job.pk}/cost/")
     assert (response.status_code, response.json()["code"]) == (409, "not_settled")
+
+
+def test_the_proof_of_a_job_in_no_anchored_batch_is_a_conflict(model: LanguageModel, alice: User) -> None:
+    job = make_job(alice, model, Job.State.DONE)
+    response = api(alice).get(f"/api/jobs/{job.pk}/proof/")
+    assert (response.status_code, response.json()["code"]) == (409, "not_anchored")
 
 
 def test_the_account_shows_your_own_balances(alice: User, bob: User) -> None:
