@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,11 @@ def flush(*, limit: int = 200, wait: float = 2.0) -> FlushReport:
         return report
     try:
         for op in ChainOp.objects.filter(state__in=[State.QUEUED, State.SENT]).order_by("pk")[:limit]:
-            holder = _renew(holder)
+            renewed = _renew(holder)
+            if renewed is None:  # it expired and another flush took it: that one goes on from here
+                report.error = "the lease was lost"
+                break
+            holder = renewed
             if not _advance(chain, op, report, wait=wait):
                 report.waiting = op.pk
                 break
@@ -100,19 +105,24 @@ def flush(*, limit: int = 200, wait: float = 2.0) -> FlushReport:
     return report
 
 
+def _lease_value(seconds_from_now: float) -> int:
+    """A lease's value: when it ends (microseconds) with random low digits, so that each holder's value is its own
+    even within one clock tick and a holder whose lease was taken over can tell."""
+    return int((time.time() + seconds_from_now) * 1_000_000) * 1000 + secrets.randbelow(1000)
+
+
 def _lease() -> int | None:
-    now = int(time.time())
     ChainCursor.objects.get_or_create(name="outbox:lease")
-    until = now + LEASE_SECONDS
-    claimed = ChainCursor.objects.filter(name="outbox:lease", value__lt=now).update(value=until)
+    until = _lease_value(LEASE_SECONDS)
+    claimed = ChainCursor.objects.filter(name="outbox:lease", value__lt=_lease_value(0) - 1000).update(value=until)
     return until if claimed else None
 
 
-def _renew(holder: int) -> int:
-    """Extend the lease before each op, so a long flush never outlives it while it still works."""
-    until = int(time.time()) + LEASE_SECONDS
-    ChainCursor.objects.filter(name="outbox:lease", value=holder).update(value=until)
-    return until
+def _renew(holder: int) -> int | None:
+    """Extend the lease before each op, so a long flush never outlives it while it still works; None if it is no
+    longer ours (it expired and another flush took it)."""
+    until = _lease_value(LEASE_SECONDS)
+    return until if ChainCursor.objects.filter(name="outbox:lease", value=holder).update(value=until) else None
 
 
 def _advance(chain: Chain, op: ChainOp, report: FlushReport, *, wait: float) -> bool:

@@ -230,3 +230,15 @@ def test_a_malformed_op_fails_alone_and_does_not_block_the_ops_behind_it(node: A
     assert bad.state == State.FAILED and "malformed" in bad.last_error
     assert report.failed == [bad.pk] and len(report.mined) == 1
     assert vault_balance() == 1_000
+
+
+def test_a_flush_that_lost_its_lease_stops_and_another_goes_on(node: AnvilNode, make_user: MakeUser) -> None:
+    from ledger.chain.models import ChainCursor
+
+    make_user("alice", funds=1_000)
+    holder = outbox._lease()
+    assert holder is not None
+    assert outbox.flush().error == "another flush holds the lease"  # one flusher at a time
+    ChainCursor.objects.filter(name="outbox:lease").update(value=0)  # the holder's lease expired...
+    assert outbox._lease() is not None  # ...and a second flusher took it
+    assert outbox._renew(holder) is None  # the first one can no longer renew it, so it stops
