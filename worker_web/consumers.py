@@ -156,6 +156,13 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
     # --- control messages from the provider ---------------------------------------------------------------------
 
     async def _hello(self, message: dict[str, Any]) -> None:
+        if self.provider_id is not None:
+            # One provider per connection: a second hello would open a second row that this socket's close
+            # could never take offline, so it would look online (and be placed) after the socket is gone.
+            raise p.ProtocolError(
+                f"this connection is provider {self.provider_id} already: open another connection for another",
+                code=p.DUPLICATE_HELLO,
+            )
         capacity = p.hello_fields(message)
         provider = await database_sync_to_async(services.provider_connect)(
             user=self.scope["user"], channel_name=self.channel_name, capacity=capacity

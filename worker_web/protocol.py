@@ -41,6 +41,7 @@ BACKENDS = ("cpu", "wasm", "webgpu")
 # Error codes either side may send.
 BAD_FRAME = "bad_tensor_frame"
 BAD_MESSAGE = "bad_message"
+DUPLICATE_HELLO = "duplicate_hello"
 UNKNOWN_SESSION = "unknown_session"
 NOT_YOUR_SESSION = "not_your_session"
 UNEXPECTED_STEP = "unexpected_step"

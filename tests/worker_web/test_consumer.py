@@ -118,6 +118,20 @@ async def test_hello_is_welcomed_and_the_provider_is_online_until_it_disconnects
     assert (provider.state, provider.channel_name) == ("offline", "")
 
 
+@run_async
+async def test_a_second_hello_on_one_connection_is_refused_and_no_second_provider_appears(alice_token: str) -> None:
+    ws = client(alice_token)
+    await say_hello(ws)
+    await ws.send_json_to({"type": "hello", **HELLO, "name": "another"})
+    refused = await ws.receive_json_from(timeout=WAIT)
+    assert refused["type"] == "error" and refused["code"] == "duplicate_hello", refused
+    assert await database_sync_to_async(Provider.objects.count)() == 1
+    await ws.disconnect()
+    # The socket is gone: nothing it announced is still online.
+    online = await database_sync_to_async(Provider.objects.filter(state="online").count)()
+    assert online == 0
+
+
 def add_model() -> None:
     config = {"n_layers": 4, "hidden": 8, "vocab": 10, "max_context": 64}
     model = LanguageModel.objects.create(name="tiny", source_sha256="0" * 64, config=config, tokenizer_sha256="0")
