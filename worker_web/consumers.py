@@ -24,7 +24,7 @@ from inference import wire
 from market import selectors, services
 from market.models import Job
 from worker_web import protocol as p
-from worker_web import relay
+from worker_web import relay, shutdown
 from worker_web.relay import RelayMixin
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
     async def disconnect(self, code: int) -> None:
         if self.provider_id is None:
             return
+        shutdown.untrack(channel_name=self.channel_name)
         await database_sync_to_async(services.provider_disconnect)(
             provider_id=self.provider_id, channel_name=self.channel_name
         )
@@ -168,6 +169,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
             user=self.scope["user"], channel_name=self.channel_name, capacity=capacity
         )
         self.provider_id = provider.pk
+        shutdown.track(channel_name=self.channel_name, provider_id=provider.pk)
         bench = await database_sync_to_async(_benchmark_descriptor)()
         await self.send(
             text_data=p.dumps(

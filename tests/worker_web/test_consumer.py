@@ -196,7 +196,7 @@ def malformed() -> list[tuple[str, str | bytes, str]]:
         ("benchmark out of range", p.dumps(p.BENCHMARK, ns_per_layer_token=0), p.BAD_MESSAGE),
         ("session id that is not a UUID", p.dumps(p.SESSION_OPENED, session="x"), p.BAD_MESSAGE),
         ("session_opened for no session", p.dumps(p.SESSION_OPENED, session=str(uuid.uuid4())), p.UNKNOWN_SESSION),
-        ("a bad second hello", p.dumps(p.HELLO, **{**HELLO, "slots": 0}), p.BAD_MESSAGE),
+        ("a second hello", p.dumps(p.HELLO, **{**HELLO, "slots": 0}), p.DUPLICATE_HELLO),
     ]
 
 
