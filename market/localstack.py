@@ -74,7 +74,9 @@ class LocalMarket:
         self.processes[name] = process
         return process
 
-    def start_server(self) -> None:
+    def start_server(self, *, workers: bool = True) -> None:
+        """Daphne, and with Redis a Celery worker and beat (`workers=False`: Daphne alone, e.g. a server restarted
+        beside a worker and beat that kept running)."""
         daphne = [
             sys.executable,
             "-m",
@@ -87,7 +89,7 @@ class LocalMarket:
             "config.asgi:application",
         ]
         self.spawn("server", daphne)
-        if self.env.get("REDIS_URL"):
+        if workers and self.env.get("REDIS_URL"):
             worker = [
                 sys.executable,
                 "-m",

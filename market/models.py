@@ -168,6 +168,9 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    runner_seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="The runner's lease: renewed while it runs; a stale one means it died."
+    )
 
     class Meta:
         ordering = ["-pk"]

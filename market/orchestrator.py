@@ -104,6 +104,7 @@ class JobRunner:
 
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
+        lease = asyncio.get_running_loop().create_task(self._hold_lease())
         try:
             self.channel = await self.answers.open()
             self.stream.pipeline = self.record
@@ -124,6 +125,7 @@ class JobRunner:
             log.exception("job %s failed unexpectedly", self.job.pk)
             code, message = "internal_error", "the orchestrator failed; the job was stopped"
         finally:
+            lease.cancel()
             await self._release()
             await self.stream.flush()
             await self.answers.close()
@@ -131,6 +133,12 @@ class JobRunner:
             log.info("job %s back in the book: %s", self.job.pk, message)
             return
         await self._finish(state, reason, code, message)
+
+    async def _hold_lease(self) -> None:
+        """Renew the job's lease while it runs (market/services/runners.py ends jobs whose runner stopped)."""
+        beat = sync_to_async(services.job_runner_beat, thread_sensitive=False)
+        while await beat(job_id=self.job.pk):
+            await asyncio.sleep(settings.RUNNER_HEARTBEAT_SECONDS)
 
     # --- setting up -------------------------------------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class JobRunner:
                 "provider_name": provider.name,
                 "backend": provider.backend,
                 "session": str(hop.session),
+                "channel": provider.channel_name,  # where its slot was claimed (not shown to buyers)
                 "from_step": from_step,
                 "until_step": None,
                 "ended": "",

@@ -80,6 +80,9 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF s
     model = serializers.CharField(source="model.name")
     quant = serializers.CharField(source="model.quant")
     stream = serializers.SerializerMethodField(help_text="WebSocket path that streams the tokens.")
+    pipeline = serializers.SerializerMethodField(
+        help_text="Every shard placement in order: hop, shard, provider, backend, steps served, how it ended."
+    )
 
     class Meta:
         model = Job
@@ -116,6 +119,10 @@ class JobSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF s
 
     def get_stream(self, job: Job) -> str:
         return f"/ws/jobs/{job.pk}/"
+
+    def get_pipeline(self, job: Job) -> list[dict[str, Any]]:
+        # The channel a provider's slot was claimed on is the market's internal address, not the buyer's business.
+        return [{k: v for k, v in entry.items() if k != "channel"} for entry in job.pipeline]
 
 
 class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # DRF ships no type hints

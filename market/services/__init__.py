@@ -1,6 +1,6 @@
 """Writes of the market: model import (model_import.py), providers coming and going (providers.py), bids and jobs
-and their slots on providers (jobs.py), auction rounds (auction.py), settlement (settlement.py). Callers use
-`from market import services` and `services.<name>(...)`."""
+and their slots on providers (jobs.py), runners' leases (runners.py), auction rounds (auction.py), settlement
+(settlement.py). Callers use `from market import services` and `services.<name>(...)`."""
 
 from market.services.accounts import account_open
 from market.services.auction import bids_expire, clear_market
@@ -24,6 +24,7 @@ from market.services.providers import (
     provider_record_failure,
     provider_record_success,
 )
+from market.services.runners import job_runner_beat, jobs_orphaned_end
 from market.services.settlement import job_settle
 
 __all__ = [
@@ -38,7 +39,9 @@ __all__ = [
     "job_progress",
     "job_publish_end",
     "job_requeue",
+    "job_runner_beat",
     "job_settle",
+    "jobs_orphaned_end",
     "model_import",
     "provider_benchmark",
     "provider_claim_for_shard",

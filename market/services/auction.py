@@ -29,6 +29,7 @@ from market import selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
 from market.services.jobs import assignments_release, job_publish_end
+from market.services.runners import jobs_orphaned_end
 from market.services.settlement import job_settle
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def clear_market(*, solver: str | None = None, now: datetime | None = None) -> A
         now = now or timezone.now()
         expired = bids_expire(now=now)
         allocations_reclaim(now=now)
+        jobs_orphaned_end(now=now)
         settle_unsettled()
         return _round(solver=solver or settings.AUCTION_SOLVER, expired=expired)
 

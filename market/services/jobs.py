@@ -110,8 +110,9 @@ def _nudge() -> None:
 def job_claim(*, job_id: int) -> Job | None:
     """Move a job that an auction round placed (allocated) to running; None when another runner has it or it was
     cancelled (safe to run twice)."""
+    now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, state=Job.State.ALLOCATED).update(
-        state=Job.State.RUNNING, started_at=timezone.now()
+        state=Job.State.RUNNING, started_at=now, runner_seen_at=now
     )
     return Job.objects.select_related("model").get(pk=job_id) if claimed else None
 

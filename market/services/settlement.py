@@ -37,7 +37,11 @@ def job_settle(*, job_id: int) -> Job:
             raise Conflict(f"job {job.pk} is {job.state}; only a finished job is settled", code="job_not_finished")
         ref = selectors.job_ref(job.pk)
         held = ledger_selectors.escrow_held(user=job.buyer, job_ref=ref)
-        pays = job.state == Job.State.DONE or (job.state == Job.State.CANCELLED and job.started_at is not None)
+        # Work is paid when it reached the buyer: a done job, and a job that ran and then was cancelled or failed
+        # pays the steps that went through every hop (its pipeline record), never the step in flight.
+        pays = job.state == Job.State.DONE or (
+            job.state in (Job.State.CANCELLED, Job.State.FAILED) and job.started_at is not None
+        )
         lines = work_lines(job) if pays else []
         paid = sum(line["payment"] for line in lines)
         fee = sum(line["fee"] for line in lines)

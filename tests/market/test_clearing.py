@@ -259,14 +259,26 @@ def test_a_cancelled_running_job_pays_for_the_steps_it_ran_and_no_more(
     assert ledger_selectors.ledger_drift().ok
 
 
-def test_a_failed_job_refunds_in_full_whatever_ran(
+def test_a_failed_job_pays_for_the_steps_that_reached_the_buyer_and_refunds_the_rest(
     model: LanguageModel, alice: User, carol: User, launches: list[int]
 ) -> None:
     job, terms = _placed(model, alice, carol)
     job = services.job_settle(job_id=_ran(job, Job.State.FAILED, _served(terms, until_step=3)).pk)
+    work = 2 * (job.prompt_tokens + 2)  # steps 0 (the prompt), 1 and 2 on each two-layer shard
+    expected = sum(t.unit_price * work for t in terms.values())
+    assert job.cost["paid"] == expected and job.cost["refunded"] == 100_000 - expected
+    assert ledger_selectors.balances_of(user=alice).available == GRANT - expected
+    assert ledger_selectors.balances_of(user=carol).pending == expected - job.cost["fee"]
+    assert ledger_selectors.ledger_drift().ok
+
+
+def test_a_job_that_failed_before_any_step_reached_the_buyer_is_refunded_in_full(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    job, terms = _placed(model, alice, carol)
+    job = services.job_settle(job_id=_ran(job, Job.State.FAILED, _served(terms, until_step=0)).pk)
     assert (job.cost["paid"], job.cost["refunded"], job.cost["lines"]) == (0, 100_000, [])
     assert ledger_selectors.balances_of(user=alice).available == GRANT
-    assert ledger_selectors.balances_of(user=carol).pending == 0
 
 
 def test_only_a_finished_job_is_settled(model: LanguageModel, alice: User, launches: list[int]) -> None:
@@ -405,3 +417,42 @@ def test_a_placed_job_whose_runner_never_started_goes_back_into_the_book(
     assert (job.state, job.priority, job.auction_round_id) == (Job.State.ALLOCATED, 1, round_.pk)
     assert Provider.objects.filter(busy_slots=1).count() == 2, "the old round's slots were given back"
     assert Assignment.objects.filter(job=job, auction_round=round_).count() == 2
+
+
+def test_a_job_whose_runner_died_is_ended_by_the_next_round_paying_what_reached_the_buyer(
+    model: LanguageModel, alice: User, carol: User, launches: list[int], settings: Any
+) -> None:
+    from market.models import Provider
+
+    job, terms = _placed(model, alice, carol)
+    # The runner claimed it, recorded its pipeline and streamed three tokens, then its server was killed.
+    pipeline = [
+        {**entry, "until_step": None, "session": f"s{entry['hop']}", "channel": terms[entry["hop"]].channel_name}
+        for entry in _served(terms, until_step=0)
+    ]
+    long_ago = timezone.now() - timedelta(seconds=settings.RUNNER_LEASE_SECONDS + 1)
+    Job.objects.filter(pk=job.pk).update(
+        state=Job.State.RUNNING, started_at=long_ago, runner_seen_at=long_ago, tokens=[5, 6, 7], pipeline=pipeline
+    )
+    assert Provider.objects.filter(busy_slots__gt=0).count() == 2
+    services.clear_market()
+    job.refresh_from_db()
+    assert (job.state, job.error_code) == (Job.State.FAILED, "runner_lost") and job.finished_at is not None
+    assert [(e["until_step"], e["ended"]) for e in job.pipeline] == [(3, "runner_lost"), (3, "runner_lost")]
+    work = 2 * (job.prompt_tokens + 2)  # steps 0, 1 and 2 reached the buyer
+    expected = sum(t.unit_price * work for t in terms.values())
+    assert job.cost["paid"] == expected and job.cost["refunded"] == 100_000 - expected
+    assert not Provider.objects.filter(busy_slots__gt=0).exists()  # the dead runner's slots are free again
+    assert ledger_selectors.ledger_drift().ok
+    services.clear_market()  # ended once
+    assert Job.objects.get(pk=job.pk).cost == job.cost
+
+
+def test_a_job_whose_runner_renews_its_lease_is_left_running(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    job, _ = _placed(model, alice, carol)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING, started_at=timezone.now())
+    assert services.job_runner_beat(job_id=job.pk)
+    services.clear_market()
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING

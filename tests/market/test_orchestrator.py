@@ -276,9 +276,12 @@ def test_without_a_spare_the_job_fails_with_the_reason(model: LanguageModel) -> 
     assert (failed.state, failed.error_code) == (Job.State.FAILED, "no_replacement")
     assert "provider p0" in failed.error and "deadline" in failed.error
     assert failed.tokens == expected_tokens(model, messages)[: len(failed.tokens)] and len(failed.tokens) == 2
-    # A failed job is refunded in full and holds no provider's slot.
-    assert (failed.cost["paid"], failed.cost["refunded"]) == (0, failed.max_price)
-    assert ledger_selectors.balances_of(user=failed.buyer).available == GRANT
+    # A failed job pays for the steps that reached the buyer (two tokens: steps 0 and 1 through both hops), not the
+    # step in flight; the rest of its escrow comes back, and it holds no provider's slot.
+    assert [(line["hop"], line["until_step"]) for line in failed.cost["lines"]] == [(0, 2), (1, 2)]
+    assert failed.cost["paid"] == sum(line["payment"] for line in failed.cost["lines"]) > 0
+    assert failed.cost["refunded"] == failed.max_price - failed.cost["paid"]
+    assert ledger_selectors.balances_of(user=failed.buyer).available == GRANT - failed.cost["paid"]
     assert not Provider.objects.filter(busy_slots__gt=0).exists()
 
 
