@@ -281,6 +281,9 @@ LOGGING = {
 ASK_PER_COMPUTE_SECOND = env_int("ASK_PER_COMPUTE_SECOND", 10_000)
 ASK_RELIABILITY_FLOOR_PERMILLE = env_int("ASK_RELIABILITY_FLOOR_PERMILLE", 100)
 DEFAULT_BID_PER_LAYER_TOKEN = env_int("DEFAULT_BID_PER_LAYER_TOKEN", 50)
+# A bid without a max_price offers the quote (the cheapest pipeline's asks for its tokens, market/quotes.py) plus
+# this margin; only when nobody can serve the model now does it fall back to DEFAULT_BID_PER_LAYER_TOKEN.
+QUOTE_MARGIN_BPS = env_int("QUOTE_MARGIN_BPS", 5_000)
 BID_TTL_SECONDS = env_int("BID_TTL_SECONDS", 600)
 BID_MAX_TTL_SECONDS = env_int("BID_MAX_TTL_SECONDS", 86_400)
 MARKET_FEE_BPS = env_int("MARKET_FEE_BPS", 500)

@@ -4,6 +4,9 @@ auction rounds. Views stay thin: one service or selector each."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from django.conf import settings
 from django.db.models import F, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,7 +19,7 @@ from config.errors import Conflict, InvalidInput, NotFound
 from ledger import selectors as ledger_selectors
 from ledger.chain import selectors as chain_selectors
 from ledger.models import PendingRelease
-from market import selectors, services
+from market import quotes, selectors, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
 from market.serializers import (
     AuctionRoundSerializer,
@@ -113,6 +116,58 @@ class AccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     def get(self, request: Request) -> Response:
         balances = BalancesSerializer(ledger_selectors.balances_of(user=request.user)).data
         return Response({**balances, "chain": chain_selectors.stake_view(user=request.user)})
+
+
+class QuoteApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("model", str, required=True),
+            OpenApiParameter("quant", str),
+            OpenApiParameter("prompt", str, description="the user message (or give prompt_tokens)"),
+            OpenApiParameter("prompt_tokens", int),
+            OpenApiParameter("max_new_tokens", int, description="default 64"),
+        ],
+        responses=OpenApiTypes.OBJECT,
+        summary="The price at which a bid would clear now: the cheapest free pipeline's asks, and a bid with margin",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        model = _model_named(str(params.get("model", "")), params.get("quant"))
+        max_new_tokens = _int_param(params.get("max_new_tokens", "64"), "max_new_tokens", 1, 4096)
+        if "prompt" in params:
+            prompt_tokens = len(
+                selectors.model_tokenizer(model).encode_chat([{"role": "user", "content": params["prompt"]}])
+            )
+        else:
+            prompt_tokens = _int_param(params.get("prompt_tokens", ""), "prompt_tokens", 1, 1_000_000)
+        tokens = prompt_tokens + max_new_tokens
+        try:
+            quote = quotes.cheapest_pipeline(model=model)
+        except quotes.NoPipeline as exc:
+            raise Conflict(str(exc), code="no_capacity") from None
+        return Response(
+            {
+                "model": model.name,
+                "quant": model.quant,
+                "tokens": tokens,
+                "price": quote.price(tokens),
+                "bid": quote.bid(tokens),
+                "margin_bps": settings.QUOTE_MARGIN_BPS,
+                "per_token": quote.per_token,
+                "ms_per_token": round(quote.ms_per_token, 3),
+                "pipeline": [dataclasses.asdict(line) for line in quote.lines],
+            }
+        )
+
+
+def _int_param(raw: object, name: str, low: int, high: int) -> int:
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer between {low} and {high}") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be an integer between {low} and {high}")
+    return value
 
 
 class JobProofApi(APIView):  # type: ignore[misc]  # DRF ships no type hints

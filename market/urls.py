@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
     path("jobs/<int:job_id>/cost/", apis.JobCostApi.as_view(), name="api-job-cost"),
     path("jobs/<int:job_id>/proof/", apis.JobProofApi.as_view(), name="api-job-proof"),
+    path("quote/", apis.QuoteApi.as_view(), name="api-quote"),
     path("account/", apis.AccountApi.as_view(), name="api-account"),
     path("provider/capacity/", apis.MyCapacityApi.as_view(), name="api-provider-capacity"),
     path("provider/earnings/", apis.MyEarningsApi.as_view(), name="api-provider-earnings"),

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from market import selectors
+from market import quotes, selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
 from market.services.jobs import assignments_release, job_publish_end
@@ -146,12 +146,39 @@ def _round(*, solver: str, expired: int) -> AuctionRound | None:
         ]
         unplaced = [int(j) for j in allocation.losers] + [int(j) for j in allocation.winners if int(j) not in placed]
         Job.objects.filter(pk__in=unplaced, state=Job.State.QUEUED).update(priority=F("priority") + 1)
+        _explain_losers([job for job in jobs if job.pk in set(unplaced)], list(providers.values()))
         AuctionRound.objects.filter(pk=round_.pk).update(n_placed=len(placed))
         round_.n_placed = len(placed)
         transaction.on_commit(lambda: _launch_all(placed))
     if allocation.winners or expired:
         log.info("round %s: %d/%d bids placed by %s", round_.pk, len(placed), len(bids), allocation.solver)
     return round_
+
+
+def _explain_losers(losers: list[Job], providers: list[Provider]) -> None:
+    """Tell each bid that lost the round why (on the job, which the API and the stream's snapshot show): the cheapest
+    feasible pipeline's cost against its maximum, or the shard nobody free can serve, or competing bids."""
+    pipelines: dict[int, quotes.Quote | str] = {}
+    for job in losers:
+        if job.model_id not in pipelines:
+            try:
+                pipelines[job.model_id] = quotes.cheapest_pipeline(model=job.model, providers=providers)
+            except quotes.NoPipeline as exc:
+                pipelines[job.model_id] = str(exc)
+        pipeline = pipelines[job.model_id]
+        if isinstance(pipeline, str):
+            reason = f"lost the round: {pipeline}"
+        else:
+            cost = pipeline.price(job.prompt_tokens + job.max_new_tokens)
+            if cost > job.max_price:
+                reason = (
+                    f"lost the round: the cheapest pipeline free now asks {cost} base units for this job's "
+                    f"{job.prompt_tokens + job.max_new_tokens} tokens, more than its maximum of {job.max_price} "
+                    "(GET /api/quote/ gives a price that clears)"
+                )
+            else:
+                reason = "lost the round to other bids for the same providers; it stays in the book with priority"
+        Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(error=reason[:1000])
 
 
 def job_bid(job: Job, chain: list[Shard]) -> JobBid:

@@ -19,7 +19,7 @@ from inference import wire
 from inference.errors import InferenceError
 from inference.tokenizer import validate_messages
 from ledger import services as ledger_services
-from market import selectors
+from market import quotes, selectors
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.services.settlement import job_settle
 
@@ -42,7 +42,8 @@ def job_create(
     bid with its maximum price moved into escrow in the same transaction, and nudge the auction once the row is
     committed. Not enough balance: InsufficientFunds (402) and nothing is stored.
 
-    `max_price` None offers the default price per layer-token (`selectors.default_max_price`); the bid expires
+    `max_price` None offers the quote plus QUOTE_MARGIN_BPS (`market.quotes`), or the default price per layer-token
+    (`selectors.default_max_price`) when nobody can serve the model now; the bid expires
     after `expires_in_seconds` (settings.BID_TTL_SECONDS when None) if no round has placed it by then."""
     try:
         validate_messages(messages)
@@ -69,7 +70,7 @@ def job_create(
             code="context_overflow",
         )
     if max_price is None:
-        max_price = selectors.default_max_price(
+        max_price = bid_from_quote(model=model, tokens=len(prompt_ids) + max_new_tokens) or selectors.default_max_price(
             model=model, prompt_tokens=len(prompt_ids), max_new_tokens=max_new_tokens
         )
     if not 1 <= max_price <= ledger_services.MAX_AMOUNT:
@@ -93,6 +94,14 @@ def job_create(
         ledger_services.escrow_for_job(user=buyer, amount=max_price, job_ref=selectors.job_ref(job.pk))
         transaction.on_commit(_nudge)
     return job
+
+
+def bid_from_quote(*, model: LanguageModel, tokens: int) -> int | None:
+    """The quote for `tokens` tokens plus QUOTE_MARGIN_BPS, or None when no pipeline is free now."""
+    try:
+        return quotes.cheapest_pipeline(model=model).bid(tokens)
+    except quotes.NoPipeline:
+        return None
 
 
 def prefill_limit(model: LanguageModel) -> int:

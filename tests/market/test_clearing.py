@@ -14,6 +14,7 @@ import pytest
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
@@ -99,7 +100,13 @@ def test_a_round_places_a_bid_on_distinct_providers_at_prices_within_ask_and_bid
     bid_per_unit = job.max_price / (2 * work)
     for term in terms:
         assert term.work == work and term.ask == selectors.provider_ask(term.provider)
-        assert term.ask <= term.unit_price <= bid_per_unit
+        # The provider gets at least its ask; a shard asking less than the bid per unit trades at most at it (one
+        # asking more trades at its ask, paid for by the job's surplus on the other: docs/pricing.md).
+        assert term.ask <= term.unit_price <= max(bid_per_unit, term.ask)
+    # The bid named no price: it offered the quote (the cheapest pipeline's asks) plus the margin.
+    asks = sum(selectors.provider_ask(p) * 2 for p in (fast, slow))
+    tokens = job.prompt_tokens + job.max_new_tokens
+    assert job.max_price == asks * tokens * (10_000 + settings.QUOTE_MARGIN_BPS) // 10_000
     assert {(t["job"], t["unit_price"]) for t in round_.prices} == {(job.pk, t.unit_price) for t in terms}
     assert sum(t.unit_price * t.work for t in terms) == round_.buyer_payments <= job.max_price
     assert list(Provider.objects.filter(busy_slots=1).values_list("pk", flat=True)) == sorted([fast.pk, slow.pk])

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ DEMO_PLAN = "0-10,10-20,20-30"
 
 
 DEMO_BUYER_FUNDS = 1_000_000  # base units the buyer holds before the sample bid (topped up when short)
+DEMO_PLACE_SECONDS = 120  # a sample bid still in the book after this is explained and the demo exits non-zero
 DEMO_STAKE = 2_000_000  # base units the demo providers' account stakes (the market's minimum is CHAIN_MIN_STAKE)
 
 
@@ -42,10 +44,11 @@ def _token(username: str) -> str:
     return services.account_open(username=username)[1]
 
 
-def _fund(username: str) -> int:
-    """Top the demo buyer up to DEMO_BUYER_FUNDS, so that the demo runs again and again on one database."""
+def _fund(username: str, at_least: int = DEMO_BUYER_FUNDS) -> int:
+    """Top the demo buyer up to DEMO_BUYER_FUNDS (or more, for a quote above it on a slow machine), so that the demo
+    runs again and again on one database."""
     user = User.objects.get(username=username)
-    short = DEMO_BUYER_FUNDS - ledger_selectors.balances_of(user=user).spendable
+    short = max(DEMO_BUYER_FUNDS, at_least) - ledger_selectors.balances_of(user=user).spendable
     if short > 0:
         ledger_services.mint_as_system(to_user=user, amount=short, key=f"demo:{uuid.uuid4()}", memo="demo top-up")
     return ledger_selectors.balances_of(user=user).spendable
@@ -153,6 +156,18 @@ class Command(BaseCommand):
         )
         self.stdout.write(market.manage("ledger_check"))
 
+    def _wait_placed(self, market: LocalMarket, token: str, job_id: int) -> None:
+        """Wait for a round to place the bid; one that keeps losing ends the demo with the round's reason."""
+        until = time.monotonic() + DEMO_PLACE_SECONDS
+        while time.monotonic() < until:
+            _, job = market.api("GET", f"/api/jobs/{job_id}/", token=token)
+            if job["state"] != "queued":
+                return
+            time.sleep(0.5)
+        raise CommandError(
+            f"\nthe sample bid was not placed within {DEMO_PLACE_SECONDS} s: {job['error'] or 'no round placed it'}"
+        )
+
     def _money(self, market: LocalMarket, buyer: str, provider: str) -> None:
         """The job's settlement as the buyer and the provider see it through the API."""
         _, jobs = market.api("GET", "/api/jobs/", token=buyer)
@@ -174,6 +189,20 @@ class Command(BaseCommand):
         )
 
     def _sample(self, market: LocalMarket, token: str, options: dict[str, Any]) -> None:
+        query = urllib.parse.urlencode(
+            {"model": "smollm2-135m", "quant": options["quant"], "prompt": options["prompt"],
+             "max_new_tokens": options["max_new_tokens"]}
+        )  # fmt: skip
+        status, quote = market.api("GET", f"/api/quote/?{query}", token=token)
+        if status != 200:
+            raise CommandError(f"no quote for the sample job ({status}): {quote.get('message', quote)}")
+        self.stdout.write(
+            f"\nQuote: the cheapest pipeline free now asks {quote['price']:,} base units for {quote['tokens']} tokens; "
+            f"the bid offers {quote['bid']:,} (a {quote['margin_bps'] / 100:.0f} % margin), "
+            f"about {quote['ms_per_token']:.1f} ms of compute per token."
+        )
+        if quote["bid"] > DEMO_BUYER_FUNDS:
+            self.stdout.write(f"Topping the buyer up to {_fund('demo-buyer', at_least=quote['bid']):,} base units.")
         job = market.submit(
             token,
             model="smollm2-135m",
@@ -191,6 +220,7 @@ class Command(BaseCommand):
                 self.stdout.write(event["text"], ending="")
                 self.stdout.flush()
 
+        self._wait_placed(market, token, job["id"])
         market.stream(job["id"], token, on_event=show)
         _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=token)
         if done["state"] != "done":

@@ -1,0 +1,107 @@
+"""Quotes: the price at which a bid clears now (GET /api/quote/), the bid without a price that offers it, and the
+reason a losing bid is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from market import quotes, selectors, services
+from market.models import Job, LanguageModel, Provider
+from tests.market.test_clearing import bid, provider
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alice() -> User:
+    return services.account_open(username="alice")[0]
+
+
+@pytest.fixture
+def carol() -> User:
+    return services.account_open(username="carol")[0]
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr("market.tasks.job_launch", calls.append)
+    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    return calls
+
+
+def quote_api(user: User, **params: Any) -> Any:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client.get("/api/quote/", params)
+
+
+def test_the_quote_is_the_cheapest_pipeline_of_distinct_providers(
+    model: LanguageModel, alice: User, carol: User
+) -> None:
+    cheap = provider(carol, "cheap", ns=200_000)
+    mid = provider(carol, "mid", ns=400_000)
+    provider(carol, "dear", ns=3_000_000)
+    provider(carol, "gone", ns=100, state=Provider.State.OFFLINE)  # fastest, but not online: never quoted
+    quote = quotes.cheapest_pipeline(model=model)
+    assert sorted(line.provider for line in quote.lines) == sorted([cheap.pk, mid.pk])  # one provider per shard
+    asks = sum(selectors.provider_ask(p) * 2 for p in (cheap, mid))  # two layers per shard
+    assert quote.per_token == asks
+    body = quote_api(alice, model="tiny", prompt_tokens=10, max_new_tokens=6).json()
+    assert (body["price"], body["tokens"]) == (asks * 16, 16)
+    assert body["bid"] == asks * 16 * (10_000 + settings.QUOTE_MARGIN_BPS) // 10_000
+    assert body["ms_per_token"] == pytest.approx((200_000 + 400_000) * 2 / 1e6)
+
+
+def test_a_bid_without_a_price_offers_the_quote_and_clears_in_one_round(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    # Slow providers: their asks are far above DEFAULT_BID_PER_LAYER_TOKEN, so a constant default bid would lose.
+    provider(carol, "slow-1", ns=20_000_000), provider(carol, "slow-2", ns=25_000_000)
+    assert min(selectors.provider_ask(p) for p in Provider.objects.all()) > settings.DEFAULT_BID_PER_LAYER_TOKEN
+    job = bid(alice, model)
+    assert job.max_price == quotes.cheapest_pipeline(model=model).bid(job.prompt_tokens + job.max_new_tokens)
+    services.clear_market()
+    assert Job.objects.get(pk=job.pk).state == Job.State.ALLOCATED  # placed by the first round
+
+
+def test_with_nobody_to_serve_the_quote_is_409_and_a_bid_falls_back_to_the_default_price(
+    model: LanguageModel, alice: User
+) -> None:
+    response = quote_api(alice, model="tiny", prompt_tokens=10)
+    assert (response.status_code, response.json()["code"]) == (409, "no_capacity")
+    assert "no provider free now can serve shard tiny:f32:0-2" in response.json()["message"]
+    job = bid(alice, model)
+    assert job.max_price == selectors.default_max_price(
+        model=model, prompt_tokens=job.prompt_tokens, max_new_tokens=job.max_new_tokens
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"model": "nope", "prompt_tokens": 3}, "unknown_model"),
+        ({"model": "tiny", "prompt_tokens": "x"}, "invalid_input"),
+        ({"model": "tiny", "prompt_tokens": 3, "max_new_tokens": 0}, "invalid_input"),
+    ],
+)
+def test_bad_quote_requests_get_a_clear_error(
+    model: LanguageModel, alice: User, params: dict[str, Any], code: str
+) -> None:
+    response = quote_api(alice, **params)
+    assert 400 <= response.status_code < 500 and response.json()["code"] == code
+
+
+def test_a_losing_bid_is_told_why(model: LanguageModel, alice: User, carol: User, launches: list[int]) -> None:
+    too_low = bid(alice, model, max_price=1)
+    services.clear_market()
+    assert "no provider free now can serve shard" in Job.objects.get(pk=too_low.pk).error
+    provider(carol, "a"), provider(carol, "b")
+    services.clear_market()
+    error = Job.objects.get(pk=too_low.pk).error
+    assert "the cheapest pipeline free now asks" in error and "more than its maximum of 1" in error
