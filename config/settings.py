@@ -279,6 +279,11 @@ LOGGING = {
 # - A round runs the "auto" solver (CP-SAT for small books, greedy for large) with AUCTION_TIME_LIMIT_SECONDS;
 #   a new bid nudges a round AUCTION_NUDGE_SECONDS later (bids arriving meanwhile join the same round).
 ASK_PER_COMPUTE_SECOND = env_int("ASK_PER_COMPUTE_SECOND", 10_000)
+# Speed: a provider's asks and place follow the step times the market observed on its real work once it has
+# SPEED_MIN_SAMPLES decode steps (its own benchmark before that); observed SPEED_FLAG_RATIO times slower than it
+# claimed, it is flagged.
+SPEED_MIN_SAMPLES = env_int("SPEED_MIN_SAMPLES", 20)
+SPEED_FLAG_RATIO = env_int("SPEED_FLAG_RATIO", 3)
 ASK_RELIABILITY_FLOOR_PERMILLE = env_int("ASK_RELIABILITY_FLOOR_PERMILLE", 100)
 DEFAULT_BID_PER_LAYER_TOKEN = env_int("DEFAULT_BID_PER_LAYER_TOKEN", 50)
 # A bid without a max_price offers the quote (the cheapest pipeline's asks for its tokens, market/quotes.py) plus

@@ -95,6 +95,15 @@ class Provider(models.Model):
     ns_per_layer_token = models.BigIntegerField(
         null=True, blank=True, help_text="Benchmark: nanoseconds per layer per token on the real shard workload."
     )
+    observed_ns_per_layer_token = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="What the market measured on real work: ns per layer per token on decode steps.",
+    )
+    observed_steps = models.PositiveIntegerField(default=0, help_text="Decode steps behind the observed speed.")
+    speed_flagged = models.BooleanField(
+        default=False, help_text="Observed far slower than its benchmark claimed (SPEED_FLAG_RATIO)."
+    )
     reliability_permille = models.PositiveIntegerField(
         default=1000, help_text="0..1000; falls when the provider drops a step, recovers with clean work."
     )
@@ -110,6 +119,16 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return f"provider {self.pk} ({self.name}, {self.state})"
+
+    @property
+    def speed_ns_per_layer_token(self) -> int | None:
+        """The speed the market prices and places by: what it observed on real work once it has SPEED_MIN_SAMPLES
+        decode steps, the provider's own benchmark before that (None: not benchmarked yet)."""
+        from django.conf import settings  # read at call time, never at import
+
+        if self.observed_ns_per_layer_token is not None and self.observed_steps >= settings.SPEED_MIN_SAMPLES:
+            return self.observed_ns_per_layer_token
+        return self.ns_per_layer_token
 
 
 class Job(models.Model):

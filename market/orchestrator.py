@@ -411,6 +411,21 @@ class JobRunner:
         hop.provider = None
         return lost
 
+    def _record_speeds(self) -> None:
+        """What each provider's decode steps took here (the time from the previous hop's output to its own), per
+        layer-token: the market prices and places by this once it has enough of it, not by the provider's word. Only
+        a hop that one provider served the whole job counts (a replacement's steps are mixed with its
+        predecessor's)."""
+        for hop in self.hops:
+            decode = hop.round_trips[1:]
+            served_alone = sum(1 for entry in self.record if entry["hop"] == hop.index) == 1
+            if hop.provider is None or not served_alone or len(decode) < 3:
+                continue
+            ns = int(
+                statistics.median(decode) * 1e9 / max(int(hop.shard["end_layer"]) - int(hop.shard["first_layer"]), 1)
+            )
+            services.provider_record_speed(provider_id=hop.provider.pk, ns_per_layer_token=ns, steps=len(decode))
+
     def _record_index(self, hop: Hop) -> int:
         return max(i for i, entry in enumerate(self.record) if entry["hop"] == hop.index)
 
@@ -452,6 +467,7 @@ class JobRunner:
                     await sync_to_async(services.provider_record_success)(
                         provider_id=hop.provider.pk, steps=len(hop.inputs)
                     )
+        await sync_to_async(self._record_speeds)()
         try:
             await sync_to_async(services.job_settle)(job_id=job.pk)
         except Exception:  # the next auction round settles what is left unsettled

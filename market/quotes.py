@@ -94,7 +94,7 @@ def cheapest_pipeline(*, model: LanguageModel, providers: list[Provider] | None 
                 provider=p.pk,
                 provider_name=p.name,
                 ask=asks[p.pk],
-                ns_per_layer_token=int(p.ns_per_layer_token or 0),
+                ns_per_layer_token=int(p.speed_ns_per_layer_token or 0),
             )
             for p, s in zip(best[1], chain, strict=True)
         )

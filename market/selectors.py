@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
-from django.db.models import F, QuerySet
+from django.db.models import Case, F, Q, QuerySet, When
 from django.urls import reverse
 from django.utils import timezone
 
@@ -89,13 +89,21 @@ def providers_online() -> QuerySet[Provider]:
 
 def providers_free(*, exclude: set[int]) -> list[Provider]:
     """Online providers with a free slot whose owner's stake may take work (ledger.chain: with a chain, a fresh read
-    at or above the minimum), fastest benchmark first (not yet benchmarked last), then most reliable."""
+    at or above the minimum), fastest first (by the speed the market prices by; not yet benchmarked last), then most
+    reliable."""
     return list(
         providers_online()
         .filter(chain_selectors.staked_users_q(), busy_slots__lt=F("slots"))
         .exclude(pk__in=exclude)
-        .order_by(F("ns_per_layer_token").asc(nulls_last=True), "-reliability_permille", "pk")
+        .annotate(speed=speed_expression())
+        .order_by(F("speed").asc(nulls_last=True), "-reliability_permille", "pk")
     )
+
+
+def speed_expression() -> Case:
+    """Provider.speed_ns_per_layer_token in SQL: observed once there are enough samples, else the benchmark."""
+    enough = Q(observed_ns_per_layer_token__isnull=False, observed_steps__gte=settings.SPEED_MIN_SAMPLES)
+    return Case(When(enough, then=F("observed_ns_per_layer_token")), default=F("ns_per_layer_token"))
 
 
 def shard_descriptor(shard: Shard) -> dict[str, Any]:
@@ -176,9 +184,10 @@ def job_ref(job_id: int) -> str:
 def provider_ask(provider: Provider) -> int:
     """The ask the platform sets for the provider, base units per layer-token (docs/pricing.md). A provider not
     benchmarked yet has none (the book leaves it out)."""
-    assert provider.ns_per_layer_token is not None
+    speed = provider.speed_ns_per_layer_token
+    assert speed is not None
     return platform_ask(
-        ns_per_layer_token=provider.ns_per_layer_token,
+        ns_per_layer_token=speed,
         reliability_permille=provider.reliability_permille,
         per_compute_second=settings.ASK_PER_COMPUTE_SECOND,
         floor_permille=settings.ASK_RELIABILITY_FLOOR_PERMILLE,

@@ -22,6 +22,7 @@ from market.services.providers import (
     provider_disconnect,
     provider_heartbeat,
     provider_record_failure,
+    provider_record_speed,
     provider_record_success,
 )
 from market.services.runners import job_runner_beat, jobs_orphaned_end
@@ -49,6 +50,7 @@ __all__ = [
     "provider_disconnect",
     "provider_heartbeat",
     "provider_record_failure",
+    "provider_record_speed",
     "provider_record_success",
     "provider_release",
     "resolve_source",

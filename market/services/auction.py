@@ -197,13 +197,14 @@ def provider_offer(provider: Provider) -> ProviderOffer:
     with k of n slots free, k/n of it (the weights of the shards it holds are not tracked one by one)."""
     free = provider.slots - provider.busy_slots
     memory = provider.memory_bytes * free // provider.slots if provider.memory_bytes else MEMORY_UNKNOWN
-    assert provider.ns_per_layer_token is not None
+    speed = provider.speed_ns_per_layer_token
+    assert speed is not None
     return ProviderOffer(
         provider_id=provider.pk,
         slots=free,
         memory_bytes=memory,
         ask=selectors.provider_ask(provider),
-        ns_per_layer_token=provider.ns_per_layer_token,
+        ns_per_layer_token=speed,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Value
@@ -56,6 +57,24 @@ def provider_record_failure(*, provider_id: int) -> None:
         failures=F("failures") + 1,
         reliability_permille=Greatest(F("reliability_permille") - RELIABILITY_PENALTY, Value(0)),
     )
+
+
+def provider_record_speed(*, provider_id: int, ns_per_layer_token: int, steps: int) -> None:
+    """Fold one job's observed decode speed (the median of its steps on this provider) into the provider's observed
+    speed, weighted by steps (older history capped at 200 steps, so a provider that slows down is seen within a few
+    jobs), and flag it when the observation is SPEED_FLAG_RATIO times slower than its benchmark claimed."""
+    if steps < 1 or ns_per_layer_token < 1:
+        return
+    with transaction.atomic():
+        provider = Provider.objects.select_for_update().get(pk=provider_id)
+        old_weight = min(provider.observed_steps, 200) if provider.observed_ns_per_layer_token is not None else 0
+        old = provider.observed_ns_per_layer_token or 0
+        observed = (old * old_weight + ns_per_layer_token * steps) // (old_weight + steps)
+        claimed = provider.ns_per_layer_token or 0
+        flagged = claimed > 0 and observed > settings.SPEED_FLAG_RATIO * claimed
+        Provider.objects.filter(pk=provider_id).update(
+            observed_ns_per_layer_token=observed, observed_steps=F("observed_steps") + steps, speed_flagged=flagged
+        )
 
 
 def provider_record_success(*, provider_id: int, steps: int) -> None:

@@ -105,3 +105,23 @@ def test_a_losing_bid_is_told_why(model: LanguageModel, alice: User, carol: User
     services.clear_market()
     error = Job.objects.get(pk=too_low.pk).error
     assert "the cheapest pipeline free now asks" in error and "more than its maximum of 1" in error
+
+
+def test_a_lying_benchmark_is_corrected_by_what_the_market_observed_and_flagged(
+    model: LanguageModel, carol: User, settings: Any
+) -> None:
+    liar = provider(carol, "liar", ns=1)  # claims 1 ns per layer-token: the cheapest ask there is
+    honest = provider(carol, "honest", ns=400_000)
+    assert selectors.provider_ask(liar) < selectors.provider_ask(honest)
+    services.provider_record_speed(provider_id=liar.pk, ns_per_layer_token=900_000, steps=5)
+    liar.refresh_from_db()
+    assert liar.speed_flagged and liar.speed_ns_per_layer_token == 1  # flagged; too few samples to price by yet
+    services.provider_record_speed(provider_id=liar.pk, ns_per_layer_token=900_000, steps=settings.SPEED_MIN_SAMPLES)
+    liar.refresh_from_db()
+    assert liar.speed_ns_per_layer_token == 900_000  # now priced and placed by what it did
+    assert selectors.provider_ask(liar) > selectors.provider_ask(honest)
+    assert [p.pk for p in selectors.providers_free(exclude=set())] == [honest.pk, liar.pk]
+    body = APIClient()
+    body.force_authenticate(carol)
+    listed = {p["name"]: p for p in body.get("/api/providers/").json()}
+    assert listed["liar"]["speed_flagged"] and listed["liar"]["observed_ns_per_layer_token"] == 900_000
