@@ -36,7 +36,9 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.sent = len(job.tokens)
-        await self._send("snapshot", state=job.state, tokens=job.tokens, text=job.text)
+        # An open bid also says why the last round did not place it (empty until a round has seen it lose).
+        reason = job.error if job.state == Job.State.QUEUED else ""
+        await self._send("snapshot", state=job.state, tokens=job.tokens, text=job.text, reason=reason)
         if job.state in Job.FINAL_STATES:
             await self.job_done(selectors.job_done_event(job))
 
@@ -54,6 +56,10 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
                 continue  # already in the snapshot
             self.sent = index + 1
             await self._send("token", index=index, token=token, text=text)
+
+    async def job_bid(self, event: dict[str, Any]) -> None:
+        """A round did not place the bid: why (market.services.auction._explain_losers)."""
+        await self._send("bid", state="queued", reason=event["reason"])
 
     async def job_done(self, event: dict[str, Any]) -> None:
         await self._send("done", **{k: v for k, v in event.items() if k != "type"})

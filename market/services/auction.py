@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -178,7 +179,18 @@ def _explain_losers(losers: list[Job], providers: list[Provider]) -> None:
                 )
             else:
                 reason = "lost the round to other bids for the same providers; it stays in the book with priority"
-        Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(error=reason[:1000])
+        reason = reason[:1000]
+        if reason != job.error and Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(error=reason):
+            # The buyer's stream hears it too, once per change of reason (not every round).
+            event = {"type": "job.bid", "reason": reason}
+            transaction.on_commit(functools.partial(_publish, selectors.job_group(job.pk), event))
+
+
+def _publish(group: str, event: dict[str, Any]) -> None:
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    async_to_sync(get_channel_layer().group_send)(group, event)
 
 
 def job_bid(job: Job, chain: list[Shard]) -> JobBid:

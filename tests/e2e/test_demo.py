@@ -28,9 +28,11 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_the_demo_serves_the_sample_job_end_to_end_and_its_settlement_adds_up(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, **extra_env: str) -> str:
+    """`manage.py demo --once` on a database and media folder of its own; what it printed."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}", "MEDIA_ROOT": str(tmp_path / "media")}
+    env |= extra_env
 
     def manage(*args: str) -> str:
         done = subprocess.run(
@@ -40,7 +42,11 @@ def test_the_demo_serves_the_sample_job_end_to_end_and_its_settlement_adds_up(tm
         return done.stdout
 
     manage("migrate", "--noinput", "-v0")
-    out = manage("demo", "--once", "--port", str(free_port()))
+    return manage("demo", "--once", "--port", str(free_port()))
+
+
+def test_the_demo_serves_the_sample_job_end_to_end_and_its_settlement_adds_up(tmp_path: Path) -> None:
+    out = run_demo(tmp_path)
 
     answer = out.split("assistant> ", 1)[1].split("\n\n", 1)[0]
     assert answer.strip(), out
@@ -76,3 +82,18 @@ def test_the_demo_serves_the_sample_job_end_to_end_and_its_settlement_adds_up(tm
     chain_ok = CHAIN_OK.search(out)
     assert chain_ok is not None and chain_ok[1] == chain_ok[2], out
     assert "ledger ok:" in out
+
+
+def test_on_a_machine_whose_providers_ask_far_more_the_demo_bids_from_the_quote_and_is_served(tmp_path: Path) -> None:
+    # Asks 40 times the default rate: what providers 40 times slower would ask, far above the constant default bid
+    # (DEFAULT_BID_PER_LAYER_TOKEN) that the sample used to offer and lose with, round after round.
+    out = run_demo(tmp_path, ASK_PER_COMPUTE_SECOND="400000")
+    quote = re.search(
+        r"Quote: the cheapest pipeline free now asks ([\d,]+) base units for (\d+) tokens; the bid offers ([\d,]+)", out
+    )
+    assert quote is not None, out
+    price, tokens, offered = number(quote[1]), int(quote[2]), number(quote[3])
+    assert price > 50 * 30 * tokens and offered > price  # above what the constant default would have offered
+    settled = SETTLED.search(out)
+    assert settled is not None and number(settled[1]) == offered, out
+    assert "assistant> " in out and ANCHORED.search(out) is not None

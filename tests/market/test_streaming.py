@@ -142,3 +142,34 @@ def test_flush_does_not_wait_out_the_interval(running_job: tuple[Job, str], sett
         assert stored.tokens == [1, 2]
 
     async_to_sync(scenario)()
+
+
+def test_an_open_bids_stream_says_why_a_round_did_not_place_it(model: LanguageModel, monkeypatch: Any) -> None:
+    from rest_framework.authtoken.models import Token
+
+    from market import services
+
+    monkeypatch.setattr("market.tasks.job_launch", lambda job_id: None)
+    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    buyer, _ = services.account_open(username="bidder")
+    token = Token.objects.get(user=buyer).key
+    job = services.job_create(
+        buyer=buyer, model=model, messages=[{"role": "user", "content": "hi"}], max_new_tokens=4,
+        temperature=0, top_p=1, seed=None, max_price=1,
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        ws = await buyer_stream(job, token)
+        snapshot = await ws.receive_json_from(timeout=5)
+        assert (snapshot["type"], snapshot["state"], snapshot["reason"]) == ("snapshot", "queued", "")
+        await sync_to_async(services.clear_market)()  # nobody to serve it: it loses, and the stream hears why
+        event = await ws.receive_json_from(timeout=5)
+        assert event["type"] == "bid" and "no provider free now can serve shard" in event["reason"]
+        await sync_to_async(services.clear_market)()  # the same reason again: no second event
+        assert await ws.receive_nothing(timeout=0.5)
+        await ws.disconnect()
+        ws = await buyer_stream(job, token)  # a buyer who joins later reads it in the snapshot
+        assert "no provider free now" in (await ws.receive_json_from(timeout=5))["reason"]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
