@@ -147,7 +147,8 @@ def _round(*, solver: str, expired: int) -> AuctionRound | None:
         ]
         unplaced = [int(j) for j in allocation.losers] + [int(j) for j in allocation.winners if int(j) not in placed]
         Job.objects.filter(pk__in=unplaced, state=Job.State.QUEUED).update(priority=F("priority") + 1)
-        _explain_losers([job for job in jobs if job.pk in set(unplaced)], list(providers.values()))
+        lost = set(unplaced)
+        _explain_losers([job for job in jobs if job.pk in lost], list(providers.values()))
         AuctionRound.objects.filter(pk=round_.pk).update(n_placed=len(placed))
         round_.n_placed = len(placed)
         transaction.on_commit(lambda: _launch_all(placed))
@@ -258,7 +259,9 @@ def _place(
     try:
         with transaction.atomic():
             if not Job.objects.filter(pk=job_id, state=Job.State.QUEUED).update(
-                state=Job.State.ALLOCATED, auction_round=round_
+                state=Job.State.ALLOCATED,
+                auction_round=round_,
+                error="",  # an earlier round's losing reason
             ):
                 return False  # cancelled or expired since the book was read
             rows = []
