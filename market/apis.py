@@ -195,6 +195,19 @@ class MyCapacityApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no
         return Provider.objects.filter(user=self.request.user).order_by("pk")
 
 
+class MyAskApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=ProviderSerializer,
+        summary="Post your provider's own ask per layer-token (null: the platform's figure)",
+    )
+    def patch(self, request: Request, provider_id: int) -> Response:
+        if not isinstance(request.data, dict) or "ask" not in request.data:
+            raise InvalidInput('send {"ask": <base units per layer-token>} or {"ask": null}')
+        provider = services.provider_post_ask(user=request.user, provider_id=provider_id, ask=request.data["ask"])
+        return Response(ProviderSerializer(provider).data)
+
+
 class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         responses=OpenApiTypes.OBJECT,

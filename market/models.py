@@ -95,6 +95,9 @@ class Provider(models.Model):
     ns_per_layer_token = models.BigIntegerField(
         null=True, blank=True, help_text="Benchmark: nanoseconds per layer per token on the real shard workload."
     )
+    posted_ask = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The provider's own ask per layer-token; null: the platform's figure."
+    )
     observed_ns_per_layer_token = models.BigIntegerField(
         null=True,
         blank=True,

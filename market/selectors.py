@@ -182,8 +182,14 @@ def job_ref(job_id: int) -> str:
 
 
 def provider_ask(provider: Provider) -> int:
-    """The ask the platform sets for the provider, base units per layer-token (docs/pricing.md). A provider not
+    """The provider's ask in base units per layer-token (docs/pricing.md): its own posted ask, never below the
+    platform's figure from its speed and reliability (which is the ask when it posts none). A provider not
     benchmarked yet has none (the book leaves it out)."""
+    return max(platform_floor(provider), provider.posted_ask or 0)
+
+
+def platform_floor(provider: Provider) -> int:
+    """The platform's figure for the provider: its speed priced at ASK_PER_COMPUTE_SECOND over its reliability."""
     speed = provider.speed_ns_per_layer_token
     assert speed is not None
     return platform_ask(

@@ -129,7 +129,10 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
     """What the market shows of a provider: capacity, record and the ask the platform sets for it, never its owner."""
 
     ask = serializers.SerializerMethodField(
-        help_text="Base units per layer-token (docs/pricing.md); null before the benchmark."
+        help_text="The ask the auction uses, base units per layer-token (docs/pricing.md); null before the benchmark."
+    )
+    platform_ask = serializers.SerializerMethodField(
+        help_text="The platform's figure from the provider's speed and reliability: the default and the lowest ask."
     )
 
     class Meta:
@@ -151,12 +154,17 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
             "steps_served",
             "failures",
             "last_seen",
+            "posted_ask",
+            "platform_ask",
             "ask",
         ]
         read_only_fields = fields
 
     def get_ask(self, provider: Provider) -> int | None:
         return None if provider.ns_per_layer_token is None else selectors.provider_ask(provider)
+
+    def get_platform_ask(self, provider: Provider) -> int | None:
+        return None if provider.ns_per_layer_token is None else selectors.platform_floor(provider)
 
 
 class BalancesSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints

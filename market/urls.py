@@ -17,6 +17,7 @@ urlpatterns = [
     path("quote/", apis.QuoteApi.as_view(), name="api-quote"),
     path("account/", apis.AccountApi.as_view(), name="api-account"),
     path("provider/capacity/", apis.MyCapacityApi.as_view(), name="api-provider-capacity"),
+    path("provider/capacity/<int:provider_id>/ask/", apis.MyAskApi.as_view(), name="api-provider-ask"),
     path("provider/earnings/", apis.MyEarningsApi.as_view(), name="api-provider-earnings"),
     path("auction/rounds/", apis.AuctionRoundListApi.as_view(), name="api-auction-rounds"),
 ]

@@ -99,13 +99,22 @@ class Session:
 
 class ProviderAgent:
     def __init__(
-        self, *, server: str, token: str, name: str, slots: int, cache_dir: Path, memory_bytes: int = 0
+        self,
+        *,
+        server: str,
+        token: str,
+        name: str,
+        slots: int,
+        cache_dir: Path,
+        memory_bytes: int = 0,
+        ask: int | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.name = name
         self.slots = slots
         self.memory_bytes = memory_bytes
+        self.ask = ask  # base units per layer-token; None: the platform's figure
         self.cache = ShardCache(cache_dir, self.server, token)
         self.runtimes: dict[str, ShardRuntime] = {}  # by SHA-256: loaded once, kept across reconnects
         self.sessions: dict[uuid.UUID, Session] = {}
@@ -161,6 +170,7 @@ class ProviderAgent:
                     backend="cpu",
                     slots=self.slots,
                     memory_bytes=self.memory_bytes,
+                    ask=self.ask,
                 )
             )
             queue: asyncio.Queue[str | bytes] = asyncio.Queue()

@@ -100,4 +100,6 @@ def hello_fields(message: dict[str, Any]) -> dict[str, Any]:
         "backend": backend,
         "slots": field(message, "slots", int, low=1, high=64),
         "memory_bytes": field(message, "memory_bytes", int, low=0, high=2**50),
+        # Its own ask per layer-token (optional; the platform's figure is the default and the floor).
+        "posted_ask": None if message.get("ask") is None else field(message, "ask", int, low=1, high=10**9),
     }

@@ -11,6 +11,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
+from config.errors import InvalidInput, NotFound
 from market.models import Provider
 
 RELIABILITY_PENALTY = 100  # permille lost for each dropped step or missed deadline
@@ -32,6 +33,16 @@ def provider_connect(*, user: User, channel_name: str, capacity: dict[str, Any])
         provider.last_seen = timezone.now()
         provider.save(update_fields=[*capacity, "state", "channel_name", "busy_slots", "last_seen"])
     return provider
+
+
+def provider_post_ask(*, user: User, provider_id: int, ask: object) -> Provider:
+    """Set one of the user's providers' own ask (base units per layer-token; None: the platform's figure). The next
+    round uses it, never below the platform's figure. Another user's provider is NotFound, like a missing one."""
+    if ask is not None and (isinstance(ask, bool) or not isinstance(ask, int) or not 1 <= ask <= 10**9):
+        raise InvalidInput("ask must be a whole number of base units per layer-token from 1 to 10^9, or null")
+    if not Provider.objects.filter(pk=provider_id, user=user).update(posted_ask=ask):
+        raise NotFound(f"provider {provider_id} not found", code="provider_not_found")
+    return Provider.objects.get(pk=provider_id)
 
 
 def provider_benchmark(*, provider_id: int, channel_name: str, ns_per_layer_token: int) -> None:

@@ -125,3 +125,40 @@ def test_a_lying_benchmark_is_corrected_by_what_the_market_observed_and_flagged(
     body.force_authenticate(carol)
     listed = {p["name"]: p for p in body.get("/api/providers/").json()}
     assert listed["liar"]["speed_flagged"] and listed["liar"]["observed_ns_per_layer_token"] == 900_000
+
+
+def test_a_posted_ask_is_respected_in_clearing_and_never_below_the_platforms_figure(
+    model: LanguageModel, alice: User, carol: User, launches: list[int]
+) -> None:
+    from ledger import selectors as ledger_selectors
+    from market.models import Assignment
+
+    dear = provider(carol, "dear", ns=200_000, posted_ask=60)
+    cheap = provider(carol, "cheap", ns=200_000, posted_ask=1)  # below the platform's figure: the figure stands
+    assert selectors.provider_ask(dear) == 60 and selectors.provider_ask(cheap) == selectors.platform_floor(cheap) > 1
+    job = bid(alice, model)  # from the quote, which sees the posted ask
+    services.clear_market()
+    terms = {t.provider_id: t for t in Assignment.objects.filter(job=job)}
+    assert terms[dear.pk].ask == 60 and terms[dear.pk].unit_price >= 60  # the provider gets at least its ask
+    assert terms[cheap.pk].ask == selectors.platform_floor(cheap)
+    paid = sum(t.unit_price * t.work for t in terms.values())
+    assert paid <= Job.objects.get(pk=job.pk).max_price  # the buyer pays at most its bid
+    assert ledger_selectors.ledger_drift().ok
+
+
+def test_the_owner_posts_an_ask_through_the_api_and_nobody_else_can(
+    model: LanguageModel, alice: User, carol: User
+) -> None:
+    mine = provider(carol, "mine", ns=200_000)
+    owner, other = APIClient(), APIClient()
+    owner.force_authenticate(carol)
+    other.force_authenticate(alice)
+    path = f"/api/provider/capacity/{mine.pk}/ask/"
+    answer = owner.patch(path, {"ask": 75}, format="json")
+    assert answer.status_code == 200 and (answer.json()["posted_ask"], answer.json()["ask"]) == (75, 75)
+    assert answer.json()["platform_ask"] == selectors.platform_floor(mine)
+    assert other.patch(path, {"ask": 1}, format="json").status_code == 404
+    assert APIClient().patch(path, {"ask": 1}, format="json").status_code == 401
+    assert owner.patch(path, {"ask": -3}, format="json").json()["code"] == "invalid_input"
+    assert owner.patch(path, {"ask": None}, format="json").json()["ask"] == selectors.platform_floor(mine)
+    assert Provider.objects.get(pk=mine.pk).posted_ask is None

@@ -240,10 +240,12 @@ def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: Provider
     async def server(ws: ServerConnection) -> None:
         hello = p.loads(str(await ws.recv()))
         assert hello["type"] == p.HELLO and hello["name"] == agent.name
+        assert hello["ask"] == 42  # `provide --ask 42`: its own price goes out with the hello
         await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=None))
         await ws.close(1001, "going away")
 
     async def scenario() -> None:
+        agent.ask = 42
         async with serve(server, "127.0.0.1", 0) as running:
             port = next(iter(running.sockets)).getsockname()[1]
             agent.server = f"http://127.0.0.1:{port}"

@@ -119,6 +119,19 @@ async def test_hello_is_welcomed_and_the_provider_is_online_until_it_disconnects
 
 
 @run_async
+async def test_a_hello_may_post_the_providers_own_ask(alice_token: str) -> None:
+    ws = client(alice_token)
+    connected, _ = await ws.connect(timeout=WAIT)
+    assert connected
+    await ws.send_json_to({"type": "hello", **HELLO, "ask": 0})
+    assert (await ws.receive_json_from(timeout=WAIT))["code"] == "bad_message"  # an ask is at least 1
+    await ws.send_json_to({"type": "hello", **HELLO, "ask": 40})
+    assert (await ws.receive_json_from(timeout=WAIT))["type"] == "welcome"
+    assert (await provider_row()).posted_ask == 40
+    await ws.disconnect()
+
+
+@run_async
 async def test_a_second_hello_on_one_connection_is_refused_and_no_second_provider_appears(alice_token: str) -> None:
     ws = client(alice_token)
     await say_hello(ws)

@@ -84,7 +84,9 @@ def test_hello_fields_returns_the_capacity_to_store() -> None:
         "backend": "webgpu",
         "slots": 2,
         "memory_bytes": 4 << 30,
+        "posted_ask": None,  # no ask in the hello: the platform's figure
     }
+    assert p.hello_fields({**HELLO, "ask": 12})["posted_ask"] == 12
 
 
 def test_hello_fields_shortens_a_long_name_and_names_an_empty_one() -> None:

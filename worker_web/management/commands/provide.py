@@ -35,12 +35,20 @@ class Command(BaseCommand):
         )
         parser.add_argument("--name", help="How this provider is listed; default: host name and cache folder.")
         parser.add_argument("--memory-mb", type=int, default=2048, help="Memory offered for shards, MB.")
+        parser.add_argument(
+            "--ask",
+            type=int,
+            help="Your own ask, base units per layer-token (default: the platform's figure from your measured "
+            "speed, which is also the lowest ask it accepts).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["token"]:
             raise CommandError("give --token (or PROVIDER_TOKEN); manage.py issue_token <user> prints one")
         if not 1 <= options["slots"] <= 64:
             raise CommandError("--slots must be between 1 and 64")
+        if options["ask"] is not None and not 1 <= options["ask"] <= 10**9:
+            raise CommandError("--ask must be between 1 and 10^9 base units per layer-token")
         cache_dir = options["cache_dir"].resolve()
         tag = hashlib.sha1(str(cache_dir).encode()).hexdigest()[:6]
         logging.basicConfig(level=logging.INFO, format="%(asctime)s provider %(message)s", force=True)
@@ -51,6 +59,7 @@ class Command(BaseCommand):
             cache_dir=cache_dir,
             name=options["name"] or f"{socket.gethostname()}-{tag}",
             memory_bytes=options["memory_mb"] << 20,
+            ask=options["ask"],
         )
         try:
             asyncio.run(agent.run_forever())

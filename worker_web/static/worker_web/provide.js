@@ -111,7 +111,10 @@ $("benchmark").onclick = () => guarded(async () => {
     $("benchmark").disabled = false;
   }
 });
-$("start").onclick = () => guarded(() => call("start", { name: $("name").value.trim() }));
+$("start").onclick = () => guarded(() => {
+  const raw = $("ask").value.trim();
+  return call("start", { name: $("name").value.trim(), ask: raw === "" ? null : Number(raw) });
+});
 $("stop").onclick = () => guarded(() => call("stop"));
 $("clear-cache").onclick = () => guarded(async () => {
   await call("clearCache");

@@ -15,6 +15,7 @@ const state = {
   connection: "not connected",
   wanted: false, // the user pressed Start and not Stop: reconnect after a drop
   name: "browser",
+  ask: null, // its own ask per layer-token, or null: the platform's figure
   benchmark: null, // {ns, shardId, sha256}
   runtimes: new Map(), // sha256 -> Promise<ShardRuntime>, loaded once per visit
   held: new Map(), // sha256 -> shard id, for the panel
@@ -138,6 +139,7 @@ function connect() {
       type: "hello", protocol: 1, name: state.name, kind: "browser", backend: state.device.backend,
       slots: 1, // one session at a time: a tab runs its steps on one worker, one after another
       memory_bytes: state.device.memoryBytes,
+      ...(state.ask ? { ask: state.ask } : {}), // its own ask per layer-token; none: the platform's figure
     });
     socket.onmessage = (event) => {
       if (typeof event.data === "string") {
@@ -320,7 +322,11 @@ const commands = {
     await cacheStatus();
   },
   benchmark: ({ shard }) => runBenchmark(shard || state.config.benchmarkShard, true),
-  async start({ name }) {
+  async start({ name, ask }) {
+    if (ask !== undefined && ask !== null && !(Number.isInteger(ask) && ask >= 1 && ask <= 1e9)) {
+      throw new Error("the ask must be a whole number of base units per layer-token, 1 or more (or empty)");
+    }
+    state.ask = ask || null;
     if (state.wanted) return;
     state.wanted = true;
     state.name = name || "browser";
