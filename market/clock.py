@@ -36,6 +36,7 @@ def start() -> None:
         return
     _LOOP, _WAKE = loop, asyncio.Event()
     _TASK = loop.create_task(_run(_WAKE))
+    loop.create_task(_orphans())
     if settings.CHAIN_RPC_URL:
         loop.create_task(_chain())
 
@@ -48,6 +49,21 @@ def nudge() -> None:
         log.debug("no market clock in this process; the server's next round will see the book")
         return
     loop.call_soon_threadsafe(wake.set)
+
+
+async def _orphans() -> None:
+    """End jobs whose runner's lease ran out (a server that died) within a third of the lease after it did, without
+    waking a whole round: an idle book waits AUCTION_IDLE_SECONDS between rounds, and rounds every few seconds cost
+    the relay in this process (see above). One small query on running jobs."""
+    from market import services
+
+    end = sync_to_async(services.jobs_orphaned_end, thread_sensitive=False)
+    while True:
+        await asyncio.sleep(max(1.0, settings.RUNNER_LEASE_SECONDS / 3))
+        try:
+            await end(now=timezone.now())
+        except Exception:  # the clock must outlive one bad pass
+            log.exception("ending jobs whose runner was lost failed")
 
 
 async def _chain() -> None:

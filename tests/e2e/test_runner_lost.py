@@ -38,7 +38,7 @@ def _market(profile: str, work: Path) -> LocalMarket:
         redis.Redis.from_url(redis_url).flushdb()
         env |= {"DATABASE_URL": f"{PG}/{database}", "REDIS_URL": redis_url, "AUCTION_EVERY_SECONDS": "1"}
     else:
-        env |= {"DATABASE_URL": f"sqlite:///{work / 'market.sqlite3'}", "AUCTION_EVERY_SECONDS": "1"}
+        env |= {"DATABASE_URL": f"sqlite:///{work / 'market.sqlite3'}"}  # the clock's own intervals
     return LocalMarket(env=env, logs=work / "logs")
 
 
@@ -80,7 +80,8 @@ def test_a_job_whose_server_is_killed_is_ended_paid_for_what_was_delivered_and_r
             60,
             "the job to end",
         )
-        assert time.monotonic() - killed_at < LEASE + 60
+        # Ended within the lease plus a third of it (the clock's check) or a beat round, plus the restart.
+        assert time.monotonic() - killed_at < LEASE + 20
         _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=buyer)
         assert done["error_code"] == "runner_lost", done
         delivered = len(done["tokens"])
