@@ -43,8 +43,10 @@ def stake_view(*, user: User) -> dict[str, Any]:
     stale_after = timedelta(seconds=settings.CHAIN_STAKE_MAX_AGE_SECONDS)
     read_at = wallet.stake_read_at if wallet else None
     fresh = read_at is not None and timezone.now() - read_at <= stale_after
+    enabled = bridge.enabled()
+    minimum = min_stake() if enabled else 0
     return {
-        "enabled": bridge.enabled(),
+        "enabled": enabled,
         "address": wallet.address if wallet else None,
         "deposit_ref": wallet.deposit_ref if wallet else None,
         "dev_wallet": bool(wallet and wallet.dev_key),
@@ -54,9 +56,9 @@ def stake_view(*, user: User) -> dict[str, Any]:
         "slashed": wallet.stake_slashed if wallet else 0,
         "stake_read_at": read_at,
         "stake_fresh": fresh,
-        "min_stake": min_stake() if bridge.enabled() else 0,
-        "can_take_work": (not bridge.enabled())
-        or (fresh and wallet is not None and wallet.stake_active >= max(min_stake(), 1)),
+        "min_stake": minimum,
+        # The rule of staked_users_q, for this one user.
+        "can_take_work": not enabled or (fresh and wallet is not None and wallet.stake_active >= max(minimum, 1)),
         "pending_ops": [op_view(op) for op in pending],
     }
 

@@ -47,10 +47,14 @@ _INT64_MAX = 2**63 - 1
 LOG_CHUNK_BLOCKS = 2_000
 
 
+def _no_chain() -> Conflict:
+    return Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
+
+
 def _require_chain() -> Chain:
     chain = bridge.connect()
     if chain is None:
-        raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
+        raise _no_chain()
     return chain
 
 
@@ -210,7 +214,7 @@ def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger
     provider = user_arg("provider", provider)
     amount = amount_arg("amount", amount)
     if not bridge.enabled():
-        raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
+        raise _no_chain()
     if not isinstance(evidence_hash, str) or not re.fullmatch(r"0x[0-9a-fA-F]{64}", evidence_hash):
         raise InvalidInput("evidence_hash must be 32 bytes as 0x and 64 hex digits")
     wallet = Wallet.objects.filter(user=provider).exclude(address=None).first()
@@ -323,7 +327,7 @@ def withdrawal_request(*, user: User, amount: int, to: str, key: str | None = No
     amount = amount_arg("amount", amount)
     to = address_arg("to", to)
     if not bridge.enabled():  # no node call: a withdrawal queues while the chain is down
-        raise Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
+        raise _no_chain()
     key = f"withdraw:{user.pk}:{key or secrets.token_hex(16)}"
     available, earnings, bridge_account = accounts_for(
         (user, Kind.USER_AVAILABLE), (user, Kind.PROVIDER_AVAILABLE), (None, Kind.BRIDGE)

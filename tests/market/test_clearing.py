@@ -31,24 +31,6 @@ pytestmark = pytest.mark.django_db
 GRANT = 1_000_000  # settings.SIGNUP_GRANT
 
 
-@pytest.fixture
-def alice() -> User:
-    return services.account_open(username="alice")[0]
-
-
-@pytest.fixture
-def carol() -> User:
-    return services.account_open(username="carol")[0]
-
-
-@pytest.fixture
-def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    monkeypatch.setattr("market.tasks.job_launch", calls.append)
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
-    return calls
-
-
 def provider(owner: User, name: str, *, ns: int | None = 1_000_000, slots: int = 1, **fields: Any) -> Provider:
     online = {"state": Provider.State.ONLINE, "channel_name": f"chan.{name}", "last_seen": timezone.now()}
     return Provider.objects.create(user=owner, name=name, ns_per_layer_token=ns, slots=slots, **{**online, **fields})

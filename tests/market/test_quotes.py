@@ -17,24 +17,6 @@ from tests.market.test_clearing import bid, provider
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice() -> User:
-    return services.account_open(username="alice")[0]
-
-
-@pytest.fixture
-def carol() -> User:
-    return services.account_open(username="carol")[0]
-
-
-@pytest.fixture
-def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    monkeypatch.setattr("market.tasks.job_launch", calls.append)
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
-    return calls
-
-
 def quote_api(user: User, **params: Any) -> Any:
     client = APIClient()
     client.force_authenticate(user)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -155,7 +156,7 @@ def test_an_open_bids_stream_says_why_a_round_did_not_place_it(model: LanguageMo
     token = Token.objects.get(user=buyer).key
     job = services.job_create(
         buyer=buyer, model=model, messages=[{"role": "user", "content": "hi"}], max_new_tokens=4,
-        temperature=0, top_p=1, seed=None, max_price=1,
+        temperature=Decimal(0), top_p=Decimal(1), seed=None, max_price=1,
     )  # fmt: skip
 
     async def scenario() -> None:
