@@ -191,6 +191,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "market.clear_market": {"task": "market.clear_market", "schedule": float(env_int("AUCTION_EVERY_SECONDS", 2))},
     # The chain: send queued operator transactions, credit deposits, refresh stakes; anchor settlement batches.
     "ledger.chain_sync": {"task": "ledger.chain_sync", "schedule": float(env_int("CHAIN_SYNC_SECONDS", 3))},
+    # Verification: advance open audits and challenges (phase 1 re-runs, reveals, verdicts); drop old transcripts.
+    "verification.advance": {"task": "verification.advance", "schedule": float(env_int("VERIFY_EVERY_SECONDS", 2))},
     "ledger.chain_anchor": {
         "task": "ledger.chain_anchor",
         "schedule": float(env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30)),
@@ -233,6 +235,19 @@ CHAIN_STAKE_MAX_AGE_SECONDS = env_int("CHAIN_STAKE_MAX_AGE_SECONDS", 300)
 CHAIN_SYNC_SECONDS = env_int("CHAIN_SYNC_SECONDS", 3)  # outbox, deposits and stakes
 CHAIN_ANCHOR_EVERY_SECONDS = env_int("CHAIN_ANCHOR_EVERY_SECONDS", 30)
 CHAIN_ANCHOR_MAX_LEAVES = env_int("CHAIN_ANCHOR_MAX_LEAVES", 1_000)
+
+# Verification (docs/verification.md). Every finished job is audited with a probability per provider (permille): at
+# least AUDIT_FLOOR_PERMILLE, AUDIT_NEW_PERMILLE until AUDIT_TRUST_AFTER clean checks in a row (BOINC), and never less
+# than the deterrence inequality needs given the slash (SLASH_AMOUNT) and the pay at stake. A buyer challenges within
+# the window with CHALLENGE_BOND. A provider asked to reveal its layers answers within REVEAL_DEADLINE_SECONDS or
+# loses by default. Transcripts are kept for the window plus CHAIN_DISPUTE_SECONDS at most while a dispute is open.
+AUDIT_FLOOR_PERMILLE = env_int("AUDIT_FLOOR_PERMILLE", 50)
+AUDIT_NEW_PERMILLE = env_int("AUDIT_NEW_PERMILLE", 500)
+AUDIT_TRUST_AFTER = env_int("AUDIT_TRUST_AFTER", 10)
+SLASH_AMOUNT = env_int("SLASH_AMOUNT", CHAIN_MIN_STAKE)
+CHALLENGE_BOND = env_int("CHALLENGE_BOND", 50_000)
+REVEAL_DEADLINE_SECONDS = env_int("REVEAL_DEADLINE_SECONDS", 120)
+VERIFY_EVERY_SECONDS = env_int("VERIFY_EVERY_SECONDS", 2)
 # The market holds keys for users on the development chain so the API can stake and deposit for them. Never with
 # real money: refused without DEBUG.
 CHAIN_DEV_WALLETS = env_bool("CHAIN_DEV_WALLETS", DEBUG)

@@ -18,6 +18,7 @@ urlpatterns = [
     path("healthz/", healthz, name="healthz"),
     path("api/", include("market.urls")),
     path("api/", include("ledger.urls")),
+    path("api/", include("verification.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("worker_web.urls")),

@@ -68,7 +68,12 @@ class StepOutput:
     """What one shard returns for one step: hidden states or logits, and the per-layer hidden states."""
 
     output: np.ndarray  # hidden_out [1, S, H] float32, or logits [1, vocab] for the last shard
-    layer_hidden: np.ndarray  # [n_layers, H] float32 at the newest position
+    layer_hidden: np.ndarray  # [n_layers, S, H] float32: every layer's output at every position of the step
+
+    @property
+    def newest(self) -> np.ndarray:
+        """Every layer's output at the newest position, [n_layers, H]."""
+        return self.layer_hidden[:, -1]
 
 
 @dataclasses.dataclass

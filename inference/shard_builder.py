@@ -5,7 +5,8 @@ Inputs:  input_ids int64 [1, S] (first shard) or hidden_in float32 [1, S, H];
          past_key.<L>, past_value.<L> float32 [1, kv_heads, P, head_dim] for every layer L of the shard.
 Outputs: logits float32 [1, vocab] for the newest position (last shard) or hidden_out [1, S, H];
          present_key.<L>, present_value.<L> [1, kv_heads, P + S, head_dim];
-         layer_hidden float32 [n_layers, H]: each layer's output at the newest position (for commitments).
+         layer_hidden float32 [n_layers, S, H]: each layer's output at every position of the step (for commitments:
+         a provider commits to them, and a referee re-executes one layer from them).
 
 Rotary embedding uses the half-split (NeoX) form, because the GGUF reader un-permutes q/k rows.
 """
@@ -37,14 +38,14 @@ def build_shard(model: GGUFModel, spec: ShardSpec, *, on_layer: Callable[[int], 
     else:
         hidden = g.add_input("hidden_in", FLOAT, [1, "seq", config.hidden])
     writer.attention_inputs(positions)
-    newest = []
+    states = []
     for layer in range(spec.first_layer, spec.end_layer):
         hidden = writer.decoder_layer(layer, hidden)
         if on_layer is not None:
             on_layer(layer)
-        newest.append(g.op("Gather", [hidden, g.const(-1)], axis=1))  # [1, H]
-    g.rename_output(g.op("Concat", newest, axis=0), "layer_hidden")
-    g.add_output("layer_hidden", FLOAT, [spec.n_layers, config.hidden])
+        states.append(hidden)  # [1, S, H]
+    g.rename_output(g.op("Concat", states, axis=0), "layer_hidden")
+    g.add_output("layer_hidden", FLOAT, [spec.n_layers, "seq", config.hidden])
     if spec.has_head:
         last = g.op("Gather", [hidden, g.const(-1)], axis=1)
         normed = writer.rms_norm(last, model.norm(None, "output_norm"))

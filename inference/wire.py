@@ -5,7 +5,7 @@ Layout (little-endian), 36 bytes of header then the raw tensor bytes:
     offset size  field
     0      4     magic b"CMTF"
     4      1     protocol version (1)
-    5      1     message type (1 = step input, 2 = step output)
+    5      1     message type (1 = step input, 2 = step output, 3 = revealed layer states)
     6      1     dtype code (1 = float16, 2 = float32, 3 = int64)
     7      1     number of dimensions (1..4)
     8      16    session id (UUID bytes)
@@ -41,6 +41,7 @@ HEADER_BYTES = _HEADER.size  # 36; the dimensions (4 bytes each) and the payload
 class MessageType(enum.IntEnum):
     STEP_INPUT = 1
     STEP_OUTPUT = 2
+    REVEAL = 3  # one layer's committed states for one step, answering a reveal (the shard field holds the layer)
 
 
 DTYPES: dict[int, np.dtype[np.generic]] = {

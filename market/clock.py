@@ -13,6 +13,7 @@ jobs, rounds every 2 s against every 30 s), the pipeline's decode ratio was 0.80
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -24,11 +25,12 @@ log = logging.getLogger(__name__)
 _LOOP: asyncio.AbstractEventLoop | None = None
 _WAKE: asyncio.Event | None = None
 _TASK: asyncio.Task[None] | None = None
+_VERIFY: asyncio.Event | None = None
 
 
 def start() -> None:
     """Start the clock on the running loop, once per loop (called when the server handles its first request)."""
-    global _LOOP, _WAKE, _TASK
+    global _LOOP, _WAKE, _TASK, _VERIFY
     if not settings.MARKET_CLOCK:
         return
     loop = asyncio.get_running_loop()
@@ -37,6 +39,8 @@ def start() -> None:
     _LOOP, _WAKE = loop, asyncio.Event()
     _TASK = loop.create_task(_run(_WAKE))
     loop.create_task(_orphans())
+    _VERIFY = asyncio.Event()
+    loop.create_task(_verify(_VERIFY))
     if settings.CHAIN_RPC_URL:
         loop.create_task(_chain())
 
@@ -49,6 +53,29 @@ def nudge() -> None:
         log.debug("no market clock in this process; the server's next round will see the book")
         return
     loop.call_soon_threadsafe(wake.set)
+
+
+def verify_soon() -> None:
+    """From any thread: advance the open disputes now (a challenge or a reveal arrived)."""
+    loop, wake = _LOOP, _VERIFY
+    if loop is not None and wake is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(wake.set)
+
+
+async def _verify(wake: asyncio.Event) -> None:
+    """Disputes: every VERIFY_EVERY_SECONDS, or at once when woken, one turn of each open one (the referee's work
+    runs in a thread), and transcripts past their time dropped."""
+    from verification import tasks
+
+    advance = sync_to_async(tasks.advance, thread_sensitive=False)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), settings.VERIFY_EVERY_SECONDS)
+        wake.clear()
+        try:
+            await advance()
+        except Exception:  # the clock must outlive one bad pass
+            log.exception("advancing disputes failed")
 
 
 async def _orphans() -> None:

@@ -25,6 +25,9 @@ class LanguageModel(models.Model):
         upload_to="tokenizers/", help_text="Tokenizer, chat template and stop tokens as JSON (content-addressed)."
     )
     tokenizer_sha256 = models.CharField(max_length=64)
+    source_path = models.CharField(
+        max_length=500, blank=True, help_text="The GGUF it was imported from: the referee builds single layers from it."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,6 +110,10 @@ class Provider(models.Model):
     speed_flagged = models.BooleanField(
         default=False, help_text="Observed far slower than its benchmark claimed (SPEED_FLAG_RATIO)."
     )
+    barred = models.BooleanField(default=False, help_text="Proven to cheat: never placed again.")
+    audits_passed = models.PositiveIntegerField(default=0, help_text="Checks of its work that found no fraud.")
+    audits_failed = models.PositiveIntegerField(default=0, help_text="Checks that proved fraud.")
+    clean_streak = models.PositiveIntegerField(default=0, help_text="Checks passed since the last failure.")
     reliability_permille = models.PositiveIntegerField(
         default=1000, help_text="0..1000; falls when the provider drops a step, recovers with clean work."
     )

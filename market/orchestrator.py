@@ -95,6 +95,7 @@ class JobRunner:
         self.timings: dict[str, Any] = {}
         self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
         self.steps_done = 0  # steps that went through every hop
+        self.head_answers: list[Any] = []  # the head's answer per step, for the transcript
         # How each step input reached its provider's consumer: "now" (on the socket in the callback that had it),
         # "queued" (through the consumer's inbox) or "layer" (through the channel layer).
         self.relayed: collections.Counter[str] = collections.Counter()
@@ -310,6 +311,8 @@ class JobRunner:
             started = now
             if hop.index + 1 < len(hops) and len(hops[hop.index + 1].inputs) == step:
                 hops[hop.index + 1].inputs.append(out)
+        if len(self.head_answers) == step:
+            self.head_answers.append(out)
         self.steps_done = step + 1
         return out
 
@@ -426,6 +429,31 @@ class JobRunner:
             )
             services.provider_record_speed(provider_id=hop.provider.pk, ns_per_layer_token=ns, steps=len(decode))
 
+    def _record_transcript(self) -> None:
+        """Keep what every hop was fed and the head answered, for audits and challenges (after the job, so the
+        steps never wait for it)."""
+        from verification.services import transcripts
+
+        if self.steps_done == 0:
+            return
+        try:
+            transcripts.transcript_record(
+                job_id=self.job.pk,
+                hops=[transcripts.hop_descriptor(h.index, h.shard) for h in self.hops],
+                inputs=[h.inputs[: self.steps_done] for h in self.hops],
+                heads=[transcripts.head_answer(a) for a in self.head_answers[: self.steps_done]],
+            )
+        except Exception:  # the job stands without it: it cannot be checked, and the buyer is not charged more
+            log.exception("job %s: its transcript could not be stored", self.job.pk)
+
+    def _draw_audit(self) -> None:
+        from verification.services import audits
+
+        try:
+            audits.job_audit_draw(job_id=self.job.pk)
+        except Exception:
+            log.exception("job %s: the audit draw failed", self.job.pk)
+
     def _record_index(self, hop: Hop) -> int:
         return max(i for i, entry in enumerate(self.record) if entry["hop"] == hop.index)
 
@@ -468,10 +496,13 @@ class JobRunner:
                         provider_id=hop.provider.pk, steps=len(hop.inputs)
                     )
         await sync_to_async(self._record_speeds)()
+        await sync_to_async(self._record_transcript)()
         try:
             await sync_to_async(services.job_settle)(job_id=job.pk)
         except Exception:  # the next auction round settles what is left unsettled
             log.exception("job %s: settlement failed; the next round retries it", job.pk)
+        else:
+            await sync_to_async(self._draw_audit)()
         await self.layer.group_send(self.group, selectors.job_done_event(job))
         log.info("job %s %s (%s%s)", job.pk, job.state, reason or code, f": {message}" if message else "")
 

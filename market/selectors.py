@@ -82,9 +82,10 @@ def model_tokenizer(model: LanguageModel) -> ChatTokenizer:
 
 def providers_online() -> QuerySet[Provider]:
     """Providers connected now: online, and heard from within three heartbeats (a server that died cannot mark
-    its providers offline, so an old `online` alone proves nothing)."""
+    its providers offline, so an old `online` alone proves nothing). A provider proven to cheat is never one."""
     fresh = timezone.now() - timedelta(seconds=3 * settings.PROVIDER_HEARTBEAT_SECONDS)
-    return Provider.objects.filter(state=Provider.State.ONLINE, last_seen__gte=fresh).exclude(channel_name="")
+    online = Provider.objects.filter(state=Provider.State.ONLINE, last_seen__gte=fresh, barred=False)
+    return online.exclude(channel_name="")
 
 
 def providers_free(*, exclude: set[int]) -> list[Provider]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -29,10 +30,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
-from inference import wire
+from inference import commitment, wire
 from inference.errors import InferenceError, ShardIntegrityError
-from inference.runtime import ShardRuntime
+from inference.runtime import ShardRuntime, StepOutput
 from worker_web import protocol as p
+from worker_web.state_store import StateStore
 from worker_web.step_connection import StepConnection
 
 log = logging.getLogger("provider")
@@ -116,6 +118,9 @@ class ProviderAgent:
         self.memory_bytes = memory_bytes
         self.ask = ask  # base units per layer-token; None: the platform's figure
         self.cache = ShardCache(cache_dir, self.server, token)
+        self.states = StateStore(cache_dir / "states")  # what it committed to, kept to answer reveals
+        self._uncommitted: list[tuple[uuid.UUID, int, np.ndarray]] = []  # served, commitment not yet sent
+        self._commit_scheduled = False
         self.runtimes: dict[str, ShardRuntime] = {}  # by SHA-256: loaded once, kept across reconnects
         self.sessions: dict[uuid.UUID, Session] = {}
         self.ns_per_layer_token: int | None = None
@@ -160,7 +165,9 @@ class ProviderAgent:
         ) as ws:
             for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
                 session.runtime.close(str(session_id))
+                await self._in_thread(self.states.close, session_id)  # what it committed to stays revealable
             self.sessions.clear()
+            self._uncommitted.clear()  # their commitments could not reach the server: nothing to stand behind
             await ws.send(
                 p.dumps(
                     p.HELLO,
@@ -206,6 +213,8 @@ class ProviderAgent:
         if message["type"] == p.WELCOME:
             self.welcomed = True
             self.heartbeat_seconds = float(message.get("heartbeat_seconds", self.heartbeat_seconds))
+            self.states.keep_seconds = float(message.get("states_keep_seconds", self.states.keep_seconds))
+            await self._in_thread(self.states.prune)
             log.info("connected to %s as provider %s", self.server, message["provider_id"])
             if message.get("benchmark"):
                 await self._benchmark(ws, message["benchmark"])
@@ -242,6 +251,7 @@ class ProviderAgent:
             return False
         ws.send_now(answer)  # a connection that is closing loses it, as it would any answer in flight
         self.steps_at_once += 1
+        self._commit_soon(ws)
         return True
 
     async def _handle(self, ws: ClientConnection, message: str | bytes) -> None:
@@ -274,6 +284,11 @@ class ProviderAgent:
             closed = self.sessions.pop(uuid.UUID(message["session"]), None)
             if closed is not None:
                 closed.runtime.close(message["session"])
+                if self._uncommitted:  # commitments first: the states they cover must be in the store
+                    self._send_commits(ws)
+                await self._in_thread(self.states.close, uuid.UUID(message["session"]))
+        elif kind == p.REVEAL:
+            await self._reveal(ws, message)
         elif kind == p.LOAD_SHARD:
             await self._runtime(message["shard"])
             await ws.send(p.dumps(p.SHARD_LOADED, shard_id=message["shard"]["id"], sha256=message["shard"]["sha256"]))
@@ -286,6 +301,25 @@ class ProviderAgent:
         else:  # a prefill may take seconds: keep the connection's loop free meanwhile
             answer = await self._in_thread(self._answer, data)
         await ws.send(answer)
+        self._commit_soon(ws)
+
+    def _commit_soon(self, ws: ClientConnection) -> None:
+        """Send the commitments of the steps just answered, after their outputs and off the step's path: hashing
+        waits for the next turn of the loop, and the steps of that turn share one message."""
+        if self._uncommitted and not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_commits, ws)
+
+    def _send_commits(self, ws: ClientConnection) -> None:
+        self._commit_scheduled = False
+        served, self._uncommitted = self._uncommitted, []
+        commits = []
+        for session, step, layer_hidden in served:
+            self.states.add(session, step, layer_hidden)
+            commits.append([str(session), step, commitment.commit(layer_hidden)])
+        for start in range(0, len(commits), p.COMMITS_PER_MESSAGE):
+            batch = commits[start : start + p.COMMITS_PER_MESSAGE]
+            asyncio.get_running_loop().create_task(_send_quietly(ws, p.dumps(p.COMMIT, commits=batch)))
 
     def _answer(self, data: bytes) -> bytes:
         """Run a step frame through its session and return the output frame; a step asked again (its answer was
@@ -300,19 +334,44 @@ class ProviderAgent:
             message = f"expected step input {session.next_step}, got type {int(frame.kind)} step {frame.step}"
             raise _for_session(p.ProtocolError(message, code=p.UNEXPECTED_STEP), frame.session)
         try:
-            result = session.runtime.step(str(frame.session), frame.tensor)
+            result = self.compute(session, frame)
         except InferenceError as exc:
             raise _for_session(exc, frame.session) from None
         session.next_step += 1
         self.steps_served += 1
-        if session.argmax:
-            output = np.array([[np.argmax(result.output[-1])]], dtype=np.int64)
-        elif session.runtime.spec.has_head:
-            output = result.output
-        else:
-            output = result.output.astype(np.float16)
+        output = self.output(session, frame, result)
+        self._uncommitted.append((frame.session, frame.step, result.layer_hidden))
         session.last_output = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output)
         return session.last_output
+
+    def compute(self, session: Session, frame: wire.Frame) -> StepOutput:
+        """Run one step through the session's shard (a test provider that cheats overrides this)."""
+        return session.runtime.step(str(frame.session), frame.tensor)
+
+    def output(self, session: Session, frame: wire.Frame, result: StepOutput) -> np.ndarray:
+        """What goes back for a step: a head's argmax token or logits, or the hidden states as float16."""
+        if session.argmax:
+            return np.array([[np.argmax(result.output[-1])]], dtype=np.int64)
+        if session.runtime.spec.has_head:
+            return result.output
+        return result.output.astype(np.float16)
+
+    async def _reveal(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        """Open one layer's committed states for a range of steps: a frame per step, then the proofs."""
+        request = str(message.get("request", ""))[:64]
+        session = uuid.UUID(p.field(message, "session", str))
+        layer = p.field(message, "layer", int, low=0, high=1023)
+        first, last = p.field(message, "first_step", int, low=0), p.field(message, "last_step", int, low=0)
+        held = await self._in_thread(self.states.layer, session, first, last) if first <= last else None
+        if held is None or layer >= next(iter(held.values())).shape[0]:
+            message_text = f"no states of layer {layer} for steps {first}-{last} of session {session}"
+            await ws.send(p.dumps(p.ERROR, code=p.NO_STATES, message=message_text, request=request))
+            return
+        proofs = []
+        for step, layer_hidden in held.items():
+            await ws.send(wire.encode(wire.MessageType.REVEAL, session, step, layer, layer_hidden[layer]))
+            proofs.append(commitment.proof(commitment.leaves(layer_hidden), layer))
+        await ws.send(p.dumps(p.REVEALED, request=request, session=str(session), layer=layer, proofs=proofs))
 
     async def _runtime(self, shard: dict[str, Any]) -> ShardRuntime:
         """The loaded shard, fetched into the cache first if needed; a cached file that fails its hash check is
@@ -365,6 +424,12 @@ def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> 
     finally:
         runtime.close(session)
     return max(1, int(statistics.median(times) / len(runtime.layers)))
+
+
+async def _send_quietly(ws: ClientConnection, text: str) -> None:
+    """Send a message whose loss only the connection's end explains (the reader reports that)."""
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(text)
 
 
 def _decode_step(message: str | bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 import uuid
 from typing import Any
 
@@ -28,6 +29,7 @@ from worker_web import relay, shutdown
 from worker_web.relay import RelayMixin
 
 log = logging.getLogger(__name__)
+LATE_COMMIT_SECONDS = 10.0
 
 
 @dataclasses.dataclass
@@ -100,6 +102,11 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
 
     async def connect(self) -> None:
         self.routes: dict[uuid.UUID, Route] = {}
+        # Sessions closed on this connection, newest last, with when: their last commitments may trail the close by
+        # LATE_COMMIT_SECONDS, never more (a provider must not commit after it could know whether it is checked).
+        self.closed: dict[uuid.UUID, float] = {}
+        self.commits: list[tuple[uuid.UUID, int, str]] = []  # received, not yet stored
+        self.reveals: dict[str, Reveal] = {}  # reveals asked of this provider, by request id
         self.relay_register()
         await self.accept()
         user = self.scope.get("user")
@@ -111,6 +118,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         if self.provider_id is None:
             return
         shutdown.untrack(channel_name=self.channel_name)
+        await self._store_commits()
         await database_sync_to_async(services.provider_disconnect)(
             provider_id=self.provider_id, channel_name=self.channel_name
         )
@@ -149,6 +157,8 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
             p.SHARD_LOADED: self._shard_loaded,
             p.HEARTBEAT: self._heartbeat,
             p.ERROR: self._provider_error,
+            p.COMMIT: self._commit,
+            p.REVEALED: self._revealed,
         }
 
     async def _error(self, code: str, message: str, **extra: Any) -> None:
@@ -179,6 +189,8 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
                 benchmark=bench,
                 max_frame_bytes=wire.MAX_FRAME_BYTES,
                 heartbeat_seconds=settings.PROVIDER_HEARTBEAT_SECONDS,
+                # How long it keeps the states it commits to: the window, plus the longest a dispute may take.
+                states_keep_seconds=settings.CHALLENGE_WINDOW_SECONDS + settings.CHAIN_DISPUTE_SECONDS,
             )
         )
         log.info("provider %s (%s) online with %d slot(s)", provider.pk, provider.name, provider.slots)
@@ -206,6 +218,10 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         )
 
     async def _provider_error(self, message: dict[str, Any]) -> None:
+        if message.get("code") == p.NO_STATES and str(message.get("request", "")) in self.reveals:
+            asked = self.reveals.pop(str(message["request"]))
+            await database_sync_to_async(_reveal_record)(self.provider_id, asked, [])
+            return
         if not isinstance(message.get("session"), str):
             log.warning("provider %s reports %s: %s", self.provider_id, message.get("code"), message.get("message"))
             return
@@ -219,6 +235,67 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
                 "code": str(message.get("code", "error"))[:64],
                 "message": str(message.get("message", ""))[:500],
             },
+        )
+
+    # --- commitments and reveals (verification) -----------------------------------------------------------------
+
+    async def _commit(self, message: dict[str, Any]) -> None:
+        """Commitments to the per-layer states of steps this provider answered: kept in memory and stored in
+        batches (never on a step's path); those of a closed session are stored at once."""
+        entries = message.get("commits")
+        if not isinstance(entries, list) or len(entries) > p.COMMITS_PER_MESSAGE:
+            raise p.ProtocolError(f'"commits" must be a list of at most {p.COMMITS_PER_MESSAGE} [session, step, root]')
+        late = False
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int) and entry[1] >= 0):
+                raise p.ProtocolError("a commit is [session, step, root]")
+            session = _session_id(entry[0])
+            root = entry[2]
+            if not (isinstance(root, str) and len(root) == 64 and all(c in "0123456789abcdef" for c in root)):
+                raise p.ProtocolError("a commitment root is 64 lowercase hex digits")
+            closed_at = self.closed.get(session)
+            if session not in self.routes and (closed_at is None or time.monotonic() - closed_at > LATE_COMMIT_SECONDS):
+                raise p.ProtocolError(f"session {session} is not open here", code=p.UNKNOWN_SESSION)
+            late |= session in self.closed
+            self.commits.append((session, entry[1], root))
+        if late or len(self.commits) >= 64:
+            await self._store_commits()
+
+    async def _store_commits(self) -> None:
+        if self.commits and self.provider_id is not None:
+            batch, self.commits = self.commits, []
+            await database_sync_to_async(_commitments_record)(self.provider_id, batch)
+
+    async def provider_reveal(self, event: dict[str, Any]) -> None:
+        """A referee asks this provider to open one layer's committed states over a range of steps."""
+        request = event["request"]
+        self.reveals[request] = Reveal(
+            request=request,
+            session=uuid.UUID(event["session"]),
+            layer=int(event["layer"]),
+            first_step=int(event["first_step"]),
+            last_step=int(event["last_step"]),
+        )
+        fields = {k: event[k] for k in ("request", "session", "layer", "first_step", "last_step")}
+        await self.send(text_data=p.dumps(p.REVEAL, **fields))
+
+    def _reveal_frame(self, frame: wire.Frame) -> None:
+        """One step of a revealed layer: kept with the reveal it answers until the proofs arrive."""
+        for asked in self.reveals.values():
+            if asked.session == frame.session and asked.layer == frame.shard:
+                if not asked.first_step <= frame.step <= asked.last_step or frame.tensor.ndim != 2:
+                    raise wire.BadFrame(f"step {frame.step} of layer {frame.shard} was not asked for")
+                asked.states[frame.step] = np.array(frame.tensor, dtype=np.float32)
+                return
+        raise wire.BadFrame("revealed states that no reveal asked for")
+
+    async def _revealed(self, message: dict[str, Any]) -> None:
+        asked = self.reveals.pop(str(message.get("request", "")), None)
+        if asked is None:
+            raise p.ProtocolError("no reveal with that request is open")
+        proofs = message.get("proofs")
+        await database_sync_to_async(_reveal_record)(
+            self.provider_id, asked, proofs if isinstance(proofs, list) else []
         )
 
     async def _own_route(self, session_text: str) -> tuple[uuid.UUID, Route]:
@@ -240,8 +317,11 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         if self.provider_id is None:
             raise p.ProtocolError("say hello before sending frames")
         frame = wire.decode(data)
+        if frame.kind == wire.MessageType.REVEAL:
+            self._reveal_frame(frame)
+            return
         if frame.kind != wire.MessageType.STEP_OUTPUT:
-            raise wire.BadFrame("a provider sends step outputs (message type 2) only")
+            raise wire.BadFrame("a provider sends step outputs (message type 2) and revealed states (3) only")
         session, route = await self._own_route(str(frame.session))
         if frame.step not in route.pending:
             raise p.ProtocolError(f"step {frame.step} of session {session} was not asked for", code=p.UNEXPECTED_STEP)
@@ -339,8 +419,52 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         launch_here(int(event["job"]))
 
     async def provider_close(self, event: dict[str, Any]) -> None:
-        if self.routes.pop(uuid.UUID(event["session"]), None) is not None:
+        session = uuid.UUID(event["session"])
+        if self.routes.pop(session, None) is not None:
+            self.closed[session] = time.monotonic()
+            while len(self.closed) > 1024:
+                self.closed.pop(next(iter(self.closed)))
             await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))
+            await self._store_commits()
+
+
+@dataclasses.dataclass
+class Reveal:
+    """A reveal asked of this provider, and the states it has sent for it so far."""
+
+    request: str
+    session: uuid.UUID
+    layer: int
+    first_step: int
+    last_step: int
+    states: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _session_id(text: object) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(text))
+    except ValueError:
+        raise p.ProtocolError(f"{text!r} is not a session id") from None
+
+
+def _commitments_record(provider_id: int, commits: list[tuple[uuid.UUID, int, str]]) -> None:
+    from verification.services import commitments
+
+    commitments.commitments_record(provider_id=provider_id, commits=commits)
+
+
+def _reveal_record(provider_id: int | None, asked: Reveal, proofs: list[Any]) -> None:
+    from verification.services import disputes
+
+    assert provider_id is not None
+    disputes.reveal_record(
+        provider_id=provider_id,
+        request=asked.request,
+        session=asked.session,
+        layer=asked.layer,
+        states=asked.states,
+        proofs=proofs,
+    )
 
 
 def _token(frame: wire.Frame) -> int | None:

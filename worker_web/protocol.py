@@ -23,6 +23,13 @@ SHARD_LOADED = "shard_loaded"
 SESSION_OPENED = "session_opened"
 HEARTBEAT = "heartbeat"
 ERROR = "error"
+# Commitments to per-layer hidden states, sent after the outputs they cover: {"commits": [[session, step, root]]}
+# (inference/commitment.py says how a root is made). At most COMMITS_PER_MESSAGE entries per message.
+COMMIT = "commit"
+COMMITS_PER_MESSAGE = 256
+# The answer to a reveal: first one binary frame of type REVEAL per step (session, step, shard field = the layer's
+# index in the shard, float32 [S, H]), then {"request", "session", "layer", "proofs": [proof per step]}.
+REVEALED = "revealed"
 # server -> provider
 WELCOME = "welcome"
 LOAD_SHARD = "load_shard"
@@ -34,6 +41,9 @@ HEAD_LOGITS = "logits"
 HEAD_ARGMAX = "argmax"
 HEAD_OUTPUTS = (HEAD_LOGITS, HEAD_ARGMAX)
 CLOSE_SESSION = "close_session"
+# Open one layer's committed states for steps first_step..last_step: {"request", "session", "layer", "first_step",
+# "last_step"}. The provider keeps its states for `states_keep_seconds` (in the welcome) after a session closes.
+REVEAL = "reveal"
 
 KINDS = ("headless", "browser")
 BACKENDS = ("cpu", "wasm", "webgpu")
@@ -47,6 +57,7 @@ NOT_YOUR_SESSION = "not_your_session"
 UNEXPECTED_STEP = "unexpected_step"
 SHARD_FAILED = "shard_failed"
 STEP_FAILED = "step_failed"
+NO_STATES = "no_states"  # a reveal asks for states the provider does not hold (it names the request)
 
 
 class ProtocolError(Exception):

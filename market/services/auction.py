@@ -270,6 +270,7 @@ def _place(
                 claimed = Provider.objects.filter(
                     pk=provider.pk,
                     state=Provider.State.ONLINE,
+                    barred=False,  # proven to cheat while the round ran
                     channel_name=provider.channel_name,
                     busy_slots__lt=F("slots"),
                 ).update(busy_slots=F("busy_slots") + 1)

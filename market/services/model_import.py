@@ -110,6 +110,9 @@ def _model_get_or_create(*, name: str, quant: str, gguf: GGUFModel) -> LanguageM
                 "pass --name to import this one under a different name",
                 code="model_conflict",
             )
+        if existing.source_path != str(gguf.path):
+            LanguageModel.objects.filter(pk=existing.pk).update(source_path=str(gguf.path))
+            existing.source_path = str(gguf.path)
         return existing
     tokenizer_name, tokenizer_sha256 = _store("tokenizers", ChatTokenizer.from_gguf(gguf).to_json().encode(), ".json")
     with transaction.atomic():
@@ -122,6 +125,7 @@ def _model_get_or_create(*, name: str, quant: str, gguf: GGUFModel) -> LanguageM
                 "config": gguf.config.to_dict(),
                 "tokenizer_file": tokenizer_name,
                 "tokenizer_sha256": tokenizer_sha256,
+                "source_path": str(gguf.path),
             },
         )
     return model

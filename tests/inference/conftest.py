@@ -99,7 +99,7 @@ def step_chain() -> Callable[[Sequence[ShardRuntime], str, Sequence[int]], tuple
         for runtime in runtimes:
             out = runtime.step(session_id, data)
             data = out.output
-            hidden.append(out.layer_hidden)
+            hidden.append(out.newest)
         return data[0], np.concatenate(hidden)
 
     return step

@@ -89,17 +89,19 @@ def test_chain_layer_hidden_states_match_the_whole_model(
     assert np.abs(np.diff(whole, axis=1)).max(axis=-1).min() > 0.1
 
 
-def test_layer_hidden_is_each_layers_output_at_the_newest_position(tiny_runtimes: Runtimes) -> None:
+def test_layer_hidden_is_each_layers_output_at_every_position(tiny_runtimes: Runtimes) -> None:
     *bodies, head = tiny_runtimes("each", "f32")
     data: np.ndarray = np.asarray([PROMPT])
     for runtime in bodies:
         runtime.open("s")
         out = runtime.step("s", data)
         assert out.output.shape == (1, len(PROMPT), 64)
-        np.testing.assert_array_equal(out.layer_hidden, out.output[:, -1])
+        assert out.layer_hidden.shape == (1, len(PROMPT), 64)
+        np.testing.assert_array_equal(out.layer_hidden, out.output)
+        np.testing.assert_array_equal(out.newest, out.output[:, -1])
         data = out.output
     head.open("s")
-    assert head.step("s", data).layer_hidden.shape == (1, 64)
+    assert head.step("s", data).layer_hidden.shape == (1, len(PROMPT), 64)
 
 
 @pytest.mark.parametrize("quant", QUANTS)

@@ -86,7 +86,7 @@ def test_a_frame_built_by_hand_decodes() -> None:
         pytest.param(raw(version=2), "protocol version 2 is not supported", id="version-2"),
         pytest.param(raw(version=0), "protocol version 0 is not supported", id="version-0"),
         pytest.param(raw(kind=0), "unknown message type 0", id="type-0"),
-        pytest.param(raw(kind=3), "unknown message type 3", id="type-3"),
+        pytest.param(raw(kind=4), "unknown message type 4", id="type-4"),
         pytest.param(raw(dtype=0), "unknown dtype code 0", id="dtype-0"),
         pytest.param(raw(dtype=4), "unknown dtype code 4", id="dtype-4"),
         pytest.param(raw(shape=()), "1 to 4 dimensions, not 0", id="ndim-0"),

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from inference import commitment, wire
 from inference.config import ShardSpec
 from inference.errors import ShardIntegrityError
 from inference.gguf_model import GGUFModel
@@ -307,6 +308,25 @@ async def _open_session(ws: Any, shard_id: str, sha: str, session: Any) -> None:
     assert p.loads(str(await ws.recv()))["type"] == p.SESSION_OPENED
 
 
+async def _next_frame(ws: Any, commits: list[list[Any]] | None = None) -> np.ndarray:
+    """The next binary frame's tensor; the commitments the agent sends between its answers are collected."""
+    while True:
+        message = await ws.recv()
+        if isinstance(message, bytes):
+            return wire.decode(message).tensor
+        body = p.loads(str(message))
+        assert body["type"] == p.COMMIT, body
+        if commits is not None:
+            commits.extend(body["commits"])
+
+
+def _layer_states(data: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Each step's per-layer hidden states [n_layers, S, H] from a fresh runtime of the shard."""
+    runtime = ShardRuntime(data)
+    runtime.open("states")
+    return [runtime.step("states", tensor).layer_hidden for tensor in inputs]
+
+
 def _serve_once(agent: ProviderAgent, server: Any, *, ends_with: type[BaseException]) -> None:
     """Run `server` as a real WebSocket server on loopback and the agent's connection to it until it ends."""
     from websockets.asyncio.server import serve
@@ -344,16 +364,19 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     inputs = [hidden[:, :18], hidden[:, 18:19], hidden[:, 19:20]]
     answers: list[np.ndarray] = []
     errors: list[str] = []
+    commits: list[list[Any]] = []
 
     async def server(ws: ServerConnection) -> None:
         await _open_session(ws, spec.shard_id, sha, session)
         for step, tensor in enumerate(inputs):
             await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, step, 1, tensor))
-            answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+            answers.append(await _next_frame(ws, commits))
         await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 2, 1, inputs[2]))  # asked again
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(await _next_frame(ws, commits))
         await ws.send(b"CMTF-not-a-frame")
-        errors.append(p.loads(str(await ws.recv()))["code"])
+        while (reply := p.loads(str(await ws.recv())))["type"] == p.COMMIT:
+            commits.extend(reply["commits"])
+        errors.append(reply["code"])
         await ws.close(1001, "going away")
 
     _serve_once(agent, server, ends_with=Disconnected)
@@ -364,6 +387,10 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat, each
     # read whole without websockets' parser. The prefill (18 tokens) went through the reader.
     assert agent.steps_served == 3 and agent.steps_at_once == 3 and agent.steps_unparsed == 3
+    # One commitment per step served (the repeat is not committed again): the Merkle root of that step's per-layer
+    # hidden states, as the reference computes them.
+    roots = [commitment.commit(reference_states) for reference_states in _layer_states(data, inputs)]
+    assert commits == [[str(session), step, root] for step, root in enumerate(roots)], commits
 
 
 def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_still_fails_the_connection(
@@ -399,22 +426,23 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
     async def server(ws: ServerConnection) -> None:
         await _open_session(ws, spec.shard_id, sha, session)
         await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 0, 1, inputs[0]))  # the prefill
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(await _next_frame(ws))
         split = raw(1)
         ws.transport.write(split[:7])
         await asyncio.sleep(0.05)
         ws.transport.write(split[7:])
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(await _next_frame(ws))
         ws.transport.write(raw(2) + raw(3))
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(await _next_frame(ws))
+        answers.append(await _next_frame(ws))
         ws.transport.write(raw(4))
-        answers.append(wire.decode(await ws.recv()).tensor)  # type: ignore[arg-type]
+        answers.append(await _next_frame(ws))
         masked = bytearray(raw(4))
         masked[1] |= 0x80
         ws.transport.write(bytes(masked[:4]) + b"\0\0\0\0" + bytes(masked[4:]))  # a zero mask: same payload
         try:
-            await ws.recv()
+            while True:
+                await ws.recv()
         except ConnectionClosedError:
             closed.append(ws.close_code)
 

@@ -17,6 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -109,7 +110,9 @@ async def test_hello_is_welcomed_and_the_provider_is_online_until_it_disconnects
         "benchmark": None,
         "max_frame_bytes": wire.MAX_FRAME_BYTES,
         "heartbeat_seconds": 15.0,
+        "states_keep_seconds": welcome["states_keep_seconds"],
     }
+    assert welcome["states_keep_seconds"] >= settings.CHALLENGE_WINDOW_SECONDS  # states outlive the window
     assert (provider.state, provider.name, provider.slots, provider.busy_slots) == ("online", "box", 3, 0)
     assert (provider.kind, provider.backend, provider.memory_bytes) == ("headless", "cpu", 1 << 30)
     assert provider.channel_name and provider.user.username == "alice"
