@@ -40,8 +40,10 @@ class VerifyMarket(LocalMarket):
     current: list[str]
 
     def providers(self, cheat: dict[str, Any]) -> list[str]:
-        """Three fresh provider processes (new names: a barred one is never placed again) lying as `cheat` says."""
+        """Three fresh provider processes (new names: a barred one is never placed again) lying as `cheat` says,
+        and a fresh buyer (an earlier test's free rerun settling later must not move this test's balances)."""
         self.cheat_file.write_text(json.dumps(cheat))
+        self.buyer = self.manage("issue_token", f"buyer{next(self.serial)}", "--create")
         for name in getattr(self, "current", []):
             self.kill(name, signal.SIGTERM)
         self.current = []
@@ -119,7 +121,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifyMarket]:
     stack.cheat_file = work / "cheat.json"
     stack.manage("migrate", "--noinput", "-v0")
     stack.manage("import_model", "smollm2-135m", "--plan", "0-10,10-20,20-30", "--quant", "q4")
-    stack.buyer = stack.manage("issue_token", "vera", "--create")
     stack.provider_token = stack.manage("issue_token", "mallory", "--create")
     try:
         stack.start_server()
@@ -223,12 +224,12 @@ def test_a_buyers_challenge_of_honest_work_pays_the_bond_to_the_providers(market
 
 
 def test_a_buyers_challenge_of_a_cheat_returns_the_bond(market: VerifyMarket) -> None:
-    market.providers({"shard_first": 20, "kind": "noise", "layer": 2, "scale": 0.05})
+    market.providers({"shard_first": 10, "kind": "noise", "layer": 2, "scale": 0.05})
     before = market.balances()
     job = market.job()
     status, body = market.api("POST", f"/api/jobs/{job['id']}/challenge/", token=market.buyer)
     assert status == 201, body
     fraud = _fraud(market.verdict(job["id"]))
-    assert (fraud["hop"], fraud["layer"]) == (2, 22), fraud
+    assert (fraud["step"], fraud["hop"], fraud["layer"]) == (0, 1, 12), fraud
     assert market.balances()["available"] == before["available"]  # the job's cost and the bond, both back
     market.ledger_ok()

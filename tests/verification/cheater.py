@@ -6,7 +6,8 @@ honest), so a test can change it between jobs without restarting the process:
   {"shard_first": 10, "kind": "noise", "layer": 3, "scale": 0.05, "steps": [5]}  noise on one layer's output,
       carried on through the layers after it and into the output (steps: which steps; absent: every step)
   {"shard_first": 20, "kind": "flip", "steps": [2]}   a head that returns its second-best token
-  {"shard_first": 10, "kind": "weights"}   the shard computed with other weights (the f32 build of a q4 shard)
+  {"shard_first": 10, "kind": "weights"}   the shard computed with other weights (the next layers' along: 11-21 for
+      10-20, the model's own quantisation)
   {"shard_first": 10, "kind": "noise", ..., "refuse": true}   ... and it never answers a reveal
 The cheat applies only to a session on the shard starting at `shard_first`; on any other it is honest.
 """
@@ -84,8 +85,7 @@ class Cheater(ProviderAgent):
     def _other_weights(self, session: Session) -> ShardRuntime:
         spec = session.runtime.spec
         if spec.shard_id not in self.others:
-            quant = "f32" if spec.quant == "q4" else "q4"
-            other = ShardSpec(spec.model, quant, spec.first_layer, spec.end_layer, spec.n_layers_total)
+            other = ShardSpec(spec.model, spec.quant, spec.first_layer + 1, spec.end_layer + 1, spec.n_layers_total)
             self.others[spec.shard_id] = ShardRuntime(build_shard(GGUFModel(smollm2_path()), other).SerializeToString())
         return self.others[spec.shard_id]
 

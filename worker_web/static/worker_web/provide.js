@@ -31,6 +31,21 @@ function log(text, level = "info") {
   while ($("log").children.length > 200) $("log").lastChild.remove();
 }
 
+// One line on the commitments this tab has sent and the reveals it has answered (docs/protocol.md, "Commitments and
+// reveals"), placed after "ms per step" in the panel.
+function proofsLine() {
+  let line = $("stat-proofs");
+  if (!line) {
+    const term = document.createElement("dt");
+    term.textContent = "Fraud proofs";
+    line = document.createElement("dd");
+    line.id = "stat-proofs";
+    line.title = "Commitments to your per-layer states sent with the steps you served, and reveals of them answered";
+    $("stat-ms").after(term, line);
+  }
+  return line;
+}
+
 const views = {
   device(m) {
     $("device-cores").textContent = m.cores;
@@ -47,6 +62,9 @@ const views = {
     $("stat-sessions").textContent = m.sessions;
     $("stat-steps").textContent = m.stepsServed;
     $("stat-ms").textContent = m.msPerStep === null ? "—" : m.msPerStep.toFixed(1);
+    const proofs = proofsLine();
+    proofs.textContent = `${m.commitsSent} commitments sent, ${m.revealsAnswered} reveals answered`;
+    Object.assign(proofs.dataset, { commits: String(m.commitsSent), reveals: String(m.revealsAnswered) });
     $("stat-downloads").textContent = m.downloads;
     $("stat-cache-hits").textContent = m.cacheHits;
     $("stat-corrupt").textContent = m.corrupt;

@@ -1,11 +1,14 @@
 // The provider tab's Web Worker: it owns the WebSocket to /ws/provider/, the shard cache and onnxruntime-web, so
 // the page only draws. It speaks docs/protocol.md exactly as worker_web/agent.py does (kind "browser").
 import * as wire from "./wire.js";
+import * as commitment from "./commitment.js";
 import { ShardCache, ShardIntegrityError } from "./shard-cache.js";
 import { ShardRuntime, timeDecode } from "./shard-runtime.js";
+import { StateStore } from "./state-store.js";
 
 const BACKOFF_FIRST = 1, BACKOFF_CAP = 30; // seconds, as ProviderAgent.run_forever
 const STEP_TIMES_KEPT = 32;
+const COMMITS_PER_MESSAGE = 256; // worker_web/protocol.py
 
 const state = {
   config: null,
@@ -22,10 +25,16 @@ const state = {
   sessions: new Map(), // session id -> {runtime, hop, nextStep, lastOutput}
   stepsServed: 0,
   stepMs: [],
+  uncommitted: [], // {session, step, layerHidden, dims} served, commitment not yet sent
+  commitTimer: null,
+  committing: Promise.resolve(), // the commitments being hashed and sent; flushes run one after another
+  commitsSent: 0,
+  revealsAnswered: 0,
   queue: Promise.resolve(), // session messages and frames run one at a time, in arrival order
   heartbeat: null,
 };
 const cache = new ShardCache((shard, loaded, total) => post({ type: "progress", shard: shard.id, loaded, total }));
+const states = new StateStore(); // what it committed to, kept to answer reveals
 
 function post(message) {
   self.postMessage(message);
@@ -49,6 +58,8 @@ async function status() {
     cacheHits: cache.hits,
     corrupt: cache.corrupt,
     benchmark: state.benchmark,
+    commitsSent: state.commitsSent,
+    revealsAnswered: state.revealsAnswered,
   });
 }
 
@@ -188,8 +199,15 @@ function send(message) {
 }
 
 function dropSessions() {
+  const ids = [...state.sessions.keys()];
   for (const [id, session] of state.sessions) session.runtime.close(id); // the server forgets them with the socket
   state.sessions.clear();
+  // Their commitments cannot reach the server now: nothing to stand behind. What was committed stays revealable.
+  state.uncommitted = [];
+  enqueue(async () => {
+    await state.committing;
+    for (const id of ids) await states.close(id);
+  });
 }
 
 async function control(message) {
@@ -197,6 +215,8 @@ async function control(message) {
     state.connection = `connected as provider ${message.provider_id}`;
     const every = (message.heartbeat_seconds || 15) * 1000;
     state.heartbeat = setInterval(() => send({ type: "heartbeat", sessions: state.sessions.size, steps_served: state.stepsServed }), every);
+    states.keepSeconds = message.states_keep_seconds ?? states.keepSeconds;
+    states.prune().catch((error) => log(`pruning kept states failed: ${error.message}`, "warning"));
     status();
     if (message.benchmark) {
       enqueue(async () => {
@@ -243,8 +263,14 @@ async function sessionMessage(message) {
     cacheStatus();
   } else if (message.type === "close_session") {
     const session = state.sessions.get(message.session);
-    if (session) session.runtime.close(message.session);
-    state.sessions.delete(message.session);
+    if (session) {
+      session.runtime.close(message.session);
+      state.sessions.delete(message.session);
+      await flushCommits(); // commitments first: the states they cover must be in the store
+      await closeStates(message.session);
+    }
+  } else if (message.type === "reveal") {
+    await reveal(message);
   } else if (message.type === "load_shard") {
     await runtimeFor(message.shard);
     send({ type: "shard_loaded", shard_id: message.shard.id, sha256: message.shard.sha256 });
@@ -280,7 +306,79 @@ async function step(buffer) {
   state.stepsServed++;
   state.stepMs.push(performance.now() - started);
   if (state.stepMs.length > STEP_TIMES_KEPT) state.stepMs.shift();
+  state.uncommitted.push({ session: frame.session, step: frame.step, layerHidden: result.layerHidden, dims: result.layerHiddenDims });
   send(session.lastOutput);
+  commitSoon();
+}
+
+// --- commitments and reveals (docs/protocol.md, "Commitments and reveals") ------------------------------------
+
+// Send the commitments of the steps just answered, after their outputs and off the step's path: hashing waits for
+// the next task of the worker, and the steps answered before it share one message.
+function commitSoon() {
+  if (state.uncommitted.length && state.commitTimer === null) {
+    state.commitTimer = setTimeout(() => {
+      state.commitTimer = null;
+      flushCommits();
+    }, 0);
+  }
+}
+
+function flushCommits() {
+  state.committing = state.committing.then(sendCommits).catch((error) => log(`commitments failed: ${error.message}`, "error"));
+  return state.committing;
+}
+
+async function sendCommits() {
+  const served = state.uncommitted;
+  const socket = state.socket; // a commitment goes only on the connection whose session it covers
+  state.uncommitted = [];
+  const commits = [];
+  for (const { session, step, layerHidden, dims } of served) {
+    states.add(session, step, layerHidden, dims);
+    commits.push([session, step, await commitment.commit(layerHidden, dims[0])]);
+  }
+  if (!commits.length || state.socket !== socket) return;
+  for (let start = 0; start < commits.length; start += COMMITS_PER_MESSAGE) {
+    send({ type: "commit", commits: commits.slice(start, start + COMMITS_PER_MESSAGE) });
+  }
+  state.commitsSent += commits.length;
+  status();
+}
+
+async function closeStates(session) {
+  try {
+    await states.close(session);
+    await states.prune();
+  } catch (error) { // a full disk or quota: those states cannot be revealed later, the tab serves on
+    log(`the states of session ${session} could not be kept (${error.message}): a reveal of them will fail`, "warning");
+  }
+}
+
+// Open one layer's committed states for a range of steps: a REVEAL frame per step, then the proofs; `no_states`
+// naming the request when any step is missing (worker_web/agent.py `_reveal`).
+async function reveal(message) {
+  const request = String(message.request ?? "").slice(0, 64);
+  const { session, layer, first_step: first, last_step: last } = message;
+  const whole = (v, high = Infinity) => Number.isInteger(v) && v >= 0 && v <= high;
+  if (typeof session !== "string" || !whole(layer, 1023) || !whole(first) || !whole(last)) {
+    throw Object.assign(new Error('"reveal" needs "session", "layer" (0-1023), "first_step" and "last_step"'), { code: "bad_message" });
+  }
+  await flushCommits(); // the states of every step answered so far are in the store
+  const held = first <= last ? await states.layer(session, first, last) : null;
+  if (!held || layer >= held.values().next().value.layers) {
+    const text = `no states of layer ${layer} for steps ${first}-${last} of session ${session}`;
+    send({ type: "error", code: "no_states", message: text, request });
+    return;
+  }
+  const proofs = [];
+  for (const [step, { layers, tokens, hidden, data }] of held) {
+    const size = tokens * hidden;
+    send(wire.encodeReveal(session, step, layer, [tokens, hidden], data.subarray(layer * size, (layer + 1) * size)));
+    proofs.push(await commitment.proof(await commitment.leaves(data, layers), layer));
+  }
+  send({ type: "revealed", request, session, layer, proofs });
+  state.revealsAnswered++;
 }
 
 // --- what the page asks ------------------------------------------------------------------------------------------

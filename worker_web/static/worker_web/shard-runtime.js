@@ -1,6 +1,7 @@
 // One shard in onnxruntime-web with a KV cache per session: the same graph contract as inference/runtime.py
 // (inputs input_ids or hidden_in, positions, past_key.i / past_value.i; outputs hidden_out or logits,
-// layer_hidden, present_key.i / present_value.i). Each step's present tensors become the next step's past.
+// layer_hidden float32 [n_layers, S, hidden], present_key.i / present_value.i). Each step's present tensors become
+// the next step's past.
 
 export class BadInput extends Error {
   code = "bad_tensor";
@@ -54,7 +55,17 @@ export class ShardRuntime {
     state.past = this.presentNames.map((name) => results[name]);
     state.position += seq;
     const output = results[this.mainOutput];
-    return { output: output.data, dims: output.dims.slice(), layerHidden: results.layer_hidden.data };
+    return { output: output.data, dims: output.dims.slice(), ...this.layerHidden(results.layer_hidden, seq) };
+  }
+
+  // Every layer's output at every position of the step: float32 [layers, S, hidden], flat in C order (what the
+  // step's commitment covers, commitment.js).
+  layerHidden(tensor, seq) {
+    const dims = tensor.dims.slice();
+    if (dims.length !== 3 || dims[0] !== this.layers || dims[1] !== seq || dims[2] !== this.shard.hidden) {
+      throw new Error(`${this.shard.id} returned layer_hidden [${dims}], not [${this.layers}, ${seq}, ${this.shard.hidden}]`);
+    }
+    return { layerHidden: tensor.data, layerHiddenDims: dims };
   }
 
   checkInput(data, dims) {

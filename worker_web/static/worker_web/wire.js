@@ -3,6 +3,7 @@
 export const HEADER_BYTES = 36;
 export const STEP_INPUT = 1;
 export const STEP_OUTPUT = 2;
+export const REVEAL = 3; // one layer's committed states for one step; the shard field holds the layer's index
 export const FLOAT16 = 1;
 export const FLOAT32 = 2;
 export const INT64 = 3;
@@ -37,20 +38,37 @@ export function decode(buffer) {
   return { kind, dtype, dims, step: view.getUint32(24, true), shard: view.getUint16(28, true), session: sessionId(bytes), header: bytes.slice(8, 32), data };
 }
 
-// An output frame answering `input` (same session, step and shard): hidden states go out as float16, logits as
-// float32 (docs/protocol.md, "What each hop receives and returns").
+// An output frame answering `input` (same session, step and shard, its header copied): hidden states go out as
+// float16, logits as float32 (docs/protocol.md, "What each hop receives and returns").
 export function encodeOutput(input, dims, values, dtype) {
+  return encodeFrame(STEP_OUTPUT, input.header, dims, values, dtype);
+}
+
+// A frame of message type `kind`; `header` holds bytes 8-32 (session, step, shard, reserved).
+function encodeFrame(kind, header, dims, values, dtype) {
   const payload = dtype === FLOAT16 ? float32ToHalf(values) : new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   const start = HEADER_BYTES + 4 * dims.length;
   const frame = new Uint8Array(start + payload.byteLength);
   const view = new DataView(frame.buffer);
   frame.set(MAGIC, 0);
-  frame.set([1, STEP_OUTPUT, dtype, dims.length], 4);
-  frame.set(input.header, 8); // session (16 bytes), step, shard, reserved: copied from the input
+  frame.set([1, kind, dtype, dims.length], 4);
+  frame.set(header, 8);
   view.setUint32(32, payload.byteLength, true);
   dims.forEach((d, i) => view.setUint32(HEADER_BYTES + 4 * i, d, true));
   frame.set(payload, start);
   return frame.buffer;
+}
+
+// A revealed layer's states for one step (message type REVEAL): float32 [S, H] under the session and step they were
+// committed with, the shard field holding the layer's index in the shard (docs/protocol.md, "Commitments and
+// reveals").
+export function encodeReveal(session, step, layer, dims, states) {
+  const header = new Uint8Array(24); // session (16 bytes), step, shard, reserved
+  const view = new DataView(header.buffer);
+  header.set(sessionBytes(session), 0);
+  view.setUint32(16, step, true);
+  view.setUint16(20, layer, true);
+  return encodeFrame(REVEAL, header, dims, states, FLOAT32);
 }
 
 // A greedy job's head answer (head_output "argmax"): int64 [1, 1], the index of the largest logit, the first one
@@ -59,6 +77,12 @@ export function encodeArgmax(input, logits) {
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
   return encodeOutput(input, [1, 1], BigInt64Array.of(BigInt(best)), INT64);
+}
+
+function sessionBytes(session) {
+  const hex = session.replace(/-/g, "");
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new BadFrame(`${JSON.stringify(session)} is not a session id`);
+  return Uint8Array.from({ length: 16 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16));
 }
 
 function sessionId(bytes) {
