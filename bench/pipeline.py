@@ -69,8 +69,14 @@ def whole_model(threads: int) -> tuple[LocalChain, list[int], frozenset[int]]:
 
 
 def run_profile(
-    name: str, args: argparse.Namespace, whole: tuple[LocalChain, list[int], frozenset[int]]
+    name: str,
+    args: argparse.Namespace,
+    whole: tuple[LocalChain, list[int], frozenset[int]],
+    *,
+    commitments: bool = True,
 ) -> dict[str, Any]:
+    """The profile's market with three providers (committing to their layers' states, or not: bench/verification.py
+    compares both), `args.rounds` jobs each bracketed by the whole model."""
     chain, prompt, stops = whole
     work = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{name}-"))
     env = profile_env(name, work) | {"INFERENCE_THREADS": str(args.threads)}
@@ -81,7 +87,7 @@ def run_profile(
         provider = market.manage("issue_token", "bench-provider", "--create")
         market.start_server()
         for index in range(HOPS):
-            market.start_provider(f"bench-{index}", token=provider, threads=args.threads)
+            market.start_provider(f"bench-{index}", token=provider, threads=args.threads, commitments=commitments)
         market.wait_providers(HOPS, provider, timeout=300)
         rounds = []
         for round_index in range(args.rounds + 1):  # round 0 warms up: shard downloads, first session loads

@@ -1,7 +1,9 @@
 """/ws/jobs/<id>/: a buyer watches the tokens of their own job as they are generated.
 
 On connect the consumer joins the job's group first and reads the stored tokens second, so no token can fall
-between the two; a token that arrives both ways is sent once (events carry their index).
+between the two; a token that arrives both ways is sent once (events carry their index). The `done` event carries
+the job's verification state (its challenge window, audits and challenges); with `?follow=verification` the stream
+stays open after `done` and sends a `verification` event whenever that changes, until a verdict is in.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from config.consumers import InboxConsumerMixin
 from config.errors import NotFound
 from market import selectors
 from market.models import Job
+from verification import selectors as verification_selectors
 
 CLOSE_NOT_FOUND = 4404
 
@@ -25,6 +28,7 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
         user = self.scope.get("user")
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
         await self.accept()
+        self.follow = "follow=verification" in self.scope.get("query_string", b"").decode("latin-1")
         try:
             if user is None or not user.is_authenticated:
                 raise NotFound(f"job {job_id} not found", code="job_not_found")
@@ -62,5 +66,21 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
         await self._send("bid", state="queued", reason=event["reason"])
 
     async def job_done(self, event: dict[str, Any]) -> None:
-        await self._send("done", **{k: v for k, v in event.items() if k != "type"})
-        await self.close()
+        job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        verification = await database_sync_to_async(_verification)(job_id)
+        await self._send("done", **{k: v for k, v in event.items() if k != "type"}, verification=verification)
+        if not (self.follow and event["state"] == Job.State.DONE and verification["state"] not in DECIDED):
+            await self.close()
+
+    async def job_verification(self, event: dict[str, Any]) -> None:
+        """An audit or a challenge opened, or a verdict came (verification.selectors.publish_verification)."""
+        await self._send("verification", **event["verification"])
+        if self.follow and event["verification"]["state"] in DECIDED:
+            await self.close()
+
+
+DECIDED = ("verified", "fraud")
+
+
+def _verification(job_id: int) -> dict[str, Any]:
+    return dict(verification_selectors.jsonable(verification_selectors.job_verification(Job.objects.get(pk=job_id))))

@@ -114,7 +114,9 @@ class LocalMarket:
             self.spawn("beat", beat)
         self.wait(lambda: self._healthy(), 60, "the server to answer /healthz/")
 
-    def start_provider(self, name: str, *, token: str, slots: int = 1, threads: int = 1) -> subprocess.Popen[bytes]:
+    def start_provider(
+        self, name: str, *, token: str, slots: int = 1, threads: int = 1, commitments: bool = True
+    ) -> subprocess.Popen[bytes]:
         argv = [
             sys.executable,
             "manage.py",
@@ -130,6 +132,7 @@ class LocalMarket:
             "--cache-dir",
             str(self.logs / f"cache-{name}"),
         ]
+        argv += [] if commitments else ["--no-commitments"]
         return self.spawn(name, argv, INFERENCE_THREADS=str(threads))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -181,21 +184,31 @@ class LocalMarket:
         return dict(body)
 
     def stream(
-        self, job_id: int, token: str, on_event: Callable[[dict[str, Any]], None] | None = None, timeout: float = 300
+        self,
+        job_id: int,
+        token: str,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float = 300,
+        *,
+        follow_verification: bool = False,
     ) -> list[dict[str, Any]]:
-        """Every event of the job's stream until `done` (snapshot, token..., done)."""
-        return asyncio.run(self._stream(job_id, token, on_event, timeout))
+        """Every event of the job's stream until `done` (snapshot, token..., done); `follow_verification`: on until
+        the server closes it, after the verification's verdict (done, verification...)."""
+        return asyncio.run(self._stream(job_id, token, on_event, timeout, follow_verification))
 
-    async def _stream(self, job_id: int, token: str, on_event: Any, timeout: float) -> list[dict[str, Any]]:
+    async def _stream(
+        self, job_id: int, token: str, on_event: Any, timeout: float, follow: bool
+    ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         url = f"ws://127.0.0.1:{self.port}/ws/jobs/{job_id}/?token={token}"
+        url += "&follow=verification" if follow else ""
         async with asyncio.timeout(timeout), connect(url, origin=Origin(self.url), proxy=None) as ws:
             async for raw in ws:
                 event = json.loads(raw)
                 events.append(event)
                 if on_event is not None:
                     on_event(event)
-                if event["type"] in ("done", "error"):
+                if event["type"] == "error" or (event["type"] == "done" and not follow):
                     break
         return events
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,6 +41,24 @@ class Finding:
     step: int
     hop: int
     excess: float
+
+
+def pack(inputs: Sequence[Sequence[np.ndarray]], heads: Sequence[HeadAnswer], *, steps: int) -> bytes:
+    """A transcript's bytes: every hop's input per step (`in_<hop>_<step>`) and the head's answers (`head_<step>`,
+    or `headidx_<step>` and `headval_<step>` for a sampled job), steps 0..steps-1, as one .npz."""
+    arrays: dict[str, np.ndarray] = {}
+    for hop, hop_inputs in enumerate(inputs):
+        for step in range(steps):
+            arrays[f"in_{hop}_{step}"] = np.asarray(hop_inputs[step])
+    for step in range(steps):
+        answer = heads[step]
+        if isinstance(answer, tuple):
+            arrays[f"headidx_{step}"], arrays[f"headval_{step}"] = answer
+        else:
+            arrays[f"head_{step}"] = answer
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 def rerun(runtime: ShardRuntime, inputs: Sequence[np.ndarray], *, until: int, session: str = "referee"):  # type: ignore[no-untyped-def]

@@ -88,15 +88,15 @@ def provider_audits(*, user: User) -> dict[str, Any]:
 def publish_verification(job_id: int) -> None:
     """Tell the job's stream (from sync code, after commit) that its verification state changed."""
     job = Job.objects.get(pk=job_id)
-    event = {"type": "job.verification", "verification": _jsonable(job_verification(job))}
+    event = {"type": "job.verification", "verification": jsonable(job_verification(job))}
     async_to_sync(get_channel_layer().group_send)(market_selectors.job_group(job_id), event)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value

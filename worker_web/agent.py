@@ -110,8 +110,12 @@ class ProviderAgent:
         cache_dir: Path,
         memory_bytes: int = 0,
         ask: int | None = None,
+        commitments: bool = True,
     ) -> None:
         self.server = server.rstrip("/")
+        # Off only to measure what committing costs (bench/verification.py): a provider that does not commit loses
+        # every audit or challenge of its work.
+        self.commitments = commitments
         self.token = token
         self.name = name
         self.slots = slots
@@ -340,7 +344,8 @@ class ProviderAgent:
         session.next_step += 1
         self.steps_served += 1
         output = self.output(session, frame, result)
-        self._uncommitted.append((frame.session, frame.step, result.layer_hidden))
+        if self.commitments:
+            self._uncommitted.append((frame.session, frame.step, result.layer_hidden))
         session.last_output = wire.encode(wire.MessageType.STEP_OUTPUT, frame.session, frame.step, frame.shard, output)
         return session.last_output
 

@@ -5,13 +5,18 @@ proof the buyer fetches and the contract accepts; the ledger and the chain agree
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import redis
+from eth_utils import to_checksum_address
 
 from ledger.chain.anvil import DEV_KEYS, AnvilNode
 from ledger.chain.client import Addresses, Chain
@@ -23,6 +28,7 @@ PG = "postgres://postgres@127.0.0.1:5432"
 DATABASE = os.environ.get("E2E_CHAIN_DATABASE", "cm_e2e_chain")
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('E2E_CHAIN_REDIS_DB', '6')}"
 STAKE = 50_000
+CHEATER = Path(__file__).resolve().parents[1] / "verification" / "cheater.py"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalMarke
             "CHAIN_MIN_STAKE": str(STAKE),
             "CHAIN_SYNC_SECONDS": "1",
             "CHAIN_ANCHOR_EVERY_SECONDS": "2",
+            # No random audits (the challenge test means its own check); a slash takes the whole stake.
+            "AUDIT_FLOOR_PERMILLE": "0",
+            "AUDIT_NEW_PERMILLE": "0",
+            "SLASH_AMOUNT": str(10**15),
         }
         market = LocalMarket(env=env, logs=work / "logs")
         try:
@@ -115,6 +125,76 @@ def test_staked_providers_serve_a_job_whose_settlement_is_anchored_and_ledger_an
     out = market.manage("ledger_check")
     assert "ledger ok" in out and "chain ok" in out, out
     assert "anchors ok" in market.manage("verify_anchors")
+
+
+def test_a_staked_cheater_challenged_by_a_buyer_is_slashed_on_chain_and_the_challenger_paid(
+    stack: tuple[LocalMarket, AnvilNode], tmp_path: Path
+) -> None:
+    """Three provider processes of one staked user, one of which adds noise to a layer of the middle shard; the
+    buyer (with a wallet) challenges: the verdict is fraud at that layer, the slash lands on chain under the
+    verdict's evidence hash with half to the buyer's wallet, the buyer is refunded in full, and the ledger and
+    the chain still agree to the base unit."""
+    market, node = stack
+    buyer = market.manage("issue_token", "challenger", "--create")
+    cheat = market.manage("issue_token", "cheat", "--create")
+    for token in (buyer, cheat):
+        assert market.api("POST", "/api/account/wallet/", token=token, body={"dev": True})[0] == 201
+    status, op = market.api("POST", "/api/account/withdraw/", token=cheat, body={"amount": STAKE, "key": "stake"})
+    assert status == 202, op
+    market.wait(lambda: not _chain_view(market, cheat)["pending_ops"], 60, "beat to pay the withdrawal on chain")
+    assert market.api("POST", "/api/account/stake/", token=cheat, body={"amount": STAKE})[0] == 200
+    for name in [n for n in market.processes if n.startswith(("staked-", "bare-"))]:
+        market.kill(name, signal.SIGTERM)
+    cheat_file = tmp_path / "cheat.json"
+    cheat_file.write_text(json.dumps({"shard_first": 10, "kind": "noise", "layer": 4, "scale": 0.05}))
+    for index in range(3):
+        argv = [sys.executable, str(CHEATER), "--server", market.url, "--token", cheat, "--name", f"cheat-{index}"]
+        argv += ["--cache-dir", str(tmp_path / f"cache-{index}")]
+        market.spawn(f"cheat-{index}", argv, CHEAT_FILE=str(cheat_file), INFERENCE_THREADS="1")
+    market.wait(
+        lambda: sum(p["name"].startswith("cheat-") for p in market.online_providers(buyer)) == 3, 180, "cheaters"
+    )
+    before = dict(market.api("GET", "/api/account/", token=buyer)[1])
+    bid = market.submit(buyer, model="smollm2-135m", prompt="Name a colour.", max_new_tokens=8)
+    market.stream(bid["id"], buyer)
+    status, body = market.api("POST", f"/api/jobs/{bid['id']}/challenge/", token=buyer)
+    assert status == 201, body
+
+    def decided() -> dict[str, Any] | None:
+        view = dict(market.api("GET", f"/api/jobs/{bid['id']}/verification/", token=buyer)[1])
+        return view if view["state"] in ("fraud", "verified") else None
+
+    market.wait(lambda: decided() is not None, 240, "the verdict")
+    view = decided()
+    assert view is not None and view["state"] == "fraud", view
+    fraud = next(d for d in view["disputes"] if d["state"] == "fraud")
+    assert (fraud["step"], fraud["hop"], fraud["layer"]) == (0, 1, 14), fraud
+    assert dict(market.api("GET", "/api/account/", token=buyer)[1])["available"] == before["available"]
+
+    market.wait(lambda: not _chain_view(market, cheat)["pending_ops"], 60, "beat to send the slash")
+    addresses = dict(_deployed(market))
+    chain = Chain(
+        node.url,
+        DEV_KEYS[0],
+        Addresses(
+            token=addresses["MarketToken"],
+            vault=addresses["MarketVault"],
+            staking=addresses["Staking"],
+            anchor=addresses["SettlementAnchor"],
+        ),
+    )
+    staker, challenger = _chain_view(market, cheat)["address"], _chain_view(market, buyer)["address"]
+    active, _, _, slashed = chain.call(chain.staking.functions.stakeOf(to_checksum_address(staker)))
+    assert (active, slashed) == (0, STAKE)
+    evidence = bytes.fromhex(fraud["evidence_hash"][2:])
+    assert chain.call(chain.staking.functions.evidenceUsed(evidence)) is True
+    share = chain.call(chain.staking.functions.challengerShareBps())
+    held = chain.call(chain.token.functions.balanceOf(to_checksum_address(challenger)))
+    assert held == STAKE * share // 10_000
+    assert not _chain_view(market, cheat)["can_take_work"]
+
+    out = market.manage("ledger_check")
+    assert "ledger ok" in out and "chain ok" in out, out
 
 
 def _deployed(market: LocalMarket) -> list[tuple[str, str]]:

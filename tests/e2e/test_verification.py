@@ -216,6 +216,12 @@ def test_a_buyers_challenge_of_honest_work_pays_the_bond_to_the_providers(market
     status, body = market.api("POST", f"/api/jobs/{job['id']}/challenge/", token=market.buyer)
     assert status == 201, body
     assert market.api("POST", f"/api/jobs/{job['id']}/challenge/", token=market.buyer)[0] == 409
+    # The job's stream, followed, tells the verification's course and closes at the verdict.
+    events = market.stream(job["id"], market.buyer, follow_verification=True, timeout=180)
+    done = next(e for e in events if e["type"] == "done")
+    assert done["verification"]["challenge_window_closes_at"] and done["verification"]["disputes"], done
+    last = events[-1]["verification"] if events[-1]["type"] == "done" else events[-1]
+    assert last["state"] == "verified" and last["disputes"][0]["state"] == "no_fraud", events[-1]
     view = market.verdict(job["id"])
     assert view["state"] == "verified", view
     bond = view["disputes"][0]["bond"]

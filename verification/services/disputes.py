@@ -56,6 +56,7 @@ def challenge_open(*, user: User, job_id: int) -> Dispute:
         money.bond_post(user=user, amount=bond, job_ref=ref, key=f"bond:{ref}")
         dispute = Dispute.objects.create(job=job, kind=Dispute.Kind.CHALLENGE, challenger=user, bond=bond)
         _hold(job)
+        verdicts.publish(dispute)
     transaction.on_commit(lambda: _nudge(dispute.pk))
     return dispute
 
@@ -69,6 +70,7 @@ def audit_open(*, job_id: int) -> Dispute | None:
         dispute, created = Dispute.objects.get_or_create(job=job, kind=Dispute.Kind.AUDIT)
         if created:
             _hold(job)
+            verdicts.publish(dispute)
     return dispute
 
 
@@ -145,6 +147,7 @@ def _phase_one(dispute: Dispute) -> None:
         referee=figures | {"phase1_excess": round(finding.excess, 3), "layers_recomputed": 0},
     )
     dispute.refresh_from_db()
+    verdicts.publish(dispute)
     _phase_two(dispute)
 
 

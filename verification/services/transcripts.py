@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from market import selectors as market_selectors
 from market.models import Job, Shard
+from verification import referee
 from verification.models import Dispute, Transcript
 from verification.referee import HeadAnswer, HopWork
 
@@ -37,19 +38,7 @@ def transcript_record(
     steps = min([len(heads), *(len(x) for x in inputs)])
     if steps == 0:
         return None
-    arrays: dict[str, np.ndarray] = {}
-    for hop, hop_inputs in enumerate(inputs):
-        for step in range(steps):
-            arrays[f"in_{hop}_{step}"] = np.asarray(hop_inputs[step])
-    for step in range(steps):
-        answer = heads[step]
-        if isinstance(answer, tuple):
-            arrays[f"headidx_{step}"], arrays[f"headval_{step}"] = answer
-        else:
-            arrays[f"head_{step}"] = answer
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    data = buffer.getvalue()
+    data = referee.pack(inputs, heads, steps=steps)
     keep_until = timezone.now() + timedelta(seconds=settings.CHALLENGE_WINDOW_SECONDS)
     transcript, _ = Transcript.objects.get_or_create(
         job_id=job_id,

@@ -65,15 +65,22 @@ def fraud(dispute: Dispute, *, reason: str, evidence: dict[str, Any] | None = No
     evidence.setdefault("session", str(dispute.session) if dispute.session else None)
     evidence["by_default"] = default
     with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("buyer", "model").get(pk=dispute.job_id)
         if not _decide(dispute, Dispute.State.FRAUD, reason, evidence, {}):
+            return
+        ref = market_selectors.job_ref(job.pk)
+        if dispute.challenger is not None and dispute.bond:
+            money.bond_return(user=dispute.challenger, amount=dispute.bond, job_ref=ref, key=f"bond-back:{dispute.pk}")
+        if Dispute.objects.filter(job=job, state=Dispute.State.FRAUD).exclude(pk=dispute.pk).exists():
+            # An audit and a challenge of one job may both prove the fraud: its consequences happen once per job.
+            _release_unless_disputed(job)
+            publish(dispute)
             return
         assert dispute.provider_id is not None
         cheater = Provider.objects.select_for_update().get(pk=dispute.provider_id)
         Provider.objects.filter(pk=cheater.pk).update(
             barred=True, reliability_permille=0, clean_streak=0, audits_failed=F("audits_failed") + 1
         )
-        job = Job.objects.select_related("buyer", "model").get(pk=dispute.job_id)
-        ref = market_selectors.job_ref(job.pk)
         lines = (job.cost or {}).get("lines", [])
         honest = sum(int(line["provider_receipt"]) for line in lines if line["provider"] != cheater.pk)
         cheated = sum(int(line["provider_receipt"]) for line in lines if line["provider"] == cheater.pk)
@@ -84,15 +91,13 @@ def fraud(dispute: Dispute, *, reason: str, evidence: dict[str, Any] | None = No
             cheater_pay=cheated,
             fee=int((job.cost or {}).get("fee", 0)),
             honest_pay=honest,
-            key=f"fraud:{dispute.pk}",
+            key=f"fraud:{ref}",
         )
-        if dispute.challenger is not None and dispute.bond:
-            money.bond_return(user=dispute.challenger, amount=dispute.bond, job_ref=ref, key=f"bond-back:{dispute.pk}")
         _release_unless_disputed(job)
         _rerun(dispute, job)
     _slash(dispute, cheater)
     log.warning("dispute %s: fraud by provider %s: %s", dispute.pk, dispute.provider_id, reason)
-    _publish(dispute)
+    publish(dispute)
 
 
 def no_fraud(dispute: Dispute, *, reason: str, **figures: Any) -> None:
@@ -112,7 +117,7 @@ def no_fraud(dispute: Dispute, *, reason: str, **figures: Any) -> None:
             shares = [(users[pk], share + (rest if i == 0 else 0)) for i, pk in enumerate(accused) if pk in owners]
             money.bond_award(shares=shares, job_ref=market_selectors.job_ref(job.pk), key=f"bond-award:{dispute.pk}")
         _release_unless_disputed(job)
-    _publish(dispute)
+    publish(dispute)
 
 
 def _release_unless_disputed(job: Job) -> None:
@@ -122,7 +127,7 @@ def _release_unless_disputed(job: Job) -> None:
 
 def _rerun(dispute: Dispute, job: Job) -> None:
     """The same request again, paid by the platform (a mint the slash backs), at the top of the book."""
-    ref = f"rerun:{dispute.pk}"
+    ref = f"rerun:{market_selectors.job_ref(job.pk)}"
     issuance.mint_as_system(to_user=job.buyer, amount=job.max_price, key=ref, memo=f"rerun of job {job.pk} after fraud")
     try:
         again = market_jobs.job_create(
@@ -164,7 +169,7 @@ def _slash(dispute: Dispute, cheater: Provider) -> None:
         log.warning("dispute %s: the slash could not be queued: %s", dispute.pk, exc)
 
 
-def _publish(dispute: Dispute) -> None:
+def publish(dispute: Dispute) -> None:
     """The job's stream hears the verdict (its watchers see the verification state change)."""
     from verification import selectors
 

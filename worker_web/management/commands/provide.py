@@ -42,6 +42,13 @@ class Command(BaseCommand):
             "speed, which is also the lowest ask it accepts).",
         )
 
+        parser.add_argument(
+            "--no-commitments",
+            action="store_true",
+            help="Send no commitments of the layers' states (only to measure their cost: a provider that does not "
+            "commit loses every audit and challenge of its work).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["token"]:
             raise CommandError("give --token (or PROVIDER_TOKEN); manage.py issue_token <user> prints one")
@@ -60,6 +67,7 @@ class Command(BaseCommand):
             name=options["name"] or f"{socket.gethostname()}-{tag}",
             memory_bytes=options["memory_mb"] << 20,
             ask=options["ask"],
+            commitments=not options["no_commitments"],
         )
         try:
             asyncio.run(agent.run_forever())
