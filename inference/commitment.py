@@ -71,11 +71,29 @@ def proof(nodes: Sequence[bytes], index: int) -> Proof:
     return path
 
 
-def verify(state: np.ndarray, proof_path: object, commitment: str) -> bool:
-    """Whether `state` (one layer, one step) is the leaf that `proof_path` opens under `commitment`. Anything
-    malformed is simply False: the proof comes from a provider who may lie."""
+def sides(count: int, index: int) -> list[str]:
+    """The sides of the siblings on the path from leaf `index` of a tree of `count` leaves up to the root."""
+    out = []
+    while count > 1:
+        if index ^ 1 < count:
+            out.append("L" if index % 2 else "R")
+        index //= 2
+        count = (count + 1) // 2
+    return out
+
+
+def verify(
+    state: np.ndarray, proof_path: object, commitment: str, *, index: int | None = None, count: int | None = None
+) -> bool:
+    """Whether `state` (one layer, one step) is the leaf that `proof_path` opens under `commitment`; with `index`
+    and `count`, also that it is leaf `index` of a tree of `count` leaves (a proof of another layer's leaf opens
+    the same root, but not at that place). Anything malformed is simply False: the proof comes from a provider who
+    may lie."""
     node = leaf(state)
     if not isinstance(proof_path, list) or len(proof_path) > 64:
+        return False
+    placed = [item[0] if isinstance(item, list | tuple) and item else None for item in proof_path]
+    if index is not None and count is not None and (not 0 <= index < count or placed != sides(count, index)):
         return False
     for item in proof_path:
         if not (isinstance(item, list | tuple) and len(item) == 2 and item[0] in ("L", "R")):

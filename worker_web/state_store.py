@@ -49,7 +49,7 @@ class StateStore:
         try:
             with np.load(self.path(session)) as saved:
                 return {s: saved[f"s{s}"] for s in wanted}
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             return None
 
     def prune(self, *, now: float | None = None) -> int:

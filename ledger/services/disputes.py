@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from config.errors import InvalidInput
 from ledger import selectors
 from ledger.errors import InsufficientFunds
 from ledger.models import Transaction
@@ -26,6 +27,7 @@ from ledger.services.posting import (
     amount_arg,
     lock_accounts,
     post_lines,
+    replay,
     text_arg,
     user_arg,
 )
@@ -38,11 +40,13 @@ def bond_post(*, user: User, amount: int, job_ref: str, key: str) -> Transaction
     available, bonds = accounts_for((user, Kind.USER_AVAILABLE), (None, Kind.CHALLENGE_BONDS))
     with transaction.atomic():
         locked = lock_accounts([available.pk, bonds.pk])
-        if locked[available.pk].balance < amount and not Transaction.objects.filter(idempotency_key=key).exists():
+        lines = {available.pk: -amount, bonds.pk: amount}
+        if (found := replay(key=key, kind=TxKind.CHALLENGE_BOND, job_ref=job_ref, lines=lines)) is not None:
+            return found  # posted already: today's balance does not matter
+        if locked[available.pk].balance < amount:
             raise InsufficientFunds(
                 f"a challenge needs a bond of {amount} base units; you have {locked[available.pk].balance} available"
             )
-        lines = {available.pk: -amount, bonds.pk: amount}
         return post_lines(kind=TxKind.CHALLENGE_BOND, key=key, lines=lines, job_ref=job_ref, locked=locked)
 
 
@@ -52,13 +56,16 @@ def bond_return(*, user: User, amount: int, job_ref: str, key: str) -> Transacti
     with transaction.atomic():
         locked = lock_accounts([available.pk, bonds.pk])
         lines = {bonds.pk: -amount, available.pk: amount}
+        if (found := replay(key=key, kind=TxKind.CHALLENGE_BOND, job_ref=job_ref, lines=lines)) is not None:
+            return found
         return post_lines(kind=TxKind.CHALLENGE_BOND, key=key, lines=lines, job_ref=job_ref, locked=locked)
 
 
 def bond_award(*, shares: Sequence[tuple[User, int]], job_ref: str, key: str) -> Transaction:
-    """Pay a forfeited bond to the providers' available earnings, `shares` summing to the bond."""
+    """Pay a forfeited bond to the providers' available earnings, `shares` (each positive) summing to the bond."""
     if not shares:
-        raise ValueError("a bond goes to at least one provider")
+        raise InvalidInput("a bond goes to at least one provider")
+    shares = [(user_arg("provider", user), amount_arg("share", amount)) for user, amount in shares]
     accounts = accounts_for((None, Kind.CHALLENGE_BONDS), *((user, Kind.PROVIDER_AVAILABLE) for user, _ in shares))
     bonds, earners = accounts[0], accounts[1:]
     with transaction.atomic():
@@ -66,7 +73,8 @@ def bond_award(*, shares: Sequence[tuple[User, int]], job_ref: str, key: str) ->
         lines: dict[int, int] = {bonds.pk: -sum(amount for _, amount in shares)}
         for account, (_, amount) in zip(earners, shares, strict=True):
             lines[account.pk] = lines.get(account.pk, 0) + amount
-        lines = {pk: value for pk, value in lines.items() if value}
+        if (found := replay(key=key, kind=TxKind.CHALLENGE_BOND, job_ref=job_ref, lines=lines)) is not None:
+            return found
         return post_lines(kind=TxKind.CHALLENGE_BOND, key=key, lines=lines, job_ref=job_ref, locked=locked)
 
 

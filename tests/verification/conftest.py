@@ -1,8 +1,9 @@
 """Builders for the verification tests: the tiny model, a buyer, another buyer and two provider owners, and `serve`,
 which leaves a job the way the orchestrator does after running it: bid and escrowed, served by two providers on the
 tiny model's two shards, settled through the ledger at the prices of a recorded round, with its transcript and the
-providers' per-step commitments. A `Lie` makes the first hop's provider cheat at one step, as
-tests/verification/cheater.py does over a socket: noise on one layer carried on to its output, or on its output only.
+providers' per-step commitments. `lie_at=step` makes the first hop's provider cheat at that
+step, as tests/verification/cheater.py does over a socket: a shift of one layer's states (`lie_layer`) carried on to
+its output, or of its output only (`lie_layer` None).
 """
 
 from __future__ import annotations
@@ -110,12 +111,13 @@ def providers(carol: User, dave: User) -> list[Provider]:
 
 @pytest.fixture
 def serve(model: LanguageModel, providers: list[Provider]) -> Serve:
-    """serve(buyer, *, lie=None, on=providers, steps=STEPS, transcript=True, commit=True) -> Served."""
+    """serve(buyer, *, lie_at=None, lie_layer=None, on=providers, steps=STEPS, transcript=True, commit=True)."""
 
     def build(
         buyer: User,
         *,
-        lie: Lie | None = None,
+        lie_at: int | None = None,
+        lie_layer: int | None = None,
         on: list[Provider] | None = None,
         steps: int = STEPS,
         transcript: bool = True,
@@ -134,19 +136,24 @@ def serve(model: LanguageModel, providers: list[Provider]) -> Serve:
             max_price=MAX_PRICE,
         )
         prompt = market_selectors.model_tokenizer(model).encode_chat(MESSAGES)
+        lie = None if lie_at is None else Lie(step=lie_at, layer=lie_layer)
         inputs, states, heads = _run(shards, prompt, steps=steps, lie=lie)
         sessions = [uuid.uuid4() for _ in shards]
         _place_and_settle(job, shards, hop_providers, sessions, steps=steps, heads=heads)
         if transcript:
             transcripts.transcript_record(
                 job_id=job.pk,
-                hops=[transcripts.hop_descriptor(h, market_selectors.shard_descriptor(s)) for h, s in enumerate(shards)],
+                hops=[
+                    transcripts.hop_descriptor(h, market_selectors.shard_descriptor(s)) for h, s in enumerate(shards)
+                ],
                 inputs=inputs,
                 heads=heads,
             )
         if commit:
             for provider, session, hop_states in zip(hop_providers, sessions, states, strict=True):
-                roots = [(session, step, commitment.commit(layer_hidden)) for step, layer_hidden in enumerate(hop_states)]
+                roots = [
+                    (session, step, commitment.commit(layer_hidden)) for step, layer_hidden in enumerate(hop_states)
+                ]
                 commitments.commitments_record(provider_id=provider.pk, commits=roots)
         return Served(job=Job.objects.get(pk=job.pk), providers=hop_providers, sessions=sessions, states=states)
 

@@ -104,6 +104,14 @@ def test_a_damaged_file_is_missing_states_not_a_crash(store: StateStore) -> None
     store.close(session)
     store.path(session).write_bytes(b"not a zip file")
     assert store.layer(session, 0, 0) is None
+    store.path(session).write_bytes(b"PK\x03\x04 cut short")
+    assert store.layer(session, 0, 0) is None
+
+
+def test_an_empty_file_is_missing_states_not_a_crash(store: StateStore) -> None:
+    session = uuid.uuid4()
+    store.add(session, 0, states(0))
+    store.close(session)
     store.path(session).write_bytes(b"")
     assert store.layer(session, 0, 0) is None
 

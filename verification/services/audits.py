@@ -10,7 +10,6 @@ randomness after the job ended: a provider cannot know in advance which of its j
 
 from __future__ import annotations
 
-import math
 import secrets
 
 from django.conf import settings
@@ -27,7 +26,8 @@ def audit_permille(provider: Provider, *, pay: int) -> int:
     trusted = provider.clean_streak >= settings.AUDIT_TRUST_AFTER and provider.audits_failed == 0
     record = max(floor, 1000 // max(provider.clean_streak, 1)) if trusted else settings.AUDIT_NEW_PERMILLE
     slash = max(settings.SLASH_AMOUNT, 1)
-    deterrence = math.ceil(1000 * DETERRENCE_MARGIN * max(pay, 0) / (slash + max(pay, 0)))
+    pay = max(pay, 0)
+    deterrence = -(-1000 * DETERRENCE_MARGIN * pay // (slash + pay))  # integer ceiling: exact at any amount
     return min(1000, max(floor, record, deterrence))
 
 

@@ -50,7 +50,8 @@ def challenge_open(*, user: User, job_id: int) -> Dispute:
         raise Conflict(f"the challenge window of job {job.pk} is over", code="challenge_window_over")
     ref = market_selectors.job_ref(job.pk)
     with transaction.atomic():
-        if Dispute.objects.select_for_update().filter(job=job, kind=Dispute.Kind.CHALLENGE).exists():
+        Job.objects.select_for_update().filter(pk=job.pk).first()  # two challenges at once: one waits for the other
+        if Dispute.objects.filter(job=job, kind=Dispute.Kind.CHALLENGE).exists():
             raise Conflict(f"job {job.pk} is challenged already", code="already_challenged")
         bond = settings.CHALLENGE_BOND
         money.bond_post(user=user, amount=bond, job_ref=ref, key=f"bond:{ref}")
@@ -372,10 +373,11 @@ def _reveal_problem(reveal: Reveal, states: dict[int, np.ndarray], proofs: list[
     assert transcript is not None
     works = transcripts.hop_works(transcript)
     inputs = works[reveal.dispute.hop or 0].inputs
+    n_layers = _n_layers(transcript, reveal.dispute.hop or 0)
     for position, step in enumerate(steps):
         state = states[step]
         if state.ndim != 2 or state.shape[0] != np.asarray(inputs[step]).shape[1]:
             return f"step {step}: states of shape {list(state.shape)} do not cover the step's positions"
-        if not commitment.verify(state, proofs[position], roots.get(step, "")):
+        if not commitment.verify(state, proofs[position], roots.get(step, ""), index=reveal.layer, count=n_layers):
             return f"step {step}: the states do not open its commitment"
     return ""

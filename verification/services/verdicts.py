@@ -115,6 +115,7 @@ def no_fraud(dispute: Dispute, *, reason: str, **figures: Any) -> None:
             users = {p.pk: p.user for p in Provider.objects.filter(pk__in=accused).select_related("user")}
             share, rest = divmod(dispute.bond, len(accused))
             shares = [(users[pk], share + (rest if i == 0 else 0)) for i, pk in enumerate(accused) if pk in owners]
+            shares = [(user, amount) for user, amount in shares if amount > 0]  # a bond smaller than the crowd
             money.bond_award(shares=shares, job_ref=market_selectors.job_ref(job.pk), key=f"bond-award:{dispute.pk}")
         _release_unless_disputed(job)
     publish(dispute)
