@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -127,6 +128,7 @@ def _phase_one(dispute: Dispute) -> None:
     finding = referee.locate(works, steps=transcript.steps)
     figures = {
         "tolerance": tolerance.describe(),
+        "runtime": f"onnxruntime {ort.__version__}",
         "phase1_s": round(time.perf_counter() - started, 3),
         "steps_rerun": transcript.steps * len(works),
     }
