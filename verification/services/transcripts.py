@@ -4,6 +4,7 @@ the referee, deleted when the window and any dispute are over."""
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from django.utils import timezone
 from market import selectors as market_selectors
 from market.models import Job, Shard
 from verification import referee
-from verification.models import Dispute, Transcript
+from verification.models import Commitment, Dispute, Transcript
 from verification.referee import HeadAnswer, HopWork
 
 TOP_LOGITS = 16  # a sampled job's head answer is kept as its 16 largest logits
@@ -82,12 +83,28 @@ def _loader(sha256: str):  # type: ignore[no-untyped-def]
 
 
 def transcripts_expire(*, now: datetime | None = None) -> int:
-    """Delete transcripts past their keep time whose job has no dispute still open; returns how many went."""
+    """Delete transcripts past their keep time whose job has no dispute still open, and the commitments no kept
+    transcript or open dispute needs (older than the window); returns how many transcripts went."""
     now = now or timezone.now()
     open_jobs = Dispute.objects.exclude(state__in=Dispute.CLOSED).values("job_id")
     with transaction.atomic():
         deleted, _ = Transcript.objects.filter(keep_until__lt=now).exclude(job_id__in=open_jobs).delete()
+    needed = {
+        str(entry.get("session"))
+        for pipeline in Job.objects.filter(transcript__isnull=False).values_list("pipeline", flat=True)
+        for entry in pipeline or []
+    } | {str(s) for s in Dispute.objects.exclude(state__in=Dispute.CLOSED).values_list("session", flat=True) if s}
+    stale = Commitment.objects.filter(created_at__lt=now - timedelta(seconds=settings.CHALLENGE_WINDOW_SECONDS))
+    stale.exclude(session__in=[uuid.UUID(s) for s in needed if _is_uuid(s)]).delete()
     return deleted
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def job_transcript(job: Job) -> Transcript | None:
