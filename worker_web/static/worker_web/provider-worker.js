@@ -206,7 +206,7 @@ function dropSessions() {
   state.uncommitted = [];
   enqueue(async () => {
     await state.committing;
-    for (const id of ids) await states.close(id);
+    for (const id of ids) await closeStates(id);
   });
 }
 

@@ -35,7 +35,7 @@ function openDb() {
 export class StateStore {
   constructor({ keepSeconds = 3600 } = {}) {
     this.keepSeconds = keepSeconds;
-    this.db = null; // opened on first use: a tab that never serves a step never creates the database
+    this.db = null; // opened on first use (the first prune, at the welcome)
     this.open = new Map(); // session -> Map(step -> {layers, tokens, hidden, data: Float32Array})
   }
 
@@ -68,12 +68,17 @@ export class StateStore {
   // hidden, data: Float32Array}) in step order, or null if any step is missing.
   async layer(session, first, last) {
     const held = this.open.get(session);
-    const wanted = [];
-    for (let step = first; step <= last; step++) wanted.push(step);
-    if (held) return wanted.every((s) => held.has(s)) ? new Map(wanted.map((s) => [s, held.get(s)])) : null;
+    if (held) {
+      const steps = new Map();
+      for (let step = first; step <= last; step++) { // stops at the first missing step, however wide the range
+        if (!held.has(step)) return null;
+        steps.set(step, held.get(step));
+      }
+      return steps;
+    }
     const tx = (await this.database()).transaction("steps", "readonly");
     const records = await request(tx.objectStore("steps").getAll(IDBKeyRange.bound([session, first], [session, last])));
-    if (records.length !== wanted.length) return null;
+    if (records.length !== last - first + 1) return null;
     return new Map(records.map((r) => [r.step, { layers: r.layers, tokens: r.tokens, hidden: r.hidden, data: new Float32Array(r.data) }]));
   }
 
