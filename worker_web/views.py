@@ -49,6 +49,7 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "workerUrl": static("worker_web/provider-worker.js"),
         "earningsUrl": reverse("api-provider-earnings"),
         "chainUrl": reverse("api-account-chain"),
+        "auditsUrl": reverse("api-provider-audits"),
         "benchmarkShard": selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }

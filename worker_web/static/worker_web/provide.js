@@ -187,6 +187,33 @@ async function refreshChain() {
 refreshChain();
 setInterval(refreshChain, 5000);
 
+// Audits and verdicts of this account's providers (GET /api/provider/audits/): checks passed and failed, and the
+// latest dispute's verdict with the step, hop and layer it names.
+function auditsText({ providers, disputes }) {
+  const passed = providers.reduce((n, p) => n + p.audits_passed, 0);
+  const failed = providers.reduce((n, p) => n + p.audits_failed, 0);
+  let text = `${passed} passed, ${failed} failed`;
+  const barred = providers.filter((p) => p.barred).map((p) => p.name);
+  if (barred.length) text += `; barred: ${barred.join(", ")}`;
+  const last = disputes[0];
+  if (last) {
+    const where = last.step === null ? "" : ` (step ${last.step}, hop ${last.hop}${last.layer === null ? "" : `, layer ${last.layer}`})`;
+    text += `; latest: ${last.kind} of job ${last.job}: ${last.state.replace("_", " ")}${where}`;
+  }
+  return text;
+}
+async function refreshAudits() {
+  try {
+    const response = await fetch(config.auditsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    $("stat-audits").textContent = auditsText(await response.json());
+  } catch {
+    // Offline for a moment: the last figure stays until the next try.
+  }
+}
+refreshAudits();
+setInterval(refreshAudits, 5000);
+
 // For bench/browser.py and the tests: the same worker, reached from outside the page.
 window.providerTab = { call, ready: null };
 window.providerTab.ready = guarded(() => call("init", config)).then(() => {
