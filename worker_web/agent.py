@@ -124,7 +124,7 @@ class ProviderAgent:
         self.cache = ShardCache(cache_dir, self.server, token)
         self.states = StateStore(cache_dir / "states")  # what it committed to, kept to answer reveals
         self._uncommitted: list[tuple[uuid.UUID, int, np.ndarray]] = []  # served, commitment not yet sent
-        self._commit_scheduled = False
+        self._commit_scheduled: asyncio.Handle | None = None
         self.runtimes: dict[str, ShardRuntime] = {}  # by SHA-256: loaded once, kept across reconnects
         self.sessions: dict[uuid.UUID, Session] = {}
         self.ns_per_layer_token: int | None = None
@@ -172,6 +172,9 @@ class ProviderAgent:
                 await self._in_thread(self.states.close, session_id)  # what it committed to stays revealable
             self.sessions.clear()
             self._uncommitted.clear()  # their commitments could not reach the server: nothing to stand behind
+            if self._commit_scheduled is not None:
+                self._commit_scheduled.cancel()
+                self._commit_scheduled = None
             await ws.send(
                 p.dumps(
                     p.HELLO,
@@ -308,14 +311,21 @@ class ProviderAgent:
         self._commit_soon(ws)
 
     def _commit_soon(self, ws: ClientConnection) -> None:
-        """Send the commitments of the steps just answered, after their outputs and off the step's path: hashing
-        waits for the next turn of the loop, and the steps of that turn share one message."""
-        if self._uncommitted and not self._commit_scheduled:
-            self._commit_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_commits, ws)
+        """Send the commitments of the steps answered, in batches and off the step's path: a full batch on the next
+        turn of the loop, a partial one after COMMIT_IDLE_SECONDS (docs/protocol.md)."""
+        if not self._uncommitted or self._commit_scheduled is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if len(self._uncommitted) >= p.COMMIT_BATCH_STEPS:
+            self._commit_scheduled = loop.call_soon(self._send_commits, ws)
+        else:
+            self._commit_scheduled = loop.call_later(p.COMMIT_IDLE_SECONDS, self._send_commits, ws)
 
     def _send_commits(self, ws: ClientConnection) -> None:
-        self._commit_scheduled = False
+        """Hash and send every step answered and not yet committed, and keep their states to answer reveals."""
+        if self._commit_scheduled is not None:
+            self._commit_scheduled.cancel()
+            self._commit_scheduled = None
         served, self._uncommitted = self._uncommitted, []
         commits = []
         for session, step, layer_hidden in served:
@@ -367,6 +377,8 @@ class ProviderAgent:
         session = uuid.UUID(p.field(message, "session", str))
         layer = p.field(message, "layer", int, low=0, high=1023)
         first, last = p.field(message, "first_step", int, low=0), p.field(message, "last_step", int, low=0)
+        if self._uncommitted:  # the states of every step answered so far go to the store (and their roots out)
+            self._send_commits(ws)
         held = await self._in_thread(self.states.layer, session, first, last) if first <= last else None
         if held is None or layer >= next(iter(held.values())).shape[0]:
             message_text = f"no states of layer {layer} for steps {first}-{last} of session {session}"

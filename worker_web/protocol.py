@@ -27,6 +27,12 @@ ERROR = "error"
 # (inference/commitment.py says how a root is made). At most COMMITS_PER_MESSAGE entries per message.
 COMMIT = "commit"
 COMMITS_PER_MESSAGE = 256
+# Commitments travel in batches, never one message per step: a provider sends them once COMMIT_BATCH_STEPS steps
+# are waiting, after COMMIT_IDLE_SECONDS without a full batch, before it answers a reveal, and when a session
+# closes (the server takes them up to LATE_COMMIT_SECONDS after the close). Each message costs the server a pass
+# through its consumer on the same loop that relays the steps.
+COMMIT_BATCH_STEPS = 16
+COMMIT_IDLE_SECONDS = 0.25
 # The answer to a reveal: first one binary frame of type REVEAL per step (session, step, shard field = the layer's
 # index in the shard, float32 [S, H]), then {"request", "session", "layer", "proofs": [proof per step]}.
 REVEALED = "revealed"

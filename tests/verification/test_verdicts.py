@@ -211,6 +211,22 @@ def test_a_provider_that_sent_no_commitments_cannot_stand_behind_its_work(serve:
     assert dispute.reason == "it sent no commitment for step 0: it cannot stand behind its work"
 
 
+def test_a_provider_replaced_after_a_lost_connection_is_judged_on_its_layers_not_its_lost_commitments(
+    serve: Serve, alice: User
+) -> None:
+    """Commitments travel in batches: the last of them may be lost with the connection. A provider the runner
+    replaced is excused for those, and a lie is still proven where it was told, from the states it reveals."""
+    served = serve(alice, lie_at=1, lie_layer=1, commit=False)
+    pipeline = served.job.pipeline
+    pipeline[0]["ended"] = "provider_lost: the connection closed"
+    Job.objects.filter(pk=served.job.pk).update(pipeline=pipeline)
+    dispute = disputes.audit_open(job_id=served.job.pk)
+    assert dispute is not None
+    drive(served, dispute)
+    assert dispute.state == Dispute.State.FRAUD, dispute.reason
+    assert dispute.layer == 1 and "does not follow from its own input" in dispute.reason, dispute.reason
+
+
 def test_a_missing_step_of_its_commitments_is_named(serve: Serve, alice: User) -> None:
     served = serve(alice, lie_at=2)
     Commitment.objects.filter(session=served.sessions[0], step=1).delete()

@@ -377,6 +377,11 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
         while (reply := p.loads(str(await ws.recv())))["type"] == p.COMMIT:
             commits.extend(reply["commits"])
         errors.append(reply["code"])
+        await ws.send(p.dumps(p.CLOSE_SESSION, session=str(session)))  # the close flushes what is not sent yet
+        while len(commits) < 3:
+            reply = p.loads(str(await ws.recv()))
+            assert reply["type"] == p.COMMIT, reply
+            commits.extend(reply["commits"])
         await ws.close(1001, "going away")
 
     _serve_once(agent, server, ends_with=Disconnected)
@@ -387,10 +392,12 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat, each
     # read whole without websockets' parser. The prefill (18 tokens) went through the reader.
     assert agent.steps_served == 3 and agent.steps_at_once == 3 and agent.steps_unparsed == 3
-    # One commitment per step served (the repeat is not committed again): the Merkle root of that step's per-layer
-    # hidden states, as the reference computes them.
+    # One commitment per step served (the repeat is not committed again), in one batch: the Merkle root of that
+    # step's per-layer hidden states, as the reference computes them; and the states are kept to answer reveals.
     roots = [commitment.commit(reference_states) for reference_states in _layer_states(data, inputs)]
     assert commits == [[str(session), step, root] for step, root in enumerate(roots)], commits
+    kept = agent.states.layer(session, 0, 2)
+    assert kept is not None and all(kept[s].shape[1] == inputs[s].shape[1] for s in range(3))
 
 
 def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_still_fails_the_connection(

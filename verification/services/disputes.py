@@ -218,11 +218,23 @@ def _set_range(dispute: Dispute, bounds: tuple[int, int]) -> None:
 
 
 def _missing_commitments(dispute: Dispute) -> int | None:
+    """The first step up to the dispute's that the provider served without committing to it. A provider whose
+    session ended because its connection was lost (it was replaced) is excused: commitments travel in batches and
+    the last of them may have been lost with it. Its reveals are then judged without proofs for those steps, and
+    the layers must still follow from one another (a lie cannot)."""
     assert dispute.step is not None and dispute.session is not None
+    if _uncommitted_excused(dispute):
+        return None
     have = set(
         Commitment.objects.filter(session=dispute.session, step__lte=dispute.step).values_list("step", flat=True)
     )
     return next((s for s in range(dispute.step + 1) if s not in have), None)
+
+
+def _uncommitted_excused(dispute: Dispute) -> bool:
+    """Whether the accused session ended by a failure (the runner replaced it) rather than with its job."""
+    entry = next((e for e in dispute.job.pipeline if e.get("session") == str(dispute.session)), None)
+    return entry is not None and str(entry.get("ended", "")) not in Job.FINAL_STATES
 
 
 def _revealed(dispute: Dispute, layer: int) -> dict[int, np.ndarray] | str | None:
@@ -376,10 +388,13 @@ def _reveal_problem(reveal: Reveal, states: dict[int, np.ndarray], proofs: list[
     works = transcripts.hop_works(transcript)
     inputs = works[reveal.dispute.hop or 0].inputs
     n_layers = _n_layers(transcript, reveal.dispute.hop or 0)
+    excused = _uncommitted_excused(reveal.dispute)
     for position, step in enumerate(steps):
         state = states[step]
         if state.ndim != 2 or state.shape[0] != np.asarray(inputs[step]).shape[1]:
             return f"step {step}: states of shape {list(state.shape)} do not cover the step's positions"
+        if step not in roots and excused:
+            continue  # its commitment was lost with its connection (see _missing_commitments)
         if not commitment.verify(state, proofs[position], roots.get(step, ""), index=reveal.layer, count=n_layers):
             return f"step {step}: the states do not open its commitment"
     return ""

@@ -9,6 +9,8 @@ import { StateStore } from "./state-store.js";
 const BACKOFF_FIRST = 1, BACKOFF_CAP = 30; // seconds, as ProviderAgent.run_forever
 const STEP_TIMES_KEPT = 32;
 const COMMITS_PER_MESSAGE = 256; // worker_web/protocol.py
+const COMMIT_BATCH_STEPS = 16; // worker_web/protocol.py
+const COMMIT_IDLE_MS = 250; // COMMIT_IDLE_SECONDS
 
 const state = {
   config: null,
@@ -313,14 +315,15 @@ async function step(buffer) {
 
 // --- commitments and reveals (docs/protocol.md, "Commitments and reveals") ------------------------------------
 
-// Send the commitments of the steps just answered, after their outputs and off the step's path: hashing waits for
-// the next task of the worker, and the steps answered before it share one message.
+// Send the commitments of the steps answered, in batches and off the step's path (worker_web/protocol.py,
+// COMMIT_BATCH_STEPS and COMMIT_IDLE_SECONDS): a full batch on the worker's next task, a partial one after a pause.
 function commitSoon() {
   if (state.uncommitted.length && state.commitTimer === null) {
+    const full = state.uncommitted.length >= COMMIT_BATCH_STEPS;
     state.commitTimer = setTimeout(() => {
       state.commitTimer = null;
       flushCommits();
-    }, 0);
+    }, full ? 0 : COMMIT_IDLE_MS);
   }
 }
 
