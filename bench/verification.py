@@ -16,7 +16,8 @@ one thread, the tolerance of verification/tolerance.py) judges them:
     decode ratio (bench/pipeline.py, three provider processes over loopback) with and without commitments;
   - transcripts: the bytes per token the server keeps for the window.
 
-    .venv/bin/python bench/verification.py [--prompts 6] [--steps 8] [--pipeline-rounds 3] [--no-pipeline]
+    .venv/bin/python bench/verification.py [--prompts 6] [--steps 8] [--pipeline-pairs 3] [--pipeline-rounds 2]
+                                           [--no-pipeline]
 
 Prints JSON and a summary; writes bench/results/verification.json and verification.png.
 """
@@ -191,6 +192,35 @@ def false_positives(
     }
 
 
+def wasm_false_positives() -> dict[str, Any]:
+    """The tab's WASM providers, judged by the same referee checks in bench/tolerance.py (which runs the tab's own
+    runtime in Chromium): its transcripts count as audits here when it measured the tolerance now in force."""
+    path = RESULTS / "tolerance.json"
+    if not path.exists():
+        return {"measured": False, "why": "run bench/tolerance.py first"}
+    data = json.loads(path.read_text())
+    if data["constants"]["in_force"]["version"] != tolerance.VERSION:
+        return {"measured": False, "why": f"bench/tolerance.py measured tolerance {data['constants']['in_force']}"}
+    out: dict[str, Any] = {"measured": True, "source": "bench/results/tolerance.json"}
+    for quant, backends in data["figures"].items():
+        if "wasm" not in backends:
+            continue
+        deciding = ("layer", "hop", "logits", "own")  # bisect only steers; the gaps below
+        worst = max(
+            float(per_layer["excess_in_force"])
+            for check in deciding
+            for per_layer in backends["wasm"].get(check, {}).values()
+        )
+        worst = max(worst, float(backends["wasm"]["gaps"]["excess_in_force"]))
+        out[quant] = {
+            "audits": data["wasm"]["prompts"],
+            "steps_each": data["decode_steps_per_prompt"] + 1,
+            "false_positives": int(worst > 1),
+            "worst_excess": round(worst, 4),
+        }
+    return out
+
+
 def detection(
     record: dict[str, Any], ours: list[Any], layers: dict[int, ShardRuntime], steps: int, rng: np.random.Generator
 ) -> dict[float, list[bool]]:
@@ -238,23 +268,33 @@ def commit_cost(record: dict[str, Any]) -> dict[str, float]:
     return {"prefill": statistics.median(prefill), "decode": statistics.median(decode)}
 
 
-def pipeline(rounds: int) -> dict[str, Any]:
-    """bench/pipeline.py's in-memory profile with providers committing and not, each against the whole model."""
+def pipeline(pairs: int, rounds: int) -> dict[str, Any]:
+    """bench/pipeline.py's in-memory profile with providers committing and not, alternated `pairs` times (off, on,
+    off, on, ...: the machine's drift hits both alike), each round's pipeline against the whole model run right
+    before and after it; the ratio of the two medians."""
     from bench import pipeline as bench_pipeline
 
     args = argparse.Namespace(rounds=rounds, tokens=64, threads=1)
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
     whole = bench_pipeline.whole_model(1)
-    out = {}
-    for label, on in (("off", False), ("on", True), ("off_again", False)):
-        result = bench_pipeline.run_profile("memory", args, whole, commitments=on)
-        out[label] = {k: v for k, v in result.items() if k != "rounds"} | {
-            "ratios": [r["ratio"] for r in result["rounds"]]
+    ratios: dict[str, list[float]] = {"off": [], "on": []}
+    tokens: dict[str, list[float]] = {"off": [], "on": []}
+    for pair in range(pairs):
+        for label, on in (("off", False), ("on", True)):
+            result = bench_pipeline.run_profile("memory", args, whole, commitments=on)
+            ratios[label] += [r["ratio"] for r in result["rounds"]]
+            tokens[label] += [r["pipeline_tokens_per_s"] for r in result["rounds"]]
+            print(f"pair {pair}: commitments {label}: ratio {result['ratio_median']}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {
+        label: {
+            "ratio_median": round(statistics.median(ratios[label]), 4),
+            "pipeline_tokens_per_s_median": round(statistics.median(tokens[label]), 2),
+            "ratios": [round(r, 4) for r in ratios[label]],
         }
-        print(f"pipeline with commitments {label}: ratio {result['ratio_median']}", file=sys.stderr, flush=True)
-    off = statistics.median(out["off"]["ratios"] + out["off_again"]["ratios"])
-    out["ratio_on_over_off"] = round(out["on"]["ratio_median"] / off, 4)
+        for label in ratios
+    }
+    out["ratio_on_over_off"] = round(out["on"]["ratio_median"] / out["off"]["ratio_median"], 4)
     return out
 
 
@@ -290,7 +330,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8, help="steps per job (the prefill and steps-1 decode steps)")
-    parser.add_argument("--pipeline-rounds", type=int, default=3)
+    parser.add_argument("--pipeline-pairs", type=int, default=3, help="markets with commitments off then on")
+    parser.add_argument("--pipeline-rounds", type=int, default=2, help="jobs per market, after a warm-up job")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline with and without commitments")
     args = parser.parse_args()
     started = time.time()
@@ -331,6 +372,7 @@ def main() -> None:
             "layers_probed": [PLAN[1][0] + i for i in PROBED_LAYERS],
         },
         "false_positives": fp,
+        "false_positives_wasm": wasm_false_positives(),
         "referee": {
             "phase1_over_job_compute_median": round(statistics.median(c["phase1_s"] / c["job_s"] for c in costs), 3),
             "one_layer_over_job_compute_median": round(statistics.median(c["layer_s"] / c["job_s"] for c in costs), 4),
@@ -344,7 +386,7 @@ def main() -> None:
         "transcript_bytes_per_token_median": round(statistics.median(sizes), 1),
     }
     if not args.no_pipeline:
-        results["commitments"]["pipeline"] = pipeline(args.pipeline_rounds)
+        results["commitments"]["pipeline"] = pipeline(args.pipeline_pairs, args.pipeline_rounds)
     results["seconds"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "verification.json").write_text(json.dumps(results, indent=2) + "\n")
