@@ -77,9 +77,10 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EMarket]:
         "MEDIA_ROOT": str(work / "media"),
         "STEP_DEADLINE_SECONDS": "15",
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        # Money: enough for every test's bids; a short challenge window that beat closes while the tests watch.
+        # Money: enough for every test's bids; a short challenge window that beat closes while the tests watch (long
+        # enough for an operator's audit of a job that just finished: its transcript is kept for the window).
         "SIGNUP_GRANT": str(SIGNUP_GRANT),
-        "CHALLENGE_WINDOW_SECONDS": "5",
+        "CHALLENGE_WINDOW_SECONDS": "20",
         "LEDGER_RELEASE_EVERY_SECONDS": "2",
     }
     stack = E2EMarket(env=env, logs=work / "logs")

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,12 @@ def test_a_buyers_challenge_of_honest_work_pays_the_bond_to_the_providers(market
     status, body = market.api("POST", f"/api/jobs/{job['id']}/challenge/", token=market.buyer)
     assert status == 201, body
     assert market.api("POST", f"/api/jobs/{job['id']}/challenge/", token=market.buyer)[0] == 409
-    # The job's stream, followed, tells the verification's course and closes at the verdict.
-    events = market.stream(job["id"], market.buyer, follow_verification=True, timeout=180)
+    # The job's stream, followed, tells the verification's course and closes at the verdict (read on a thread while
+    # the verdict is awaited through the API: a slow verdict and a stream that never closes fail differently).
+    with ThreadPoolExecutor(1) as pool:
+        following = pool.submit(market.stream, job["id"], market.buyer, follow_verification=True, timeout=300)
+        market.verdict(job["id"], timeout=300)
+        events = following.result(timeout=60)
     done = next(e for e in events if e["type"] == "done")
     assert done["verification"]["challenge_window_closes_at"] and done["verification"]["disputes"], done
     last = events[-1]["verification"] if events[-1]["type"] == "done" else events[-1]
