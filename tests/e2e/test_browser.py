@@ -229,20 +229,10 @@ def test_a_full_quota_is_explained_and_the_shard_still_serves_from_memory(
     cdp.send("Storage.overrideQuotaForOrigin", {"origin": market.url})
 
 
-def test_a_software_webgpu_adapter_is_not_used(market: Any, playwright: Any, tmp_path: Any) -> None:
-    """--enable-unsafe-webgpu without a GPU offers SwiftShader, a fallback adapter hundreds of times slower than
-    WASM: the tab names it and runs on WASM."""
-    market.manage("issue_token", "dave", "--create", "--password", PASSWORD)
-    with launch(playwright, tmp_path / "profile", extra_flags=("--enable-unsafe-webgpu",)) as context:
-        other = BrowserTab(context, market.url, log=market.logs / "webgpu-tab-console.log")
-        other.sign_in("dave", PASSWORD)
-        assert "fallback adapter: not used" in other.text("device-adapter")
-        assert other.text("device-backend") == "WASM (CPU)"
-
-
 def test_the_tabs_work_audited_is_verified_and_the_tab_never_slashed(market: Any, tab: BrowserTab) -> None:
     """The referee (native ONNX Runtime) re-runs the hops, the tab's WASM one included: honest work is no fraud.
-    (Last: its jobs teach the market the providers' speeds, which moves later placements.)"""
+    (After the tests that count downloads: its jobs teach the market the providers' speeds, which moves
+    later placements.)"""
     tab.reload()
     start_providing(market, tab, headless=2)
     owner = market.manage("issue_token", "dave")
@@ -262,3 +252,14 @@ def test_the_tabs_work_audited_is_verified_and_the_tab_never_slashed(market: Any
         return found is not None and int(found.group(1)) >= 2
 
     market.wait(shown, 30, "the tab to show its audits")
+
+
+def test_a_software_webgpu_adapter_is_not_used(market: Any, playwright: Any, tmp_path: Any) -> None:
+    """--enable-unsafe-webgpu without a GPU offers SwiftShader, a fallback adapter hundreds of times slower than
+    WASM: the tab names it and runs on WASM."""
+    market.manage("issue_token", "dave", "--create", "--password", PASSWORD)
+    with launch(playwright, tmp_path / "profile", extra_flags=("--enable-unsafe-webgpu",)) as context:
+        other = BrowserTab(context, market.url, log=market.logs / "webgpu-tab-console.log")
+        other.sign_in("dave", PASSWORD)
+        assert "fallback adapter: not used" in other.text("device-adapter")
+        assert other.text("device-backend") == "WASM (CPU)"
