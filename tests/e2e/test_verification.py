@@ -44,6 +44,10 @@ class VerifyMarket(LocalMarket):
         """Three fresh provider processes (new names: a barred one is never placed again) lying as `cheat` says,
         and a fresh buyer (an earlier test's free rerun settling later must not move this test's balances)."""
         self.cheat_file.write_text(json.dumps(cheat))
+        if hasattr(self, "buyer"):  # an earlier test's free rerun must not take this test's providers first
+            _, queued = self.api("GET", "/api/jobs/?state=queued", token=self.buyer)
+            for rerun in queued:
+                assert self.api("POST", f"/api/jobs/{rerun['id']}/cancel/", token=self.buyer)[0] == 200
         self.buyer = self.manage("issue_token", f"buyer{next(self.serial)}", "--create")
         for name in getattr(self, "current", []):
             self.kill(name, signal.SIGTERM)
