@@ -6,22 +6,9 @@
 // Database "compute-market-states", store "steps", key [session, step]; a record is
 // {session, step, layers, tokens, hidden, data: ArrayBuffer of float32 [layers, tokens, hidden], saved: ms since epoch},
 // with an index on `saved` for pruning.
+import { done, request } from "./shard-cache.js"; // IndexedDB requests and transactions as promises
+
 const DB_NAME = "compute-market-states";
-
-function request(req) {
-  return new Promise((resolve, reject) => {
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-}
-
-function done(tx) {
-  return new Promise((resolve, reject) => {
-    tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-    tx.onabort = () => reject(tx.error || new DOMException("transaction aborted", "AbortError"));
-  });
-}
 
 function openDb() {
   const req = indexedDB.open(DB_NAME, 1);
