@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
 from inference import wire
+from market.cpu_quota import CpuQuota, CpuQuotaError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,7 @@ class LocalMarket:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.quotas: dict[str, CpuQuota] = {}  # providers started under a CPU quota, by name
         logs.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> LocalMarket:
@@ -115,8 +117,17 @@ class LocalMarket:
         self.wait(lambda: self._healthy(), 60, "the server to answer /healthz/")
 
     def start_provider(
-        self, name: str, *, token: str, slots: int = 1, threads: int = 1, commitments: bool = True
+        self,
+        name: str,
+        *,
+        token: str,
+        slots: int = 1,
+        threads: int = 1,
+        commitments: bool = True,
+        cpu_percent: float | None = None,
     ) -> subprocess.Popen[bytes]:
+        """A headless provider process; `cpu_percent`: held to that share of one CPU by a cgroup of its own (a
+        machine that many times slower, for real: its benchmark, and so its ask, shows it)."""
         argv = [
             sys.executable,
             "manage.py",
@@ -133,12 +144,17 @@ class LocalMarket:
             str(self.logs / f"cache-{name}"),
         ]
         argv += [] if commitments else ["--no-commitments"]
+        if cpu_percent is not None:
+            self.quotas[name] = CpuQuota(f"{self.port}-{name}", cpu_percent)
+            argv = self.quotas[name].wrap(argv)
         return self.spawn(name, argv, INFERENCE_THREADS=str(threads))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
         process.send_signal(sig)
         process.wait(timeout=30)
+        if name in self.quotas:
+            self.quotas.pop(name).remove()
 
     def stop(self) -> None:
         services = ("beat", "worker", "server")
@@ -152,6 +168,11 @@ class LocalMarket:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        while self.quotas:
+            try:
+                self.quotas.popitem()[1].remove()
+            except CpuQuotaError as exc:  # stopping goes on; the next quota made on this machine sweeps it
+                print(f"warning: {exc}", file=sys.stderr)
 
     def log_text(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -214,10 +235,14 @@ class LocalMarket:
 
     # --- helpers --------------------------------------------------------------------------------------------------
 
-    def _healthy(self) -> bool:
+    def check_running(self) -> None:
+        """Raise, with the end of its log, when a process of the market has exited."""
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_text(name)[-3000:]}")
+
+    def _healthy(self) -> bool:
+        self.check_running()
         with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/healthz/", timeout=2) as response:
             return bool(response.status == 200)
         return False

@@ -3,7 +3,8 @@
 Imports SmolLM2-135M as three shards, starts the ASGI server and three headless providers as child processes,
 submits a chat job through the REST API as a buyer would, prints the tokens as they stream in over the job's
 WebSocket and the pipeline of providers that served it, then keeps the market running until interrupted
-(`--once` stops after the sample).
+(`--once` stops after the sample). `--provider-cpu-percent P` holds each provider to P % of one CPU with a cgroup of
+its own: a machine several times slower, for real, whose providers benchmark slower and ask more.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from websockets.exceptions import ConnectionClosed
 
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
 from ledger.chain import bridge
 from ledger.chain import selectors as chain_selectors
 from ledger.services import anchoring
-from market import selectors, services
+from market import cpu_quota, selectors, services
 from market.localstack import LocalMarket, free_port
 from market.management.commands._chain import flush_until_done, stake, start_chain
 from market.management.commands._common import SAMPLE_CHAT, import_with_progress, shard_table
@@ -36,8 +38,10 @@ DEMO_PLAN = "0-10,10-20,20-30"
 
 
 DEMO_BUYER_FUNDS = 1_000_000  # base units the buyer holds before the sample bid (topped up when short)
+DEMO_STREAM_SECONDS = 600  # a placed sample that has not finished after this is explained and the demo exits non-zero
 DEMO_PLACE_SECONDS = 120  # a sample bid still in the book after this is explained and the demo exits non-zero
 DEMO_STAKE = 2_000_000  # base units the demo providers' account stakes (the market's minimum is CHAIN_MIN_STAKE)
+DEMO_PROVIDERS_SECONDS = 600  # providers not all benchmarked after this end the demo, with the missing ones named
 
 
 def _token(username: str) -> str:
@@ -71,8 +75,22 @@ class Command(BaseCommand):
         parser.add_argument("--providers", type=int, default=3)
         parser.add_argument("--port", type=int, default=8000, help="Server port (another free one if taken).")
         parser.add_argument("--once", action="store_true", help="Stop after the sample job instead of serving on.")
+        parser.add_argument(
+            "--provider-cpu-percent",
+            type=int,
+            metavar="P",
+            help="Hold each provider process to P %% (1-100) of one CPU with a cgroup of its own, a machine several "
+            "times slower for real: its benchmark and so its ask show it (needs root and the cgroup cpu controller, "
+            "v1 or v2; the groups are removed when the demo ends).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        percent = options["provider_cpu_percent"]
+        if percent is not None:  # checked before anything starts
+            if not 1 <= percent <= 100:
+                raise CommandError("--provider-cpu-percent must be between 1 and 100 (% of one CPU)")
+            if reason := cpu_quota.unavailable_reason():
+                raise CommandError(f"--provider-cpu-percent: {reason}")
         report = import_with_progress(source="smollm2-135m", plan=DEMO_PLAN, quant=options["quant"])
         self.stdout.write(
             f"\nShards of {report.model}:\n{shard_table(selectors.shard_chain(model=report.model, plan=DEMO_PLAN))}\n"
@@ -86,7 +104,14 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Chain: Anvil at {node.url}, contracts {chain.addresses.as_dict() if chain.addresses else {}}"
             )
-            self._serve(work, options)
+            try:
+                self._serve(work, options)
+            except (TimeoutError, RuntimeError, OSError, ConnectionClosed) as exc:
+                # What a market of child processes can raise (a process that exited, a wait that ran out, a server
+                # that stopped answering, a cgroup that could not be made): explained, with where the logs are,
+                # instead of a traceback.
+                why = str(exc) or type(exc).__name__
+                raise CommandError(f"{why}\n(the server's and the providers' logs: {work / 'logs'})") from None
 
     def _serve(self, work: Path, options: dict[str, Any]) -> None:
         buyer, provider = _token("demo-buyer"), _token("demo-provider")
@@ -99,11 +124,13 @@ class Command(BaseCommand):
         )
         port = options["port"] if _port_free(options["port"]) else free_port()
         with LocalMarket(env={"CHAIN_RPC_URL": settings.CHAIN_RPC_URL}, logs=work / "logs", port=port) as market:
-            self.stdout.write(f"Starting the server on {market.url} and {options['providers']} providers …")
+            percent = options["provider_cpu_percent"]
+            held = f", each held to {percent} % of one CPU by a cgroup" if percent is not None else ""
+            self.stdout.write(f"Starting the server on {market.url} and {options['providers']} providers{held} …")
             market.start_server()
             for index in range(1, options["providers"] + 1):
-                market.start_provider(f"demo-provider-{index}", token=provider)
-            market.wait_providers(options["providers"], provider, timeout=300)
+                market.start_provider(f"demo-provider-{index}", token=provider, cpu_percent=percent)
+            self._wait_providers(market, provider, options["providers"])
             self._providers(market, provider)
             self._sample(market, buyer, options)
             self._money(market, buyer, provider)
@@ -117,6 +144,22 @@ class Command(BaseCommand):
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
+
+    def _wait_providers(self, market: LocalMarket, token: str, count: int) -> None:
+        """Wait until `count` providers have benchmarked, naming each as it does (a slow machine takes a while)."""
+        until, seen = time.monotonic() + DEMO_PROVIDERS_SECONDS, set[str]()
+        while len(seen) < count:
+            market.check_running()
+            for p in market.online_providers(token):
+                if p["name"] not in seen:
+                    seen.add(p["name"])
+                    self.stdout.write(f"  {p['name']} benchmarked ({len(seen)}/{count})")
+            if time.monotonic() > until:
+                raise CommandError(
+                    f"only {len(seen)} of {count} providers connected and benchmarked within "
+                    f"{DEMO_PROVIDERS_SECONDS} s; see their logs in {market.logs}"
+                )
+            time.sleep(0.5)
 
     def _providers(self, market: LocalMarket, token: str) -> None:
         self.stdout.write("Providers online (benchmarked on a real shard; the platform sets their asks from it):")
@@ -157,15 +200,24 @@ class Command(BaseCommand):
         self.stdout.write(market.manage("ledger_check"))
 
     def _wait_placed(self, market: LocalMarket, token: str, job_id: int) -> None:
-        """Wait for a round to place the bid; one that keeps losing ends the demo with the round's reason."""
-        until = time.monotonic() + DEMO_PLACE_SECONDS
-        while time.monotonic() < until:
+        """Wait for a round to place the bid, showing why each round it lost did not place it (the job's `error`);
+        one that keeps losing ends the demo with the last reason."""
+        started = time.monotonic()
+        shown = ""
+        while time.monotonic() < started + DEMO_PLACE_SECONDS:
             _, job = market.api("GET", f"/api/jobs/{job_id}/", token=token)
             if job["state"] != "queued":
                 return
+            if job["error"] and job["error"] != shown:
+                shown = job["error"]
+                self.stdout.write(f"  [{time.monotonic() - started:3.0f} s, still in the book] {shown}")
+                self.stdout.flush()
             time.sleep(0.5)
+        # Withdrawn, so that its escrow goes back and it does not linger in the book of the next run.
+        status, _ = market.api("POST", f"/api/jobs/{job_id}/cancel/", token=token)
         raise CommandError(
             f"\nthe sample bid was not placed within {DEMO_PLACE_SECONDS} s: {job['error'] or 'no round placed it'}"
+            + ("\n(the bid is withdrawn and its escrow refunded)" if status == 200 else "")
         )
 
     def _money(self, market: LocalMarket, buyer: str, provider: str) -> None:
@@ -210,18 +262,23 @@ class Command(BaseCommand):
             prompt=options["prompt"],
             max_new_tokens=options["max_new_tokens"],
         )
-        self.stdout.write(
-            f"\nJob {job['id']} submitted through {market.url}/api/jobs/\nuser> {options['prompt']}\nassistant> ",
-            ending="",
-        )
+        self.stdout.write(f"\nJob {job['id']} submitted through {market.url}/api/jobs/")
+        self._wait_placed(market, token, job["id"])
+        self.stdout.write(f"user> {options['prompt']}\nassistant> ", ending="")
 
         def show(event: dict[str, Any]) -> None:
             if event["type"] in ("token", "snapshot"):
                 self.stdout.write(event["text"], ending="")
                 self.stdout.flush()
 
-        self._wait_placed(market, token, job["id"])
-        market.stream(job["id"], token, on_event=show)
+        try:
+            market.stream(job["id"], token, on_event=show, timeout=DEMO_STREAM_SECONDS)
+        except TimeoutError:
+            _, late = market.api("GET", f"/api/jobs/{job['id']}/", token=token)
+            raise CommandError(
+                f"\njob {job['id']} did not finish within {DEMO_STREAM_SECONDS} s of being placed: {late['state']}, "
+                f"{len(late['tokens'])} tokens so far{'; ' + late['error'] if late['error'] else ''}"
+            ) from None
         _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=token)
         if done["state"] != "done":
             raise CommandError(f"job {done['id']} {done['state']}: {done['error_code']}: {done['error']}")
