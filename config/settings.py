@@ -266,10 +266,14 @@ if JOB_RUNNERS not in ("server", "worker"):
     raise ImproperlyConfigured(f"JOB_RUNNERS must be server or worker, not {JOB_RUNNERS!r}")
 STEP_DEADLINE_SECONDS = float(env_int("STEP_DEADLINE_SECONDS", 20))
 # A running job's runner renews its lease every RUNNER_HEARTBEAT_SECONDS; a job whose lease is older than
-# RUNNER_LEASE_SECONDS lost its runner (its server died) and the next auction round ends it: the steps it delivered
-# are paid, the rest of the escrow refunded, the buyer's stream ended (market/services/runners.py).
+# RUNNER_LEASE_SECONDS lost its runner (its server died). Another runner takes it over and resumes it by replay once
+# providers are free for every shard, at most RUNNER_MAX_RESUMES times per job; a job that cannot be resumed within
+# RUNNER_RESUME_WITHIN_SECONDS after its lease ran out is ended: the steps it delivered are paid, the rest of the
+# escrow refunded, the buyer's stream ended (market/services/runners.py). RUNNER_MAX_RESUMES=0 turns resuming off.
 RUNNER_HEARTBEAT_SECONDS = float(env_int("RUNNER_HEARTBEAT_SECONDS", 5))
 RUNNER_LEASE_SECONDS = float(env_int("RUNNER_LEASE_SECONDS", 30))
+RUNNER_MAX_RESUMES = env_int("RUNNER_MAX_RESUMES", 2)
+RUNNER_RESUME_WITHIN_SECONDS = float(env_int("RUNNER_RESUME_WITHIN_SECONDS", 60))
 SESSION_OPEN_DEADLINE_SECONDS = float(env_int("SESSION_OPEN_DEADLINE_SECONDS", 180))
 PROVIDER_HEARTBEAT_SECONDS = float(env_int("PROVIDER_HEARTBEAT_SECONDS", 15))
 # A running job's tokens are stored (and then streamed to the buyer) at most this often; the first one at once.

@@ -129,6 +129,7 @@ class Transaction(AppendOnlyModel):
         ESCROW = "escrow", "escrow for a job"
         REFUND = "refund", "escrow refund"
         SETTLEMENT = "settlement", "job settlement"
+        PLATFORM_PAY = "platform_pay", "work the platform pays for (its own failure made it necessary)"
         RELEASE = "release", "release of pending earnings"
         STAKE = "stake", "stake"
         UNSTAKE = "unstake", "unstake"

@@ -79,18 +79,20 @@ async def _verify(wake: asyncio.Event) -> None:
 
 
 async def _orphans() -> None:
-    """End jobs whose runner's lease ran out (a server that died) within a third of the lease after it did, without
-    waking a whole round: an idle book waits AUCTION_IDLE_SECONDS between rounds, and rounds every few seconds cost
-    the relay in this process (see above). One small query on running jobs."""
-    from market import services
+    """Take over or end jobs whose runner's lease ran out (a server that died) within a third of the lease after it
+    did, without waking a whole round: an idle book waits AUCTION_IDLE_SECONDS between rounds, and rounds every few
+    seconds cost the relay in this process (see above). One small query on running jobs; resumed jobs' runners
+    start on this loop."""
+    from market import launch, services
 
-    end = sync_to_async(services.jobs_orphaned_end, thread_sensitive=False)
+    take = sync_to_async(services.jobs_orphaned, thread_sensitive=False)
     while True:
         await asyncio.sleep(max(1.0, settings.RUNNER_LEASE_SECONDS / 3))
         try:
-            await end(now=timezone.now())
+            for job_id, epoch in await take(now=timezone.now()):
+                launch.launch_here(job_id, resume_epoch=epoch)
         except Exception:  # the clock must outlive one bad pass
-            log.exception("ending jobs whose runner was lost failed")
+            log.exception("taking over jobs whose runner was lost failed")
 
 
 async def _chain() -> None:

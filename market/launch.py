@@ -8,6 +8,7 @@ channel layer; there the provider consumer starts it on its loop (`launch_here`)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from asgiref.sync import async_to_sync
@@ -27,7 +28,7 @@ def remember_server_loop() -> None:
     _SERVER_LOOP = asyncio.get_running_loop()
 
 
-def launch_in_server(job_id: int) -> None:
+def launch_in_server(job_id: int, *, resume_epoch: int | None = None) -> None:
     """Start a runner on the server's loop from any thread (a sync view, an on_commit hook)."""
     loop = _SERVER_LOOP
     if loop is None or loop.is_closed():
@@ -35,12 +36,13 @@ def launch_in_server(job_id: int) -> None:
             "the embedded profile runs jobs inside the ASGI server, and no server loop is known in this process; "
             "submit jobs through the server (or set ORCHESTRATOR=celery with a worker)"
         )
-    loop.call_soon_threadsafe(launch_here, job_id)
+    loop.call_soon_threadsafe(functools.partial(launch_here, job_id, resume_epoch=resume_epoch))
 
 
-def launch_here(job_id: int) -> None:
-    """Start a runner on the running loop (a provider consumer received `runner.launch`)."""
-    task = asyncio.get_running_loop().create_task(run_job(job_id))
+def launch_here(job_id: int, *, resume_epoch: int | None = None) -> None:
+    """Start a runner on the running loop (a provider consumer received `runner.launch`, or the clock took a job
+    over from a lost runner)."""
+    task = asyncio.get_running_loop().create_task(run_job(job_id, resume_epoch=resume_epoch))
     _RUNNING.add(task)
     task.add_done_callback(_RUNNING.discard)
 

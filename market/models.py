@@ -200,6 +200,15 @@ class Job(models.Model):
     runner_seen_at = models.DateTimeField(
         null=True, blank=True, help_text="The runner's lease: renewed while it runs; a stale one means it died."
     )
+    runner_epoch = models.PositiveIntegerField(
+        default=0, help_text="Which runner holds the lease: raised each time another takes the job over (a resume)."
+    )
+    runner_lost_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a takeover found its runner lost: its server died no later than this, so a provider heard "
+        "from since is connected to a live one.",
+    )
 
     class Meta:
         ordering = ["-pk"]

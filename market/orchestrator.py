@@ -6,6 +6,10 @@ hop's output to the next hop, samples the next token from the last hop's logits 
 misses a deadline, a replacement opens a fresh session, is fed the recorded inputs step by step to rebuild its
 KV cache, and the step carries on there. Tokens are produced once, after the last hop, so the buyer sees each
 exactly once whatever happens underneath.
+
+A runner that takes over a job whose runner was lost (its server died: market/services/runners.py) does the same
+for every hop at once: a fresh pipeline is fed the prompt and the stored tokens step by step, then generation goes
+on from the next token.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from inference import wire
 from inference.generate import Sampler, SamplingParams
 from market import selectors, services
 from market.models import Job, Provider
-from market.placement import AuctionPlacement, Placement
+from market.placement import AuctionPlacement, FastestFreePlacement, Placement
 from market.streaming import TokenStream
 from worker_web import relay
 from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
@@ -36,14 +40,25 @@ from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
 log = logging.getLogger(__name__)
 
 
-async def run_job(job_id: int, *, placement: Placement | None = None, layer: BaseChannelLayer | None = None) -> None:
+async def run_job(
+    job_id: int,
+    *,
+    placement: Placement | None = None,
+    layer: BaseChannelLayer | None = None,
+    resume_epoch: int | None = None,
+) -> None:
     """Claim a job an auction round placed and drive it to its end; a job someone else claimed, or cancelled, is
-    left alone."""
-    job = await sync_to_async(services.job_claim)(job_id=job_id)
+    left alone. With `resume_epoch`, resume a job taken over from a lost runner instead: its hops go on the fastest
+    free providers, at the prices its round cleared."""
+    if resume_epoch is None:
+        job = await sync_to_async(services.job_claim)(job_id=job_id)
+        placement = placement or AuctionPlacement()
+    else:
+        job = await sync_to_async(services.job_resume_claim)(job_id=job_id, epoch=resume_epoch)
+        placement = placement or FastestFreePlacement()
     if job is None:
         return
-    runner = JobRunner(job, layer or get_channel_layer(), placement or AuctionPlacement())
-    await runner.run()
+    await JobRunner(job, layer or get_channel_layer(), placement, resume=resume_epoch is not None).run()
 
 
 class JobFailed(Exception):
@@ -67,6 +82,10 @@ class Requeue(Exception):
     """The pipeline could not be set up: the job goes back into the book (see `services.job_requeue`)."""
 
 
+class Superseded(Exception):
+    """Another runner took the job over (this one lost its lease): it owns the job, its stream and its end."""
+
+
 @dataclasses.dataclass
 class Hop:
     """One shard of the job's pipeline: the provider serving it now and everything it was fed so far."""
@@ -81,8 +100,12 @@ class Hop:
 
 
 class JobRunner:
-    def __init__(self, job: Job, layer: BaseChannelLayer, placement: Placement) -> None:
+    def __init__(self, job: Job, layer: BaseChannelLayer, placement: Placement, *, resume: bool = False) -> None:
         self.job = job
+        self.epoch = job.runner_epoch  # this runner's hold on the job (market/services/runners.py)
+        self.resume = resume
+        self.delivered = 0  # tokens a lost runner delivered, replayed before generation goes on
+        self.replaying = False
         self.layer = layer
         self.placement = placement
         self.channel = ""
@@ -91,6 +114,7 @@ class JobRunner:
         self.hops: list[Hop] = []
         self.record: list[dict[str, Any]] = []  # the pipeline as the buyer sees it: every placement, in order
         self.stream = TokenStream(job_id=job.pk, layer=layer, decode=lambda ids: self.tokenizer.decode(ids))
+        self.stream.epoch = self.epoch
         self.tokens = self.stream.tokens  # the generated ids, in order (the stream owns the list)
         self.timings: dict[str, Any] = {}
         self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
@@ -105,7 +129,7 @@ class JobRunner:
 
     async def run(self) -> None:
         state, reason, code, message = Job.State.FAILED, "", "", ""
-        lease = asyncio.get_running_loop().create_task(self._hold_lease())
+        lease = asyncio.get_running_loop().create_task(self._hold_lease(asyncio.current_task()))
         try:
             self.channel = await self.answers.open()
             self.stream.pipeline = self.record
@@ -113,6 +137,10 @@ class JobRunner:
             try:
                 await self._prepare()
             except JobFailed as exc:
+                if self.resume:  # it ran before: requeueing would charge the buyer's escrow twice
+                    raise JobFailed(
+                        "runner_lost", f"the server running this job stopped, and it could not be resumed: {exc}"
+                    ) from None
                 raise Requeue(exc.message) from None
             reason = await self._generate()
             state = Job.State.DONE
@@ -122,6 +150,15 @@ class JobRunner:
             code, message = exc.code, exc.message
         except Cancelled:
             code, message = "cancelled", "cancelled by the buyer"
+            if self.stream.superseded:
+                code = "superseded"
+        except Superseded:
+            code = "superseded"
+        except asyncio.CancelledError:
+            if not self.stream.superseded:  # cancelled from outside: not ours to handle
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # run() always runs in a task
+            code = "superseded"
         except Exception:  # a bug must not leave the job running forever or hold providers' slots
             log.exception("job %s failed unexpectedly", self.job.pk)
             code, message = "internal_error", "the orchestrator failed; the job was stopped"
@@ -133,13 +170,21 @@ class JobRunner:
         if code == "requeued" and await sync_to_async(services.job_requeue)(job_id=self.job.pk, reason=message):
             log.info("job %s back in the book: %s", self.job.pk, message)
             return
+        if code == "superseded":
+            log.warning("job %s was taken over by another runner; this one stops", self.job.pk)
+            return
         await self._finish(state, reason, code, message)
 
-    async def _hold_lease(self) -> None:
-        """Renew the job's lease while it runs (market/services/runners.py ends jobs whose runner stopped)."""
+    async def _hold_lease(self, runner: asyncio.Task[Any] | None) -> None:
+        """Renew the job's lease while it runs (market/services/runners.py takes over jobs whose runner stopped);
+        once another runner holds it, this one stops at its next step."""
         beat = sync_to_async(services.job_runner_beat, thread_sensitive=False)
-        while await beat(job_id=self.job.pk):
+        while await beat(job_id=self.job.pk, epoch=self.epoch):
             await asyncio.sleep(settings.RUNNER_HEARTBEAT_SECONDS)
+        if not await sync_to_async(selectors.job_held)(job_id=self.job.pk, epoch=self.epoch):
+            self.stream.superseded = True
+            if runner is not None:
+                runner.cancel()  # at once, not at its next step: it may be waiting out a deadline
 
     # --- setting up -------------------------------------------------------------------------------------------
 
@@ -148,8 +193,13 @@ class JobRunner:
         self.tokenizer = tokenizer
         self.prompt = tokenizer.encode_chat(self.job.messages)
         self.hops = [Hop(index=i, shard=shard) for i, shard in enumerate(shards)]
+        if self.resume:  # the lost runner's placements (closed at what it delivered) and its tokens
+            self.record.extend(self.job.pipeline)
+            self.stream.resume(list(self.job.tokens), self.job.text)
+            self.delivered = self.steps_done = len(self.tokens)
+            self.replaying = self.delivered > 0
         for hop in self.hops:
-            await self._place(hop, from_step=0)
+            await self._place(hop, from_step=self.delivered)
         for hop in reversed(self.hops):  # each open names the next hop, where the provider's outputs go on to
             await self._open(hop)
         for hop in self.hops:  # all open at once (downloads and loads overlap); answers are collected in turn
@@ -165,6 +215,8 @@ class JobRunner:
     async def _place(self, hop: Hop, *, from_step: int) -> None:
         """Claim a provider for the hop (with a fresh session id) and record the placement; `_open` opens it."""
         exclude = hop.failed | {h.provider.pk for h in self.hops if h.provider is not None and h is not hop}
+        if not await sync_to_async(selectors.job_held)(job_id=self.job.pk, epoch=self.epoch):
+            raise Superseded()  # a takeover freed the slots this runner held; it claims no more
         provider = await sync_to_async(self.placement.place)(job=self.job, shard=hop.shard, exclude=exclude)
         if provider is None:
             raise JobFailed(
@@ -188,7 +240,7 @@ class JobRunner:
             }
         )
         await sync_to_async(services.job_progress)(
-            job_id=self.job.pk, tokens=self.tokens, text=self.stream.text, pipeline=self.record
+            job_id=self.job.pk, epoch=self.epoch, tokens=self.tokens, text=self.stream.text, pipeline=self.record
         )
 
     def _next_address(self, hop: Hop) -> dict[str, Any] | None:
@@ -196,7 +248,7 @@ class JobRunner:
         greedy job sends its argmax on to hop 0 as the next step's input, unless it is a stop token or the token
         limit is reached: the same decision `_generate` makes, made without a turn through the runner."""
         last = hop.index + 1 == len(self.hops)
-        if last and not self._greedy:
+        if last and (not self._greedy or self.replaying):  # a replay sends every step's input itself
             return None
         after = self.hops[0 if last else hop.index + 1]
         assert after.provider is not None
@@ -251,10 +303,17 @@ class JobRunner:
         sampler = Sampler(params)
         stops = self.tokenizer.stop_ids
         started = time.perf_counter()
-        head = await self._forward(0, np.asarray([self.prompt], dtype=np.int64))
+        step, reason = 0, "length"
+        if self.delivered:
+            step = await self._replay(sampler)
+            if len(self.tokens) >= self.job.max_new_tokens:
+                return reason
+            step += 1
+            head = await self._forward(step, np.asarray([[self.tokens[-1]]], dtype=np.int64))
+        else:
+            head = await self._forward(0, np.asarray([self.prompt], dtype=np.int64))
         prefilled = time.perf_counter()
         self.timings["prefill_s"] = round(prefilled - started, 4)
-        step, reason = 0, "length"
         step_seconds: list[float] = []
         while True:
             # The head returns logits, or for a greedy job their argmax (the same token the sampler would pick).
@@ -280,11 +339,35 @@ class JobRunner:
         )
         return reason
 
+    async def _replay(self, sampler: Sampler) -> int:
+        """Rebuild every hop's KV cache after a takeover: the prompt and the tokens the lost runner delivered go
+        through the new pipeline step by step, as they did the first time (so the recorded inputs, the commitments
+        and the transcript have the same steps). Each head answer is compared with the stored token, and a sampling
+        job's random stream advances as it did. Returns the last step replayed."""
+        started = time.perf_counter()
+        differ = 0
+        for step in range(self.delivered):
+            ids = self.prompt if step == 0 else [self.tokens[step - 1]]
+            head = await self._forward(step, np.asarray([ids], dtype=np.int64))
+            token = int(head[0, 0]) if head.dtype == np.int64 else sampler(head[0])
+            differ += token != self.tokens[step]
+        self.replaying = False
+        for hop in self.hops:  # what each new placement redid: the platform pays for it (market/services/settlement.py)
+            self.record[self._record_index(hop)]["replayed_steps"] = self.delivered
+        await self._reroute(self.hops[0])  # a greedy job's head sends the next token on to hop 0 again
+        self.timings |= {"replayed_steps": self.delivered, "replay_s": round(time.perf_counter() - started, 4)}
+        if differ:  # near-ties decided otherwise on other hardware; the buyer's tokens stand
+            self.timings["replay_tokens_differing"] = differ
+            log.warning("job %s: %d replayed token(s) differ from the delivered ones", self.job.pk, differ)
+        return self.delivered - 1
+
     async def _forward(self, step: int, ids: np.ndarray) -> np.ndarray:
         """One step through every hop. The runner sends the input to hop 0; each hop's consumer sends the output
         on to the next hop itself and a copy here, which is recorded as the next hop's input (for replay, and the
         transcript). A hop that fails is replaced, and the step resumes from its recorded input. Returns the last
         hop's output: logits [1, vocab] float32, or their argmax [1, 1] int64 for a greedy job."""
+        if self.stream.superseded:
+            raise Superseded()
         hops = self.hops
         if len(hops[0].inputs) == step:
             hops[0].inputs.append(ids)
@@ -313,7 +396,7 @@ class JobRunner:
                 hops[hop.index + 1].inputs.append(out)
         if len(self.head_answers) == step:
             self.head_answers.append(out)
-        self.steps_done = step + 1
+        self.steps_done = max(self.steps_done, step + 1)
         return out
 
     async def _send_step(self, hop: Hop, step: int, tensor: np.ndarray, *, forward: bool = True) -> None:
@@ -461,10 +544,15 @@ class JobRunner:
 
     async def _release(self) -> None:
         await sync_to_async(self.placement.release_unused)()
+        # After a takeover, the slots of the placements the job's record held then were freed by it; only those this
+        # runner claimed since (a replacement it placed before it noticed) are its own to give back.
+        freed = await sync_to_async(self._freed_by_takeover)() if self.stream.superseded else set()
         for hop in self.hops:
             if hop.provider is None:
                 continue
             await self.layer.send(hop.provider.channel_name, {"type": "provider.close", "session": str(hop.session)})
+            if str(hop.session) in freed:
+                continue
             await sync_to_async(services.provider_release)(
                 provider_id=hop.provider.pk, channel_name=hop.provider.channel_name
             )
@@ -473,13 +561,17 @@ class JobRunner:
             round(statistics.median(h.round_trips[1:]) * 1000, 3) if len(h.round_trips) > 1 else None for h in self.hops
         ]
 
+    def _freed_by_takeover(self) -> set[str]:
+        return {str(entry.get("session")) for entry in Job.objects.get(pk=self.job.pk).pipeline}
+
     async def _finish(self, state: str, reason: str, code: str, message: str) -> None:
         for entry in self.record:
             if entry["until_step"] is None:
-                entry["until_step"] = self.steps_done
+                entry["until_step"] = max(entry["from_step"], self.steps_done)
                 entry["ended"] = state
         job = await sync_to_async(services.job_finish)(
             job_id=self.job.pk,
+            epoch=self.epoch,
             state=state,
             tokens=self.tokens,
             text=self.stream.final_text() if self.tokens else "",

@@ -24,10 +24,11 @@ class Placement(Protocol):
 
 class FastestFreePlacement:
     """The fastest online provider with a free slot that is not excluded (the job's other hops, and providers
-    that already failed this job)."""
+    that already failed this job); for a job taken over from a lost runner, only one heard from since the runner
+    was found lost (one connected to a live server)."""
 
     def place(self, *, job: Job, shard: dict[str, Any], exclude: set[int]) -> Provider | None:
-        return services.provider_claim_for_shard(exclude=exclude)
+        return services.provider_claim_for_shard(exclude=exclude, heard_since=job.runner_lost_at)
 
     def release_unused(self) -> None:
         return None

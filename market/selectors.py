@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -88,17 +89,28 @@ def providers_online() -> QuerySet[Provider]:
     return online.exclude(channel_name="")
 
 
-def providers_free(*, exclude: set[int]) -> list[Provider]:
+def providers_free(
+    *, exclude: set[int], heard_since: datetime | None = None, holding: Mapping[tuple[int, str], int] | None = None
+) -> list[Provider]:
     """Online providers with a free slot whose owner's stake may take work (ledger.chain: with a chain, a fresh read
     at or above the minimum), fastest first (by the speed the market prices by; not yet benchmarked last), then most
-    reliable."""
-    return list(
-        providers_online()
-        .filter(chain_selectors.staked_users_q(), busy_slots__lt=F("slots"))
-        .exclude(pk__in=exclude)
-        .annotate(speed=speed_expression())
-        .order_by(F("speed").asc(nulls_last=True), "-reliability_permille", "pk")
+    reliable. `heard_since`: only those heard from since then (after a server died: those connected to live ones).
+    `holding`: slots to count as free, by (provider, connection) (a lost runner's, about to be freed)."""
+    online = providers_online() if heard_since is None else providers_online().filter(last_seen__gt=heard_since)
+    online = online.filter(chain_selectors.staked_users_q()).exclude(pk__in=exclude)
+    if not holding:
+        online = online.filter(busy_slots__lt=F("slots"))
+    ordered = online.annotate(speed=speed_expression()).order_by(
+        F("speed").asc(nulls_last=True), "-reliability_permille", "pk"
     )
+    if not holding:
+        return list[Provider](ordered)
+    free: list[Provider] = []
+    for provider in ordered:
+        provider.busy_slots -= holding.get((provider.pk, provider.channel_name), 0)
+        if provider.busy_slots < provider.slots:
+            free.append(provider)
+    return free
 
 
 def speed_expression() -> Case:
@@ -175,6 +187,11 @@ def first_hop_channel(job_id: int) -> str | None:
         .values_list("channel_name", flat=True)
         .first()
     )
+
+
+def job_held(*, job_id: int, epoch: int) -> bool:
+    """Whether the runner with this epoch still holds the job (no other runner took it over)."""
+    return Job.objects.filter(pk=job_id, runner_epoch=epoch).exists()
 
 
 def job_ref(job_id: int) -> str:

@@ -41,7 +41,9 @@ class TokenStream:
         self.tokens: list[int] = []
         self.text = ""
         self.pipeline: list[dict[str, Any]] = []
-        self.cancelled = False  # set when a write finds the job no longer running
+        self.epoch = 0  # the runner's hold on the job (market/services/runners.py)
+        self.cancelled = False  # set when a write finds the job no longer running, or no longer this runner's
+        self.superseded = False  # set when a write finds that another runner took the job over
         self._pieces: list[Piece] = []
         self._published = 0
         self._wake = asyncio.Event()
@@ -50,6 +52,13 @@ class TokenStream:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def resume(self, tokens: list[int], text: str) -> None:
+        """Go on from tokens a previous runner stored and published (a job taken over: market/services/runners.py)."""
+        self.tokens[:] = tokens
+        self.text = text
+        self._pieces = [Piece(index, token, "", len(text)) for index, token in enumerate(tokens)]
+        self._published = len(self._pieces)
 
     def add(self, token: int) -> None:
         self.tokens.append(token)
@@ -96,10 +105,15 @@ class TokenStream:
         upto = len(self._pieces)
         stored = await sync_to_async(services.job_progress)(
             job_id=self.job_id,
+            epoch=self.epoch,
             tokens=self.tokens[:upto],
             text=self.text[: self._pieces[upto - 1].text_length],
             pipeline=self.pipeline,
         )
+        if not stored and not await sync_to_async(selectors.job_held)(job_id=self.job_id, epoch=self.epoch):
+            self.superseded = self.cancelled = True  # the new runner streams from what is stored, not from here
+            self._published = upto
+            return
         self.cancelled = self.cancelled or not stored
         pieces = [[p.index, p.token, p.text] for p in self._pieces[self._published : upto]]
         await self.layer.group_send(self.group, {"type": "job.tokens", "pieces": pieces})

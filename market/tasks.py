@@ -21,8 +21,9 @@ NUDGE_KEY = "market:auction-nudge"
 
 
 @app.task(name="market.run_job", ignore_result=True)  # type: ignore[untyped-decorator]  # celery has no hints
-def run_job(job_id: int) -> None:
-    """Drive a job to its end in this worker (safe to run twice: only one run claims the allocated job).
+def run_job(job_id: int, resume_epoch: int | None = None) -> None:
+    """Drive a job to its end in this worker (safe to run twice: only one run claims the allocated job), or resume
+    one taken over from a lost runner (`resume_epoch`: market/services/runners.py).
 
     The runner mostly waits on the channel layer, so workers run these in a thread pool
     (`celery worker -P threads`), many jobs at once."""
@@ -32,7 +33,7 @@ def run_job(job_id: int) -> None:
 
     # Each job gets its own layer instance: a worker runs many jobs at once, each on its own event loop in its own
     # thread, and one layer instance may only receive on one loop.
-    asyncio.run(drive(job_id, layer=channel_layers.make_backend("default")))
+    asyncio.run(drive(job_id, layer=channel_layers.make_backend("default"), resume_epoch=resume_epoch))
 
 
 @app.task(name="market.clear_market", ignore_result=True)  # type: ignore[untyped-decorator]  # celery has no hints
@@ -57,6 +58,17 @@ def job_launch(job_id: int) -> None:
         launch.launch_in_server(job_id)
     else:
         launch.launch_next_to_first_hop(job_id)
+
+
+def job_resume(job_id: int, epoch: int) -> None:
+    """Hand a job taken over from a lost runner to a new one: the ASGI server's loop on the embedded profile, a
+    Celery worker on the full profile (the job has no placement yet to run next to; its new runner places one)."""
+    from market import launch
+
+    if settings.ORCHESTRATOR == "server":
+        launch.launch_in_server(job_id, resume_epoch=epoch)
+    else:
+        run_job.delay(job_id, epoch)
 
 
 def auction_nudge() -> None:

@@ -18,7 +18,8 @@ from django.utils import timezone
 from config.errors import Conflict, InvalidInput
 from ledger import selectors
 from ledger.errors import InsufficientFunds
-from ledger.models import PendingRelease, Transaction
+from ledger.models import Account, PendingRelease, Transaction
+from ledger.services import chain as chain_services
 from ledger.services.posting import (
     Kind,
     TxKind,
@@ -92,11 +93,20 @@ def refund_escrow(*, user: User, job_ref: str, amount: int | None = None, key: s
 
 
 def settle_job(
-    *, job_ref: str, buyer: User, payouts: Sequence[tuple[User, int]], fee: int, key: str | None = None
+    *,
+    job_ref: str,
+    buyer: User,
+    payouts: Sequence[tuple[User, int]],
+    fee: int,
+    key: str | None = None,
+    platform_payouts: Sequence[tuple[User, int]] = (),
 ) -> Transaction:
     """Settle a completed job in one transaction: from the escrow it holds, pay each provider its amount into its
     pending earnings (`payouts`; a provider may appear more than once), the fee to the platform, and return the
     rest to the buyer's available balance. The market computes the amounts; the ledger only moves them.
+
+    `platform_payouts`: work on the job that the platform pays for, not the buyer (a replay its own failure made
+    necessary), posted beside the settlement as its own transaction (`platform_pays`).
 
     Payouts plus fee above what the job holds: Conflict and nothing changes. Each provider's earnings stay pending
     until the challenge window closes (a PendingRelease row). Settling twice is settling once (`settle:<job_ref>`);
@@ -106,19 +116,22 @@ def settle_job(
     buyer = user_arg("buyer", buyer)
     fee = amount_arg("fee", fee, allow_zero=True)
     earned = _net_payouts(payouts)
+    extra = _net_payouts(platform_payouts)
     key = key or f"settle:{job_ref}"
+    payees = list(dict.fromkeys([*earned, *extra]))
     escrow, available, fees, *providers = accounts_for(
         (buyer, Kind.USER_ESCROW),
         (buyer, Kind.USER_AVAILABLE),
         (None, Kind.PLATFORM_FEES),
-        *((user, Kind.PROVIDER_PENDING) for user in earned),
+        *((user, Kind.PROVIDER_PENDING) for user in payees),
     )
-    pending = {user.pk: account.pk for user, account in zip(earned, providers, strict=True)}
+    pending = {user.pk: account.pk for user, account in zip(payees, providers, strict=True)}
     # The refund depends on what the job holds, so the fingerprint covers what was asked, not the lines.
     intent = {"kind": TxKind.SETTLEMENT, "buyer": buyer.pk, "job_ref": job_ref, "fee": fee}
     intent["payouts"] = sorted((user.pk, amount) for user, amount in earned.items())
     with transaction.atomic():
-        # The fee account is left out: post_lines credits it last, so it is locked only around the commit.
+        # The fee account is left out: post_lines credits it last, so it is locked only around the commit. Every
+        # payee's row is locked here, first, so the platform's payment below takes only platform rows after it.
         locked = lock_accounts([escrow.pk, available.pk, *pending.values()])
         if (found := replay(key=key, kind=TxKind.SETTLEMENT, job_ref=job_ref, lines={}, intent=intent)) is not None:
             return found
@@ -132,11 +145,56 @@ def settle_job(
         credits += [(fees.pk, fee), (available.pk, held - paid)]
         lines = {escrow.pk: -held, **{pk: amount for pk, amount in credits if amount}}
         tx = post_lines(kind=TxKind.SETTLEMENT, key=key, lines=lines, job_ref=job_ref, intent=intent, locked=locked)
+        if extra:  # after the settlement, whose fee it may then use
+            platform_pays(job_ref=job_ref, payouts=extra, pending=pending, locked=locked)
         release_after = timezone.now() + challenge_window()
         PendingRelease.objects.bulk_create(
             PendingRelease(settlement=tx, provider=user, job_ref=job_ref, amount=amount, release_after=release_after)
             for user, amount in earned.items()
         )
+    return tx
+
+
+def platform_pays(
+    *, job_ref: str, payouts: dict[User, int], pending: dict[int, int], locked: dict[int, Account]
+) -> Transaction:
+    """Pay providers for work on a job that the platform's own failure made necessary: from the fees it has
+    collected, and what they cannot cover issued new (as the honest pay of a fraud refund is). Into their pending
+    earnings, released after the challenge window like any pay. Once per job (`platform-pays:<job_ref>`). The caller
+    holds the payees' pending rows (`locked`, `pending`: user pk -> account pk); the platform's rows are locked here,
+    after them, in the global order."""
+    key = f"platform-pays:{job_ref}"
+    intent = {
+        "kind": TxKind.PLATFORM_PAY,
+        "job_ref": job_ref,
+        "payouts": sorted((user.pk, amount) for user, amount in payouts.items()),
+    }
+    fees, issuer = accounts_for((None, Kind.PLATFORM_FEES), (None, Kind.MINT))
+    platform = lock_accounts([fees.pk, issuer.pk])
+    if (found := replay(key=key, kind=TxKind.PLATFORM_PAY, job_ref=job_ref, lines={}, intent=intent)) is not None:
+        return found
+    total = sum(payouts.values())
+    from_fees = min(total, platform[fees.pk].balance)
+    lines = {fees.pk: -from_fees, issuer.pk: -(total - from_fees)}
+    lines = {pk: amount for pk, amount in lines.items() if amount}
+    lines |= {pending[user.pk]: amount for user, amount in payouts.items()}
+    memo = f"job {job_ref}: work the platform pays for ({total - from_fees} issued)"
+    tx = post_lines(
+        kind=TxKind.PLATFORM_PAY,
+        key=key,
+        lines=lines,
+        memo=memo,
+        job_ref=job_ref,
+        intent=intent,
+        locked={**locked, **platform},
+    )
+    if total > from_fees:
+        chain_services.issue_backing(mint_tx=tx, amount=total - from_fees)
+    release_after = timezone.now() + challenge_window()
+    PendingRelease.objects.bulk_create(
+        PendingRelease(settlement=tx, provider=user, job_ref=job_ref, amount=amount, release_after=release_after)
+        for user, amount in payouts.items()
+    )
     return tx
 
 

@@ -26,7 +26,7 @@ from market.services.providers import (
     provider_record_speed,
     provider_record_success,
 )
-from market.services.runners import job_runner_beat, jobs_orphaned_end
+from market.services.runners import job_resume_claim, job_runner_beat, jobs_orphaned
 from market.services.settlement import job_settle
 
 __all__ = [
@@ -41,9 +41,10 @@ __all__ = [
     "job_progress",
     "job_publish_end",
     "job_requeue",
+    "job_resume_claim",
     "job_runner_beat",
     "job_settle",
-    "jobs_orphaned_end",
+    "jobs_orphaned",
     "model_import",
     "provider_benchmark",
     "provider_claim_for_shard",

@@ -30,7 +30,7 @@ from market import quotes, selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
 from market.services.jobs import assignments_release, job_publish_end
-from market.services.runners import jobs_orphaned_end
+from market.services.runners import jobs_orphaned
 from market.services.settlement import job_settle
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def clear_market(*, solver: str | None = None, now: datetime | None = None) -> A
         now = now or timezone.now()
         expired = bids_expire(now=now)
         allocations_reclaim(now=now)
-        jobs_orphaned_end(now=now)
+        resumed = jobs_orphaned(now=now)
+        transaction.on_commit(functools.partial(_resume_all, resumed))
         settle_unsettled()
         return _round(solver=solver or settings.AUCTION_SOLVER, expired=expired)
 
@@ -293,6 +294,13 @@ def _place(
             return True
     except _SlotTaken:
         return False
+
+
+def _resume_all(jobs: list[tuple[int, int]]) -> None:
+    from market.tasks import job_resume  # the task module imports the orchestrator, which imports these services
+
+    for job_id, epoch in jobs:
+        job_resume(job_id, epoch)
 
 
 def _launch_all(job_ids: list[int]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -137,16 +137,17 @@ def job_requeue(*, job_id: int, reason: str) -> bool:
     return bool(requeued)
 
 
-def job_progress(*, job_id: int, tokens: list[int], text: str, pipeline: list[dict[str, Any]]) -> bool:
-    """Store the tokens so far (every token: the buyer's stream snapshot reads them). False once cancelled."""
-    return bool(
-        Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(tokens=tokens, text=text, pipeline=pipeline)
-    )
+def job_progress(*, job_id: int, epoch: int = 0, tokens: list[int], text: str, pipeline: list[dict[str, Any]]) -> bool:
+    """Store the tokens so far (every token: the buyer's stream snapshot reads them). False once cancelled, or once
+    another runner took the job over (`epoch`: market/services/runners.py)."""
+    running = Job.objects.filter(pk=job_id, state=Job.State.RUNNING, runner_epoch=epoch)
+    return bool(running.update(tokens=tokens, text=text, pipeline=pipeline))
 
 
 def job_finish(
     *,
     job_id: int,
+    epoch: int = 0,
     state: str,
     tokens: list[int],
     text: str,
@@ -156,14 +157,16 @@ def job_finish(
     pipeline: list[dict[str, Any]],
     timings: dict[str, Any],
 ) -> Job:
-    """The end of a running job (done or failed); a job cancelled meanwhile keeps its state but gets the record."""
+    """The end of a running job (done or failed); a job cancelled meanwhile keeps its state but gets the record. Only
+    the runner that holds the job (`epoch`) ends it."""
     if state not in (Job.State.DONE, Job.State.FAILED):
         raise InvalidInput(f"a job finishes done or failed, not {state}")
     fields = {"tokens": tokens, "text": text, "pipeline": pipeline, "timings": timings, "finished_at": timezone.now()}
-    Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
+    held = Job.objects.filter(pk=job_id, runner_epoch=epoch)
+    held.filter(state=Job.State.RUNNING).update(
         state=state, finish_reason=finish_reason, error_code=error_code, error=error, **fields
     )
-    Job.objects.filter(pk=job_id, state=Job.State.CANCELLED, finished_at__isnull=True).update(**fields)
+    held.filter(state=Job.State.CANCELLED, finished_at__isnull=True).update(**fields)
     return Job.objects.get(pk=job_id)
 
 
@@ -192,10 +195,11 @@ def job_publish_end(job_id: int) -> None:
     async_to_sync(get_channel_layer().group_send)(selectors.job_group(job.pk), selectors.job_done_event(job))
 
 
-def provider_claim_for_shard(*, exclude: set[int]) -> Provider | None:
+def provider_claim_for_shard(*, exclude: set[int], heard_since: datetime | None = None) -> Provider | None:
     """Take one free slot on the fastest online provider not in `exclude` (the job's other hops, the ones that
-    failed it). The claim is a conditional UPDATE, so two runners can never both take a provider's last slot."""
-    for provider in selectors.providers_free(exclude=exclude):
+    failed it), heard from since `heard_since` if given. The claim is a conditional UPDATE, so two runners can never
+    both take a provider's last slot."""
+    for provider in selectors.providers_free(exclude=exclude, heard_since=heard_since):
         claimed = Provider.objects.filter(
             pk=provider.pk, state=Provider.State.ONLINE, busy_slots__lt=F("slots"), channel_name=provider.channel_name
         ).update(busy_slots=F("busy_slots") + 1)

@@ -26,6 +26,8 @@ from market import selectors
 from market.auction import platform_fee
 from market.models import Assignment, Job, Provider
 
+RUNNER_LOST = "runner_lost"  # a placement the takeover of a lost runner closed (market/services/runners.py)
+
 
 def job_settle(*, job_id: int) -> Job:
     """Settle a finished job once (a second call returns it unchanged); its cost breakdown lands in `job.cost`."""
@@ -43,12 +45,16 @@ def job_settle(*, job_id: int) -> Job:
             job.state in (Job.State.CANCELLED, Job.State.FAILED) and job.started_at is not None
         )
         lines = work_lines(job) if pays else []
+        replays = replay_lines(job) if pays else []
         paid = sum(line["payment"] for line in lines)
         fee = sum(line["fee"] for line in lines)
         if held and paid:
-            ledger_services.settle_job(job_ref=ref, buyer=job.buyer, payouts=_payouts(lines), fee=fee)
+            ledger_services.settle_job(
+                job_ref=ref, buyer=job.buyer, payouts=_payouts(lines), fee=fee, platform_payouts=_payouts(replays)
+            )
         elif held:
             ledger_services.refund_escrow(user=job.buyer, job_ref=ref)
+            replays = []
         job.cost = {
             "max_price": job.max_price,
             "escrowed": held,
@@ -57,6 +63,8 @@ def job_settle(*, job_id: int) -> Job:
             "provider_receipts": paid - fee,
             "refunded": held - paid,
             "lines": lines,
+            "platform_paid": sum(line["provider_receipt"] for line in replays),
+            "platform_lines": replays,
         }
         job.settled_at = timezone.now()
         job.save(update_fields=["cost", "settled_at"])
@@ -94,6 +102,46 @@ def work_lines(job: Job) -> list[dict[str, Any]]:
                 "payment": payment,
                 "fee": fee,
                 "provider_receipt": payment - fee,
+            }
+        )
+    return lines
+
+
+def replay_lines(job: Job) -> list[dict[str, Any]]:
+    """The replays the platform pays for: after the server running the job died, each new placement first redid
+    the steps the lost runner's had served on its hop (`replayed_steps`, recorded once the replay is complete), so
+    the buyer's tokens could go on. That is the platform's failure, not the buyer's (who pays each step once) nor
+    the provider's: the platform pays the provider at the hop's cleared price, with no fee. A replacement after a
+    provider's failure replays too, unpaid (docs/pricing.md)."""
+    if job.auction_round_id is None:
+        return []
+    terms = {
+        a.hop: a
+        for a in Assignment.objects.filter(job=job, auction_round_id=job.auction_round_id).select_related("shard")
+    }
+    lines = []
+    for index, entry in enumerate(job.pipeline):
+        before = [e for e in job.pipeline[:index] if e["hop"] == entry["hop"]]
+        replayed = int(entry.get("replayed_steps") or 0)
+        term = terms.get(entry["hop"])
+        if term is None or not replayed or not before or before[-1].get("ended") != RUNNER_LOST:
+            continue
+        work = term.shard.n_layers * step_tokens(0, replayed, prompt_tokens=job.prompt_tokens)
+        payment = term.unit_price * work
+        lines.append(
+            {
+                "hop": entry["hop"],
+                "shard": entry["shard"],
+                "provider": entry["provider"],
+                "provider_name": entry.get("provider_name", ""),
+                "from_step": 0,
+                "until_step": replayed,
+                "layer_tokens": work,
+                "unit_price": term.unit_price,
+                "payment": payment,
+                "fee": 0,
+                "provider_receipt": payment,
+                "paid_by": "platform",
             }
         )
     return lines

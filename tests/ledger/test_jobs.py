@@ -98,6 +98,32 @@ def test_settling_twice_is_settling_once(alice: User, bob: User, books: Books) -
     assert books.state() == once
 
 
+def test_work_the_platform_pays_for_comes_from_its_fees_then_is_issued_and_is_pending_like_any_pay(
+    alice: User, bob: User, carol: User, books: Books
+) -> None:
+    services.escrow_for_job(user=alice, amount=2_000, job_ref="j0")
+    services.settle_job(job_ref="j0", buyer=alice, payouts=[(bob, 500)], fee=100)  # the platform holds 100 in fees
+    minted = books.balance(None, Kind.MINT)
+    services.escrow_for_job(user=alice, amount=2_000, job_ref="j1")
+    services.settle_job(
+        job_ref="j1", buyer=alice, payouts=[(bob, 700)], fee=60, platform_payouts=[(carol, 300), (bob, 50)]
+    )
+    # The buyer pays only its own settlement; the platform pays 350: its 160 in fees, and 190 issued.
+    assert selectors.balances_of(user=alice).available == 10_000 - 600 - 760
+    assert (books.fees(), books.balance(None, Kind.MINT)) == (0, minted - 190)
+    assert books.balance(bob, Kind.PROVIDER_PENDING) == 500 + 750
+    assert books.balance(carol, Kind.PROVIDER_PENDING) == 300
+    paid_by_platform = Transaction.objects.get(kind=Transaction.Kind.PLATFORM_PAY, job_ref="j1")
+    rows = {r.provider_id: r.amount for r in PendingRelease.objects.filter(settlement=paid_by_platform)}
+    assert rows == {carol.pk: 300, bob.pk: 50}
+    once = books.state()
+    services.settle_job(
+        job_ref="j1", buyer=alice, payouts=[(bob, 700)], fee=60, platform_payouts=[(carol, 300), (bob, 50)]
+    )
+    assert books.state() == once  # settling twice pays once
+    assert selectors.ledger_drift().ok
+
+
 def test_settlement_above_the_escrow_is_refused_and_changes_nothing(alice: User, bob: User, books: Books) -> None:
     services.escrow_for_job(user=alice, amount=1_000, job_ref="j1")
     before = books.state()

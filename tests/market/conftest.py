@@ -40,5 +40,6 @@ def carol() -> User:
 def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     monkeypatch.setattr("market.tasks.job_launch", calls.append)
+    monkeypatch.setattr("market.tasks.job_resume", lambda job_id, epoch: calls.append(-job_id))  # negative: resumed
     monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
     return calls

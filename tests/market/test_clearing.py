@@ -413,6 +413,7 @@ def test_a_job_whose_runner_died_is_ended_by_the_next_round_paying_what_reached_
 ) -> None:
     from market.models import Provider
 
+    settings.RUNNER_MAX_RESUMES = 0  # ended, never resumed
     job, terms = _placed(model, alice, carol)
     # The runner claimed it, recorded its pipeline and streamed three tokens, then its server was killed.
     pipeline = [
@@ -445,3 +446,92 @@ def test_a_job_whose_runner_renews_its_lease_is_left_running(
     assert services.job_runner_beat(job_id=job.pk)
     services.clear_market()
     assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+
+
+def _lost(
+    model: LanguageModel, alice: User, carol: User, settings: Any, tokens: list[int]
+) -> tuple[Job, dict[int, Assignment]]:
+    """A placed job whose runner recorded its pipeline, stored `tokens` and then lost its lease (its server died)."""
+    job, terms = _placed(model, alice, carol)
+    pipeline = [
+        {**entry, "until_step": None, "session": f"s{entry['hop']}", "channel": terms[entry["hop"]].channel_name}
+        for entry in _served(terms, until_step=0)
+    ]
+    long_ago = timezone.now() - timedelta(seconds=settings.RUNNER_LEASE_SECONDS + 1)
+    Job.objects.filter(pk=job.pk).update(
+        state=Job.State.RUNNING, started_at=long_ago, runner_seen_at=long_ago, tokens=tokens, pipeline=pipeline
+    )
+    return job, terms
+
+
+def test_a_job_whose_runner_died_is_taken_over_and_handed_to_a_new_runner_fencing_the_old_one(
+    model: LanguageModel,
+    alice: User,
+    carol: User,
+    launches: list[int],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from market.models import Provider
+
+    job, _ = _lost(model, alice, carol, settings, tokens=[5, 6, 7])
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market()
+    job.refresh_from_db()
+    assert launches == [-job.pk], "handed to a new runner"
+    assert (job.state, job.runner_epoch, job.finished_at) == (Job.State.RUNNING, 1, None)
+    # The lost runner's placements end at what reached the buyer, their slots freed for the new pipeline.
+    assert [(e["until_step"], e["ended"]) for e in job.pipeline] == [(3, "runner_lost"), (3, "runner_lost")]
+    assert not Provider.objects.filter(busy_slots__gt=0).exists()
+    # The old runner, were it only slow, can no longer renew, store or finish; the new one can.
+    assert not services.job_runner_beat(job_id=job.pk, epoch=0)
+    assert not services.job_progress(job_id=job.pk, epoch=0, tokens=[1], text="x", pipeline=[])
+    services.job_finish(job_id=job.pk, epoch=0, state=Job.State.DONE, tokens=[1], text="x", pipeline=[], timings={})
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+    assert services.job_resume_claim(job_id=job.pk, epoch=0) is None
+    resumed = services.job_resume_claim(job_id=job.pk, epoch=1)
+    assert resumed is not None and resumed.tokens == [5, 6, 7]
+    assert services.job_runner_beat(job_id=job.pk, epoch=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market()  # its lease is fresh: left alone
+    assert launches == [-job.pk]
+
+
+def test_a_lost_job_waits_for_free_providers_within_the_bound_then_is_ended(
+    model: LanguageModel,
+    alice: User,
+    carol: User,
+    launches: list[int],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from market.models import Provider
+
+    job, _ = _lost(model, alice, carol, settings, tokens=[5])
+    Provider.objects.update(state=Provider.State.OFFLINE)  # its providers went with the server; none is free
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market()
+    job.refresh_from_db()
+    assert (job.state, job.runner_epoch, launches) == (Job.State.RUNNING, 0, [])  # still waiting
+    later = timezone.now() + timedelta(seconds=settings.RUNNER_RESUME_WITHIN_SECONDS + 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market(now=later)
+    job.refresh_from_db()
+    assert (job.state, job.error_code, launches) == (Job.State.FAILED, "runner_lost", [])
+    assert job.cost["paid"] > 0 and job.cost["refunded"] == job.max_price - job.cost["paid"]
+
+
+def test_a_job_resumed_as_often_as_allowed_is_ended_when_it_is_lost_again(
+    model: LanguageModel,
+    alice: User,
+    carol: User,
+    launches: list[int],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    job, _ = _lost(model, alice, carol, settings, tokens=[5, 6])
+    Job.objects.filter(pk=job.pk).update(runner_epoch=settings.RUNNER_MAX_RESUMES)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.clear_market()
+    job.refresh_from_db()
+    assert (job.state, job.error_code, launches) == (Job.State.FAILED, "runner_lost", [])
