@@ -12,9 +12,10 @@ every other setting at its default (rounds every AUCTION_EVERY_SECONDS = 2 s, AU
    first `token` event of the job's stream (max_new_tokens 8); median and p90 over --rounds jobs after one warm-up
    job. Beside it, the quote's price (the asks for prompt + max_new_tokens tokens) against what the job paid
    (GET /api/jobs/<id>/cost/).
-2. Spread of speed across the three identical providers: their own benchmark (ns_per_layer_token, what the market
-   prices by before it has timed SPEED_MIN_SAMPLES = 20 decode steps) against the market's observed speed after the
-   jobs of 1. (observed_ns_per_layer_token), as max/min and coefficient of variation (population stdev / mean).
+2. Spread of speed across the three identical providers: their benchmark (ns_per_layer_token, as the server timed
+   their challenge: what the market prices by before it has timed SPEED_MIN_SAMPLES = 20 decode steps) against the
+   market's observed speed after the jobs of 1. (observed_ns_per_layer_token), as max/min and coefficient of
+   variation (population stdev / mean).
 3. Stall after the runner's server dies: a job of max_new_tokens 200; SIGKILL of Daphne after its third token
    reached the buyer. memory: the server restarts at once (start_server()) and the API is polled every 0.1 s;
    redis: worker and beat keep running, PostgreSQL is polled directly every 0.1 s while no server runs, then Daphne

@@ -276,6 +276,8 @@ RUNNER_MAX_RESUMES = env_int("RUNNER_MAX_RESUMES", 2)
 RUNNER_RESUME_WITHIN_SECONDS = float(env_int("RUNNER_RESUME_WITHIN_SECONDS", 60))
 SESSION_OPEN_DEADLINE_SECONDS = float(env_int("SESSION_OPEN_DEADLINE_SECONDS", 180))
 PROVIDER_HEARTBEAT_SECONDS = float(env_int("PROVIDER_HEARTBEAT_SECONDS", 15))
+# A provider answers its benchmark challenge within this many seconds of it being sent, or fails the benchmark.
+BENCHMARK_DEADLINE_SECONDS = float(env_int("BENCHMARK_DEADLINE_SECONDS", 60))
 # A running job's tokens are stored (and then streamed to the buyer) at most this often; the first one at once.
 STREAM_STORE_EVERY_MS = env_int("STREAM_STORE_EVERY_MS", 100)
 
@@ -299,8 +301,8 @@ LOGGING = {
 #   a new bid nudges a round AUCTION_NUDGE_SECONDS later (bids arriving meanwhile join the same round).
 ASK_PER_COMPUTE_SECOND = env_int("ASK_PER_COMPUTE_SECOND", 10_000)
 # Speed: a provider's asks and place follow the step times the market observed on its real work once it has
-# SPEED_MIN_SAMPLES decode steps (its own benchmark before that); observed SPEED_FLAG_RATIO times slower than it
-# claimed, it is flagged.
+# SPEED_MIN_SAMPLES decode steps (its benchmark, as the server timed it, before that); observed SPEED_FLAG_RATIO
+# times slower than its benchmark, it is flagged.
 SPEED_MIN_SAMPLES = env_int("SPEED_MIN_SAMPLES", 20)
 SPEED_FLAG_RATIO = env_int("SPEED_FLAG_RATIO", 3)
 ASK_RELIABILITY_FLOOR_PERMILLE = env_int("ASK_RELIABILITY_FLOOR_PERMILLE", 100)

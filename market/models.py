@@ -77,9 +77,10 @@ class Shard(models.Model):
 class Provider(models.Model):
     """One connected (or once connected) provider agent: a browser tab or a headless process.
 
-    A user may run several agents; each is its own row, created when it first says hello. Capacity and
-    the benchmark are what the agent last reported; `channel_name` reaches its WebSocket consumer
-    through the channel layer while it is online.
+    A user may run several agents; each is its own row, created when it first says hello. Capacity is what the
+    agent last reported; the benchmark is what the server measured and checked on its current connection (each
+    connection answers its own challenge); `channel_name` reaches its WebSocket consumer through the channel layer
+    while it is online.
     """
 
     class State(models.TextChoices):
@@ -96,7 +97,13 @@ class Provider(models.Model):
     )
     memory_bytes = models.BigIntegerField(default=0)
     ns_per_layer_token = models.BigIntegerField(
-        null=True, blank=True, help_text="Benchmark: nanoseconds per layer per token on the real shard workload."
+        null=True,
+        blank=True,
+        help_text="Benchmark: nanoseconds per layer per token on the real shard workload, as the server timed its "
+        "challenge on this connection (null: not benchmarked, never placed).",
+    )
+    claimed_ns_per_layer_token = models.BigIntegerField(
+        null=True, blank=True, help_text="What the provider itself timed on its last benchmark: shown, never priced."
     )
     posted_ask = models.PositiveIntegerField(
         null=True, blank=True, help_text="The provider's own ask per layer-token; null: the platform's figure."

@@ -147,6 +147,7 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
             "busy_slots",
             "memory_bytes",
             "ns_per_layer_token",
+            "claimed_ns_per_layer_token",
             "observed_ns_per_layer_token",
             "observed_steps",
             "speed_flagged",

@@ -1,6 +1,7 @@
 """The headless provider agent: lends this machine's CPU to the market over one WebSocket.
 
-It says hello with its capacity, times itself on the real shard workload, then serves what the server asks:
+It says hello with its capacity, answers the server's benchmark challenge on the real shard workload (inputs the
+server chose, timed by the server, the answer checked: inference/challenge.py), then serves what the server asks:
 open a session on a shard (downloading and hash-checking the shard into a disk cache keyed by SHA-256 first),
 run step frames through it with a KV cache per session, close sessions. When the connection drops it
 reconnects with capped exponential backoff; shards stay cached and loaded. No Django: it needs only
@@ -30,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
-from inference import commitment, wire
+from inference import challenge, commitment, wire
 from inference.errors import InferenceError, ShardIntegrityError
 from inference.runtime import ShardRuntime, StepOutput
 from worker_web import protocol as p
@@ -127,7 +128,9 @@ class ProviderAgent:
         self._commit_scheduled: asyncio.Handle | None = None
         self.runtimes: dict[str, ShardRuntime] = {}  # by SHA-256: loaded once, kept across reconnects
         self.sessions: dict[uuid.UUID, Session] = {}
-        self.ns_per_layer_token: int | None = None
+        self.ns_per_layer_token: int | None = None  # its own figure from the last challenge it answered
+        self.measured_ns_per_layer_token: int | None = None  # the server's, from the last `benchmarked`
+        self.benchmark_shard: dict[str, Any] | None = None  # this connection's, once loaded and announced
         self.steps_served = 0
         self.steps_at_once = 0  # of those, run in the connection's callback (StepConnection.take_now)
         self.steps_unparsed = 0  # of those, read without websockets' frame parser (whole-frame reads)
@@ -171,6 +174,7 @@ class ProviderAgent:
                 session.runtime.close(str(session_id))
                 await self._in_thread(self.states.close, session_id)  # what it committed to stays revealable
             self.sessions.clear()
+            self.benchmark_shard = None  # each connection answers its own challenge
             self._uncommitted.clear()  # their commitments could not reach the server: nothing to stand behind
             if self._commit_scheduled is not None:
                 self._commit_scheduled.cancel()
@@ -224,10 +228,16 @@ class ProviderAgent:
             await self._in_thread(self.states.prune)
             log.info("connected to %s as provider %s", self.server, message["provider_id"])
             if message.get("benchmark"):
-                await self._benchmark(ws, message["benchmark"])
+                await self._benchmark_ready(ws, message["benchmark"])
+            return True
+        if message["type"] == p.BENCHMARKED:
+            self.measured_ns_per_layer_token = measured = int(message.get("ns_per_layer_token") or 0)
+            log.info("the server measured %.3f ms per layer-token", measured / 1e6)
             return True
         if message["type"] == p.ERROR:
             log.warning("server says %s: %s", message.get("code"), message.get("message"))
+            if message.get("code") == p.BENCHMARK_FAILED:
+                self.welcomed = False  # the server closes now: back off as after a failed connection
             return True
         return False
 
@@ -294,6 +304,8 @@ class ProviderAgent:
                 if self._uncommitted:  # commitments first: the states they cover must be in the store
                     self._send_commits(ws)
                 await self._in_thread(self.states.close, uuid.UUID(message["session"]))
+        elif kind == p.BENCHMARK_CHALLENGE:
+            await self._answer_challenge(ws, message)
         elif kind == p.REVEAL:
             await self._reveal(ws, message)
         elif kind == p.LOAD_SHARD:
@@ -407,13 +419,29 @@ class ProviderAgent:
                         raise
         return self.runtimes[sha]
 
-    async def _benchmark(self, ws: ClientConnection, shard: dict[str, Any]) -> None:
-        """ns per layer-token of decode steps on a real shard (once per process; reconnects reuse it)."""
-        if self.ns_per_layer_token is None:
-            runtime = await self._runtime(shard)
-            self.ns_per_layer_token = await self._in_thread(time_decode, runtime)
-            log.info("benchmark: %.3f ms per layer-token on %s", self.ns_per_layer_token / 1e6, shard["id"])
-        await ws.send(p.dumps(p.BENCHMARK, ns_per_layer_token=self.ns_per_layer_token, shard_id=shard["id"]))
+    async def _benchmark_ready(self, ws: ClientConnection, shard: dict[str, Any]) -> None:
+        """Load the welcome's benchmark shard (fetched once, kept across reconnects) and say so: the server's
+        challenge follows, and its clock runs from then on."""
+        await self._runtime(shard)
+        self.benchmark_shard = shard
+        await ws.send(p.dumps(p.BENCHMARK_READY, shard_id=shard["id"]))
+
+    async def _answer_challenge(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        """Run the server's challenge on the benchmark shard and answer with the last step's output and its own
+        timing (its claim: the server prices what it timed itself)."""
+        shard = self.benchmark_shard
+        if shard is None or message.get("shard_id") != shard["id"]:
+            raise p.ProtocolError(f"a challenge on {message.get('shard_id')!r}, not on the shard this agent announced")
+        runtime = await self._runtime(shard)
+        result = await self._in_thread(self.run_challenge, runtime, p.challenge_fields(message))
+        self.ns_per_layer_token = ns = result.ns_per_layer_token(len(runtime.layers))
+        answer = challenge.encode_answer(result.answer)
+        await ws.send(p.dumps(p.BENCHMARK, shard_id=shard["id"], ns_per_layer_token=ns, answer=answer))
+        log.info("benchmark: %.3f ms per layer-token on %s by its own clock", ns / 1e6, shard["id"])
+
+    def run_challenge(self, runtime: ShardRuntime, found: challenge.Challenge) -> challenge.Result:
+        """The benchmark run the server asked for (a test provider that lies about it overrides this)."""
+        return challenge.run(runtime, found)
 
     async def _in_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
@@ -421,7 +449,8 @@ class ProviderAgent:
 
 def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> int:
     """Median ns per layer per token of single-token decode steps after a prompt, on hidden-state inputs (or
-    token ids for a first shard): the workload a provider serves most."""
+    token ids for a first shard): the workload a provider serves most. For local measurements (bench/); what the
+    agent tells the server comes from the server's challenge (`_answer_challenge`)."""
     rng = np.random.default_rng(0)
     session = f"benchmark-{uuid.uuid4().hex}"
     runtime.open(session)

@@ -26,6 +26,7 @@ from market import selectors, services
 from market.models import Job
 from worker_web import protocol as p
 from worker_web import relay, shutdown
+from worker_web.benchmark import BenchmarkMixin
 from worker_web.relay import RelayMixin
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Route:
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
 
 
-class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     provider_id: int | None = None
 
     async def connect(self) -> None:
@@ -115,6 +116,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
             await self.close(code=p.CLOSE_UNAUTHORIZED)
 
     async def disconnect(self, code: int) -> None:
+        self._benchmark_timer_cancel()
         if self.provider_id is None:
             return
         shutdown.untrack(channel_name=self.channel_name)
@@ -152,6 +154,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
     def _handlers(self) -> dict[str, Any]:
         return {
             p.HELLO: self._hello,
+            p.BENCHMARK_READY: self._benchmark_ready,
             p.BENCHMARK: self._benchmark,
             p.SESSION_OPENED: self._session_opened,
             p.SHARD_LOADED: self._shard_loaded,
@@ -180,7 +183,7 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
         )
         self.provider_id = provider.pk
         shutdown.track(channel_name=self.channel_name, provider_id=provider.pk)
-        bench = await database_sync_to_async(_benchmark_descriptor)()
+        self.bench_shard = bench = await database_sync_to_async(_benchmark_descriptor)()
         await self.send(
             text_data=p.dumps(
                 p.WELCOME,
@@ -194,12 +197,6 @@ class ProviderConsumer(RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer): 
             )
         )
         log.info("provider %s (%s) online with %d slot(s)", provider.pk, provider.name, provider.slots)
-
-    async def _benchmark(self, message: dict[str, Any]) -> None:
-        ns = p.field(message, "ns_per_layer_token", int, low=1, high=10**12)
-        await database_sync_to_async(services.provider_benchmark)(
-            provider_id=self.provider_id, channel_name=self.channel_name, ns_per_layer_token=ns
-        )
 
     async def _heartbeat(self, message: dict[str, Any]) -> None:
         await database_sync_to_async(services.provider_heartbeat)(

@@ -9,15 +9,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from inference.challenge import MAX_DECODE_STEPS, MAX_PROMPT_POSITIONS, SEED_BITS, Challenge
+
 PROTOCOL_VERSION = 1
 
 # Close codes (4000-4999 are the application's own).
 CLOSE_UNAUTHORIZED = 4401
-CLOSE_PROTOCOL = 4400
+CLOSE_PROTOCOL = 4400  # sent after a failed benchmark (error `benchmark_failed`)
 CLOSE_REPLACED = 4409  # the same provider connected again; the older connection is closed
 
 # provider -> server
 HELLO = "hello"
+# The benchmark (docs/protocol.md): after the welcome the provider loads its benchmark shard and says
+# BENCHMARK_READY {shard_id}; the server answers BENCHMARK_CHALLENGE {shard_id, seed, prompt, steps} and times the
+# provider's BENCHMARK {shard_id, ns_per_layer_token (its own figure, kept as its claim), answer (base64 float32 of
+# the last step's output)}, checks the answer and confirms with BENCHMARKED, or fails it (BENCHMARK_FAILED).
+BENCHMARK_READY = "benchmark_ready"
 BENCHMARK = "benchmark"
 SHARD_LOADED = "shard_loaded"
 SESSION_OPENED = "session_opened"
@@ -38,6 +45,8 @@ COMMIT_IDLE_SECONDS = 0.25
 REVEALED = "revealed"
 # server -> provider
 WELCOME = "welcome"
+BENCHMARK_CHALLENGE = "benchmark_challenge"
+BENCHMARKED = "benchmarked"  # {shard_id, ns_per_layer_token: what the server measured, claimed_ns_per_layer_token}
 LOAD_SHARD = "load_shard"
 OPEN_SESSION = "open_session"
 # What a head shard's step output holds (open_session's `head_output`): the float32 logits of the last position,
@@ -64,6 +73,8 @@ UNEXPECTED_STEP = "unexpected_step"
 SHARD_FAILED = "shard_failed"
 STEP_FAILED = "step_failed"
 NO_STATES = "no_states"  # a reveal asks for states the provider does not hold (it names the request)
+BENCHMARK_FAILED = "benchmark_failed"  # the benchmark was not answered, or not right: the server closes (4400)
+DUPLICATE_BENCHMARK = "duplicate_benchmark"  # a second benchmark_ready: one challenge per connection
 
 
 class ProtocolError(Exception):
@@ -120,3 +131,19 @@ def hello_fields(message: dict[str, Any]) -> dict[str, Any]:
         # Its own ask per layer-token (optional; the platform's figure is the default and the floor).
         "posted_ask": None if message.get("ask") is None else field(message, "ask", int, low=1, high=10**9),
     }
+
+
+def challenge_message(challenge: Challenge, *, shard_id: str) -> str:
+    """The server's challenge on the benchmark shard."""
+    return dumps(
+        BENCHMARK_CHALLENGE, shard_id=shard_id, seed=challenge.seed, prompt=challenge.prompt, steps=challenge.steps
+    )
+
+
+def challenge_fields(message: dict[str, Any]) -> Challenge:
+    """A challenge as a provider accepts it: a seed JavaScript holds exactly, and no more work than it agrees to."""
+    return Challenge(
+        seed=field(message, "seed", int, low=0, high=2**SEED_BITS - 1),
+        prompt=field(message, "prompt", int, low=1, high=MAX_PROMPT_POSITIONS),
+        steps=field(message, "steps", int, low=1, high=MAX_DECODE_STEPS),
+    )

@@ -18,6 +18,7 @@ from market.services.jobs import (
 from market.services.model_import import ImportReport, model_import, resolve_source
 from market.services.providers import (
     provider_benchmark,
+    provider_benchmark_fail,
     provider_connect,
     provider_disconnect,
     provider_heartbeat,
@@ -47,6 +48,7 @@ __all__ = [
     "jobs_orphaned",
     "model_import",
     "provider_benchmark",
+    "provider_benchmark_fail",
     "provider_claim_for_shard",
     "provider_connect",
     "provider_disconnect",

@@ -21,7 +21,9 @@ RELIABILITY_REWARD = 10  # permille regained for each job served to the end
 def provider_connect(*, user: User, channel_name: str, capacity: dict[str, Any]) -> Provider:
     """A provider said hello: its row (found by owner and name) is online at this channel with a fresh capacity.
 
-    A new connection holds no sessions, so the busy slots start again from zero.
+    A new connection holds no sessions, so the busy slots start again from zero, and it is unbenchmarked until it
+    answers this connection's own challenge (worker_web/benchmark.py): a speed measured on an earlier connection, maybe
+    of another machine under the same name, does not carry over.
     """
     with transaction.atomic():
         provider, _ = Provider.objects.select_for_update().get_or_create(user=user, name=capacity["name"])
@@ -30,8 +32,11 @@ def provider_connect(*, user: User, channel_name: str, capacity: dict[str, Any])
         provider.state = Provider.State.ONLINE
         provider.channel_name = channel_name
         provider.busy_slots = 0
+        provider.ns_per_layer_token = None
         provider.last_seen = timezone.now()
-        provider.save(update_fields=[*capacity, "state", "channel_name", "busy_slots", "last_seen"])
+        provider.save(
+            update_fields=[*capacity, "state", "channel_name", "busy_slots", "ns_per_layer_token", "last_seen"]
+        )
     return provider
 
 
@@ -45,9 +50,25 @@ def provider_post_ask(*, user: User, provider_id: int, ask: object) -> Provider:
     return Provider.objects.get(pk=provider_id)
 
 
-def provider_benchmark(*, provider_id: int, channel_name: str, ns_per_layer_token: int) -> None:
+def provider_benchmark(
+    *, provider_id: int, channel_name: str, ns_per_layer_token: int, claimed_ns_per_layer_token: int
+) -> None:
+    """A benchmark passed (its answer checked): the speed the server timed prices and places the provider from now
+    on; what the provider timed itself is kept beside it, for show."""
     Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
-        ns_per_layer_token=ns_per_layer_token, last_seen=timezone.now()
+        ns_per_layer_token=ns_per_layer_token,
+        claimed_ns_per_layer_token=claimed_ns_per_layer_token,
+        last_seen=timezone.now(),
+    )
+
+
+def provider_benchmark_fail(*, provider_id: int, channel_name: str) -> None:
+    """A benchmark failed (a wrong, late or unasked answer): unbenchmarked, so no round or quote places it, and its
+    reliability falls as for a failed step. Only while this connection is the provider's: a newer one stands."""
+    Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
+        ns_per_layer_token=None,
+        failures=F("failures") + 1,
+        reliability_permille=Greatest(F("reliability_permille") - RELIABILITY_PENALTY, Value(0)),
     )
 
 

@@ -4,16 +4,24 @@ A bid is escrowed, a round (beat's or the bid's nudge) places it, the pipeline r
 provider for its layer-tokens at the cleared price, the fee to the platform and the rest back to the buyer; beat
 releases the earnings when the challenge window closes. Every balance is checked against figures computed here
 from the round's prices and the pipeline record, not from the settlement's own lines. A bid below every ask
-loses round after round with rising priority, then expires and is refunded.
+loses round after round with rising priority, then expires and is refunded. A provider process that answers its
+benchmark challenge with garbage (claiming 1 ns) is never benchmarked, quoted or placed, while honest ones are.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
+
+CHEATER = Path(__file__).resolve().parents[1] / "verification" / "cheater.py"
 
 LAYERS = 10  # every shard of the plan 0-10,10-20,20-30
 
@@ -107,3 +115,39 @@ def test_a_bid_below_every_ask_loses_rounds_then_expires_and_is_refunded(market:
     _, cost = market.api("GET", f"/api/jobs/{bid['id']}/cost/", token=market.bob)
     assert (cost["paid"], cost["refunded"]) == (0, 1)
     assert _balances(market, market.bob) == before
+
+
+def test_a_provider_whose_benchmark_answer_is_garbage_is_never_placed_while_honest_ones_are(
+    market: Any, tmp_path: Path
+) -> None:
+    market.ensure_providers(3)
+    cheat = tmp_path / "cheat.json"
+    cheat.write_text(json.dumps({"benchmark": "garbage"}))  # noise at once, and a claim of 1 ns per layer-token
+
+    def failures() -> int:
+        return len(re.findall(r"provider \d+ failed its benchmark: the answer is not", market.log_text("server")))
+
+    before = failures()
+    argv = [sys.executable, str(CHEATER), "--server", market.url, "--token", market.carol, "--name", "liar"]
+    market.spawn("liar", [*argv, "--cache-dir", str(market.logs / "cache-liar")], CHEAT_FILE=str(cheat))
+    try:
+        # It connects, fails, is closed, reconnects (backing off) and fails its fresh challenge again.
+        market.wait(lambda: failures() >= before + 2, 180, "the liar to fail two benchmark challenges")
+        [(measured, claimed, failed, reliability)] = market.sql(
+            "SELECT ns_per_layer_token, claimed_ns_per_layer_token, failures, reliability_permille"
+            " FROM market_provider WHERE name = 'liar'"
+        )
+        assert measured is None and claimed is None and failed >= 2 and reliability <= 800
+        assert "server says benchmark_failed" in market.log_text("liar")
+        honest = [p for p in market.online_providers(market.carol) if p["kind"] == "headless"]
+        assert len(honest) == 3 and all(p["ns_per_layer_token"] and p["claimed_ns_per_layer_token"] for p in honest)
+
+        status, quote = market.api("GET", "/api/quote/?model=smollm2-135m&prompt_tokens=10", token=market.alice)
+        assert status == 200 and "liar" not in {line["provider_name"] for line in quote["pipeline"]}, quote
+        job = market.submit(market.alice, model="smollm2-135m", prompt="Name three colours.", max_new_tokens=8)
+        market.stream(job["id"], market.alice)
+        _, done = market.api("GET", f"/api/jobs/{job['id']}/", token=market.alice)
+        assert done["state"] == "done", done
+        assert "liar" not in {hop["provider_name"] for hop in done["pipeline"]}
+    finally:
+        market.kill("liar", signal.SIGTERM)

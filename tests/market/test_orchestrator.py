@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 
 from config.asgi import application
-from inference import wire
+from inference import challenge, wire
 from inference.generate import SamplingParams, generate
 from inference.runtime import ShardRuntime
 from ledger import selectors as ledger_selectors
@@ -28,6 +28,7 @@ from market import selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.tasks import job_launch
+from worker_web import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,7 +57,7 @@ class ScriptedProvider:
         headers = [(b"origin", b"http://127.0.0.1"), (b"authorization", f"Token {token}".encode())]
         self.ws = WebsocketCommunicator(application, "/ws/provider/", headers=headers)
         self.name = name
-        self.ns = ns  # its benchmark: the auction's asks follow it, so the fastest providers win the hops
+        self.ns = ns  # its speed once benchmarked: the auction's asks follow it, so the fastest providers win the hops
         self.argmax = argmax  # answers a greedy job's head steps with the argmax, as the agent does
         self.argmax_sessions: set[uuid.UUID] = set()
         self.stall_at = stall_at
@@ -69,8 +70,22 @@ class ScriptedProvider:
         assert (await self.ws.connect(timeout=5))[0]
         hello = {"protocol": 1, "name": self.name, "kind": "headless", "backend": "cpu", "slots": 1, "memory_bytes": 0}
         await self.ws.send_json_to({"type": "hello", **hello})
-        assert (await self.ws.receive_json_from(timeout=5))["type"] == "welcome"
-        await self.ws.send_json_to({"type": "benchmark", "ns_per_layer_token": self.ns})
+        welcome = await self.ws.receive_json_from(timeout=5)
+        assert welcome["type"] == "welcome"
+        await self._benchmark(welcome["benchmark"])
+
+    async def _benchmark(self, shard: dict[str, Any]) -> None:
+        """Answer the server's challenge honestly; then the provider gets the speed this test gives it (the server's
+        measurement of providers in one process says nothing about which should win)."""
+        await self.ws.send_json_to({"type": "benchmark_ready", "shard_id": shard["id"]})
+        found = p.challenge_fields(await self.ws.receive_json_from(timeout=5))
+        runtime = ShardRuntime(default_storage.path(f"shards/{shard['sha256']}.onnx"))
+        answer = challenge.encode_answer(challenge.run(runtime, found).answer)
+        await self.ws.send_json_to(
+            {"type": "benchmark", "shard_id": shard["id"], "ns_per_layer_token": 1, "answer": answer}
+        )
+        assert (await self.ws.receive_json_from(timeout=10))["type"] == "benchmarked"
+        await sync_to_async(Provider.objects.filter(name=self.name).update)(ns_per_layer_token=self.ns)
 
     async def serve(self) -> None:
         while True:
@@ -126,8 +141,7 @@ async def run_with(providers: list[ScriptedProvider], job_id: int, *, leave_befo
     """Connect the providers, clear the market (one round, which must place the job), and run the job; the first
     `leave_before_start` providers disconnect between the round and the runner's start."""
     for provider in providers:
-        await provider.start()
-    await asyncio.sleep(0.2)  # the benchmark results are stored: the book holds benchmarked providers only
+        await provider.start()  # benchmarked when it returns: the book holds benchmarked providers only
     round_ = await sync_to_async(services.clear_market)()
     assert round_ is not None and (round_.n_jobs, round_.n_placed) == (1, 1)
     for provider in providers[:leave_before_start]:

@@ -10,6 +10,8 @@ honest), so a test can change it between jobs without restarting the process:
       10-20, the model's own quantisation)
   {"shard_first": 10, "kind": "noise", ..., "refuse": true}   ... and it never answers a reveal
 The cheat applies only to a session on the shard starting at `shard_first`; on any other it is honest.
+  {"benchmark": "garbage"}   it answers every benchmark challenge at once with noise, claiming 1 ns per layer-token
+      (read at each challenge; without it the benchmark is answered honestly, whatever else it cheats on)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from inference import wire  # noqa: E402
+from inference import challenge, wire  # noqa: E402
 from inference.config import ShardSpec  # noqa: E402
 from inference.gguf_model import GGUFModel, smollm2_path  # noqa: E402
 from inference.runtime import ShardRuntime, StepOutput  # noqa: E402
@@ -53,6 +55,17 @@ class Cheater(ProviderAgent):
             if applies:
                 log.warning("cheating on this session: %s", spec)
         return self.cheats[id(session)]
+
+    def run_challenge(self, runtime: ShardRuntime, found: challenge.Challenge) -> challenge.Result:
+        spec = json.loads(self.cheat_file.read_text()) if self.cheat_file and self.cheat_file.exists() else {}
+        if spec.get("benchmark") != "garbage":
+            return super().run_challenge(runtime, found)
+        log.warning("answering the benchmark challenge with noise, without running it")
+        size = challenge.answer_size(
+            hidden=runtime.config.hidden, vocab=runtime.config.vocab, has_head=runtime.spec.has_head
+        )
+        noise = self.rng.standard_normal(size).astype(np.float32)
+        return challenge.Result(answer=noise, step_ns=[len(runtime.layers)])  # 1 ns per layer-token, it says
 
     def compute(self, session: Session, frame: wire.Frame) -> StepOutput:
         cheat = self._cheat(session)

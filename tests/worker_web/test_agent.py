@@ -232,6 +232,54 @@ def test_time_decode_times_a_real_shard(tiny_model: GGUFModel, first: int, end: 
     assert runtime.step("after", inputs).output.shape[1] == 1  # the runtime still serves real sessions
 
 
+def test_each_connection_answers_its_own_challenge_with_the_shards_output(
+    agent: ProviderAgent, tiny_model: GGUFModel
+) -> None:
+    """Against a real WebSocket server, twice (a reconnect): the agent loads the welcome's shard, says
+    benchmark_ready, runs the challenge it gets and answers with the last step's output for that seed, equal to the
+    server's own run; a failed benchmark keeps its reconnect backing off."""
+    from websockets.asyncio.server import ServerConnection
+
+    from inference import challenge
+    from worker_web.agent import Disconnected
+
+    spec = ShardSpec("tiny", "f32", 1, 3, tiny_model.config.n_layers)
+    data = build_shard(tiny_model, spec).SerializeToString()
+    sha = hashlib.sha256(data).hexdigest()
+    agent.runtimes[sha] = ShardRuntime(data)  # loaded already: nothing to download
+    shard = {"id": spec.shard_id, "sha256": sha, "url": "/unused", "first_layer": 1, "end_layer": 3}
+    answers: dict[int, dict[str, Any]] = {}
+
+    def server(seed: int, verdict: str) -> Any:
+        async def serve(ws: ServerConnection) -> None:
+            assert p.loads(str(await ws.recv()))["type"] == p.HELLO
+            await ws.send(p.dumps(p.WELCOME, provider_id=1, protocol=1, benchmark=shard))
+            assert p.loads(str(await ws.recv())) == {"type": p.BENCHMARK_READY, "shard_id": spec.shard_id}
+            await ws.send(
+                p.challenge_message(challenge.Challenge(seed=seed, prompt=5, steps=4), shard_id=spec.shard_id)
+            )
+            answers[seed] = p.loads(str(await ws.recv()))
+            await ws.send(verdict)
+            await ws.close(1001 if verdict.startswith('{"type":"benchmarked"') else p.CLOSE_PROTOCOL)
+
+        return serve
+
+    passed = p.dumps(p.BENCHMARKED, shard_id=spec.shard_id, ns_per_layer_token=777, claimed_ns_per_layer_token=5)
+    _serve_once(agent, server(11, passed), ends_with=Disconnected)
+    assert agent.welcomed and agent.measured_ns_per_layer_token == 777
+    failed = p.dumps(p.ERROR, code=p.BENCHMARK_FAILED, message="not the shard's output")
+    _serve_once(agent, server(2**53 - 1, failed), ends_with=ConnectionClosed)  # 4400: run_forever reconnects
+    assert not agent.welcomed  # run_forever does not restart its backoff from 1 s after this one
+
+    reference = ShardRuntime(data)
+    for seed, answer in answers.items():
+        assert answer["type"] == p.BENCHMARK and answer["shard_id"] == spec.shard_id
+        assert isinstance(answer["ns_per_layer_token"], int) and answer["ns_per_layer_token"] >= 1
+        expected = challenge.run(reference, challenge.Challenge(seed=seed, prompt=5, steps=4)).answer
+        assert np.array_equal(challenge.decode_answer(answer["answer"], tiny_model.config.hidden), expected)
+    assert answers[11]["answer"] != answers[2**53 - 1]["answer"]
+
+
 def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: ProviderAgent) -> None:
     """A restarting server closes with 1001: serve_once reports Disconnected, which run_forever retries."""
     from websockets.asyncio.server import ServerConnection, serve

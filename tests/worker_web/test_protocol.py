@@ -153,3 +153,24 @@ def test_error_codes_and_close_codes_are_the_documented_ones() -> None:
         "code": "step_failed",
         "message": "m",
     }
+
+
+def test_a_challenge_goes_out_and_comes_back_as_the_same_challenge() -> None:
+    from inference.challenge import Challenge
+
+    sent = Challenge(seed=2**53 - 1, prompt=8, steps=32)
+    message = p.loads(p.challenge_message(sent, shard_id="m:q4:10-20"))
+    assert message["type"] == p.BENCHMARK_CHALLENGE and message["shard_id"] == "m:q4:10-20"
+    assert (message["seed"], message["prompt"], message["steps"]) == (2**53 - 1, 8, 32)
+    assert p.challenge_fields(message) == sent
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seed": 2**53}, {"seed": -1}, {"seed": 1.0}, {"prompt": 0}, {"prompt": 65}, {"steps": 257}, {"steps": True}],
+    ids=["seed-too-big", "seed-negative", "seed-float", "no-prompt", "long-prompt", "many-steps", "bool-steps"],
+)
+def test_a_provider_takes_no_challenge_it_cannot_hold_or_that_asks_too_much(change: dict[str, Any]) -> None:
+    message = {"type": "benchmark_challenge", "shard_id": "s", "seed": 5, "prompt": 8, "steps": 32, **change}
+    with pytest.raises(ProtocolError):
+        p.challenge_fields(message)

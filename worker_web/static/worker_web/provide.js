@@ -69,7 +69,9 @@ const views = {
     $("stat-cache-hits").textContent = m.cacheHits;
     $("stat-corrupt").textContent = m.corrupt;
     if (m.benchmark) {
-      $("benchmark-result").textContent = `${(m.benchmark.ns / 1e6).toFixed(3)} ms per layer-token on ${m.benchmark.shardId}`;
+      const own = `${(m.benchmark.ns / 1e6).toFixed(3)} ms per layer-token on ${m.benchmark.shardId}`;
+      const measured = m.benchmark.measuredNs ? ` (the server measured ${(m.benchmark.measuredNs / 1e6).toFixed(3)} ms)` : "";
+      $("benchmark-result").textContent = own + measured;
     }
     const connected = m.connection.startsWith("connected") || m.connection.startsWith("connecting") || m.connection.includes("retrying");
     $("start").disabled = connected;

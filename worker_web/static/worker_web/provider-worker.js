@@ -2,6 +2,7 @@
 // the page only draws. It speaks docs/protocol.md exactly as worker_web/agent.py does (kind "browser").
 import * as wire from "./wire.js";
 import * as commitment from "./commitment.js";
+import { encodeAnswer, runChallenge } from "./challenge.js";
 import { ShardCache, ShardIntegrityError } from "./shard-cache.js";
 import { ShardRuntime, timeDecode } from "./shard-runtime.js";
 import { StateStore } from "./state-store.js";
@@ -21,7 +22,8 @@ const state = {
   wanted: false, // the user pressed Start and not Stop: reconnect after a drop
   name: "browser",
   ask: null, // its own ask per layer-token, or null: the platform's figure
-  benchmark: null, // {ns, shardId, sha256}
+  benchmark: null, // {ns, shardId, sha256, measuredNs}: its own figure, and the server's once it confirms one
+  benchmarkShard: null, // the welcome's benchmark shard, once loaded and announced (benchmark_ready)
   runtimes: new Map(), // sha256 -> Promise<ShardRuntime>, loaded once per visit
   held: new Map(), // sha256 -> shard id, for the panel
   sessions: new Map(), // session id -> {runtime, hop, nextStep, lastOutput}
@@ -123,7 +125,8 @@ function runtimeFor(shard) {
   return state.runtimes.get(shard.sha256);
 }
 
-// Timed once per visit (a reconnect reuses it), or again when the user asks for it.
+// The "Run the benchmark" button: a local measurement for the user (the server's figure comes from the challenge
+// each connection answers, benchmarkReady and answerChallenge below).
 async function runBenchmark(shard, again = false) {
   if (again || !state.benchmark || state.benchmark.sha256 !== shard.sha256) {
     const runtime = await runtimeFor(shard);
@@ -144,6 +147,7 @@ function connect() {
   const socket = new WebSocket(url); // the session cookie authenticates it (docs/protocol.md)
   socket.binaryType = "arraybuffer";
   state.socket = socket;
+  state.benchmarkShard = null; // each connection answers its own challenge
   state.connection = "connecting";
   status();
   return new Promise((resolve) => {
@@ -164,6 +168,7 @@ function connect() {
           return;
         }
         if (message.type === "welcome") welcomed = true;
+        if (message.type === "error" && message.code === "benchmark_failed") welcomed = false; // closed next: back off
         control(message);
       } else {
         enqueue(() => step(event.data));
@@ -220,17 +225,40 @@ async function control(message) {
     states.keepSeconds = message.states_keep_seconds ?? states.keepSeconds;
     states.prune().catch((error) => log(`pruning kept states failed: ${error.message}`, "warning"));
     status();
-    if (message.benchmark) {
-      enqueue(async () => {
-        const result = await runBenchmark(message.benchmark);
-        send({ type: "benchmark", ns_per_layer_token: result.ns, shard_id: result.shardId });
-      });
-    }
+    if (message.benchmark) enqueue(() => benchmarkReady(message.benchmark));
+  } else if (message.type === "benchmarked") {
+    state.benchmark = { ...state.benchmark, measuredNs: message.ns_per_layer_token };
+    log(`the server measured ${(message.ns_per_layer_token / 1e6).toFixed(3)} ms per layer-token on ${message.shard_id}`);
+    status();
   } else if (message.type === "error") {
-    log(`server says ${message.code}: ${message.message}`, "warning");
+    log(`server says ${message.code}: ${message.message}`, message.code === "benchmark_failed" ? "error" : "warning");
   } else {
     enqueue(() => sessionMessage(message));
   }
+}
+
+// The benchmark (docs/protocol.md): load the welcome's shard, say so, and answer the server's challenge on it.
+async function benchmarkReady(shard) {
+  await runtimeFor(shard);
+  state.benchmarkShard = shard;
+  send({ type: "benchmark_ready", shard_id: shard.id });
+  await cacheStatus();
+}
+
+async function answerChallenge(message) {
+  const shard = state.benchmarkShard;
+  const whole = (v, low, high) => Number.isInteger(v) && v >= low && v <= high;
+  if (!shard || message.shard_id !== shard.id) {
+    throw Object.assign(new Error(`a challenge on ${message.shard_id}, not on the shard this tab announced`), { code: "bad_message" });
+  }
+  // At most the work agent.py agrees to (worker_web/protocol.py challenge_fields): a seed a number holds exactly.
+  if (!whole(message.seed, 0, 2 ** 53 - 1) || !whole(message.prompt, 1, 64) || !whole(message.steps, 1, 256)) {
+    throw Object.assign(new Error('"benchmark_challenge" needs a seed below 2^53, prompt 1-64 and steps 1-256'), { code: "bad_message" });
+  }
+  const { answer, nsPerLayerToken } = await runChallenge(await runtimeFor(shard), message);
+  send({ type: "benchmark", shard_id: shard.id, ns_per_layer_token: nsPerLayerToken, answer: encodeAnswer(answer) });
+  state.benchmark = { ns: nsPerLayerToken, shardId: shard.id, sha256: shard.sha256, measuredNs: null };
+  log(`benchmark challenge answered: ${(nsPerLayerToken / 1e6).toFixed(3)} ms per layer-token on ${shard.id} by this tab's clock`);
 }
 
 function enqueue(task) {
@@ -271,6 +299,8 @@ async function sessionMessage(message) {
       await flushCommits(); // commitments first: the states they cover must be in the store
       await closeStates(message.session);
     }
+  } else if (message.type === "benchmark_challenge") {
+    await answerChallenge(message);
   } else if (message.type === "reveal") {
     await reveal(message);
   } else if (message.type === "load_shard") {
