@@ -304,6 +304,10 @@ ASK_PER_COMPUTE_SECOND = env_int("ASK_PER_COMPUTE_SECOND", 10_000)
 # SPEED_MIN_SAMPLES decode steps (its benchmark, as the server timed it, before that); observed SPEED_FLAG_RATIO
 # times slower than its benchmark, it is flagged.
 SPEED_MIN_SAMPLES = env_int("SPEED_MIN_SAMPLES", 20)
+# The observed speed is the median of the latest SPEED_HISTORY_JOBS jobs' observations, weighted by their steps; each
+# job's observation is the median of its decode steps after the first SPEED_WARMUP_STEPS (caches, first allocations).
+SPEED_HISTORY_JOBS = env_int("SPEED_HISTORY_JOBS", 20)
+SPEED_WARMUP_STEPS = env_int("SPEED_WARMUP_STEPS", 2)
 SPEED_FLAG_RATIO = env_int("SPEED_FLAG_RATIO", 3)
 ASK_RELIABILITY_FLOOR_PERMILLE = env_int("ASK_RELIABILITY_FLOOR_PERMILLE", 100)
 DEFAULT_BID_PER_LAYER_TOKEN = env_int("DEFAULT_BID_PER_LAYER_TOKEN", 50)

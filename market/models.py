@@ -114,6 +114,12 @@ class Provider(models.Model):
         help_text="What the market measured on real work: ns per layer per token on decode steps.",
     )
     observed_steps = models.PositiveIntegerField(default=0, help_text="Decode steps behind the observed speed.")
+    observed_jobs = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The latest jobs' observations [[ns per layer-token (the job's median step), decode steps], ...], "
+        "newest last, at most SPEED_HISTORY_JOBS: the observed speed is their median weighted by steps.",
+    )
     speed_flagged = models.BooleanField(
         default=False, help_text="Observed far slower than its benchmark claimed (SPEED_FLAG_RATIO)."
     )

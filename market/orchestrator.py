@@ -503,7 +503,7 @@ class JobRunner:
         a hop that one provider served the whole job counts (a replacement's steps are mixed with its
         predecessor's)."""
         for hop in self.hops:
-            decode = hop.round_trips[1:]
+            decode = hop.round_trips[1 + settings.SPEED_WARMUP_STEPS :]  # the prompt's step and the warm-up left out
             served_alone = sum(1 for entry in self.record if entry["hop"] == hop.index) == 1
             if hop.provider is None or not served_alone or len(decode) < 3:
                 continue

@@ -113,6 +113,18 @@ def providers_free(
     return free
 
 
+def observed_spread(provider: Provider) -> dict[str, int] | None:
+    """The 10th and 90th percentile of the provider's latest jobs' observed speeds (their medians), and how many."""
+    values = sorted(int(value) for value, _ in provider.observed_jobs)
+    if not values:
+        return None
+
+    def at(q: float) -> int:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {"jobs": len(values), "low": at(0.1), "high": at(0.9)}
+
+
 def speed_expression() -> Case:
     """Provider.speed_ns_per_layer_token in SQL: observed once there are enough samples, else the benchmark."""
     enough = Q(observed_ns_per_layer_token__isnull=False, observed_steps__gte=settings.SPEED_MIN_SAMPLES)

@@ -134,6 +134,10 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
     platform_ask = serializers.SerializerMethodField(
         help_text="The platform's figure from the provider's speed and reliability: the default and the lowest ask."
     )
+    observed_spread = serializers.SerializerMethodField(
+        help_text="How the latest jobs' observed speeds spread: {jobs, low, high} (ns per layer-token: the 10th and "
+        "90th percentile of the jobs' medians), null before the first."
+    )
 
     class Meta:
         model = Provider
@@ -150,6 +154,7 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
             "claimed_ns_per_layer_token",
             "observed_ns_per_layer_token",
             "observed_steps",
+            "observed_spread",
             "speed_flagged",
             "reliability_permille",
             "steps_served",
@@ -166,6 +171,9 @@ class ProviderSerializer(serializers.ModelSerializer):  # type: ignore[misc]  # 
 
     def get_platform_ask(self, provider: Provider) -> int | None:
         return None if provider.ns_per_layer_token is None else selectors.platform_floor(provider)
+
+    def get_observed_spread(self, provider: Provider) -> dict[str, int] | None:
+        return selectors.observed_spread(provider)
 
 
 class BalancesSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints

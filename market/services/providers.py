@@ -92,21 +92,36 @@ def provider_record_failure(*, provider_id: int) -> None:
 
 
 def provider_record_speed(*, provider_id: int, ns_per_layer_token: int, steps: int) -> None:
-    """Fold one job's observed decode speed (the median of its steps on this provider) into the provider's observed
-    speed, weighted by steps (older history capped at 200 steps, so a provider that slows down is seen within a few
-    jobs), and flag it when the observation is SPEED_FLAG_RATIO times slower than its benchmark claimed."""
+    """Add one job's observed decode speed (the median of its steps on this provider, after the warm-up) to the
+    provider's latest SPEED_HISTORY_JOBS jobs; its observed speed is their median weighted by steps, so one job slowed
+    by something else (a busy machine, a slow neighbour) moves it little, and a provider that slows down for good is
+    seen within a few jobs. Flag it when the observation is SPEED_FLAG_RATIO times slower than its benchmark."""
     if steps < 1 or ns_per_layer_token < 1:
         return
     with transaction.atomic():
         provider = Provider.objects.select_for_update().get(pk=provider_id)
-        old_weight = min(provider.observed_steps, 200) if provider.observed_ns_per_layer_token is not None else 0
-        old = provider.observed_ns_per_layer_token or 0
-        observed = (old * old_weight + ns_per_layer_token * steps) // (old_weight + steps)
-        claimed = provider.ns_per_layer_token or 0
-        flagged = claimed > 0 and observed > settings.SPEED_FLAG_RATIO * claimed
+        history = [*provider.observed_jobs, [ns_per_layer_token, steps]][-settings.SPEED_HISTORY_JOBS :]
+        observed = weighted_median(history)
+        benchmark = provider.ns_per_layer_token or 0
+        flagged = benchmark > 0 and observed > settings.SPEED_FLAG_RATIO * benchmark
         Provider.objects.filter(pk=provider_id).update(
-            observed_ns_per_layer_token=observed, observed_steps=F("observed_steps") + steps, speed_flagged=flagged
+            observed_ns_per_layer_token=observed,
+            observed_steps=F("observed_steps") + steps,
+            observed_jobs=history,
+            speed_flagged=flagged,
         )
+
+
+def weighted_median(observations: list[list[int]]) -> int:
+    """The median of [value, weight] pairs: the smallest value with at least half the total weight at or below it."""
+    ordered = sorted(observations)
+    half = sum(weight for _, weight in ordered) / 2
+    seen = 0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= half:
+            return int(value)
+    return int(ordered[-1][0])
 
 
 def provider_record_success(*, provider_id: int, steps: int) -> None:

@@ -191,7 +191,7 @@ def steps_run(job: Job) -> int:
 
 
 def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is_replaced(
-    model: LanguageModel,
+    model: LanguageModel, settings: Any
 ) -> None:
     messages = [{"role": "user", "content": "hello there"}]
     job, token = queued_job(model, messages)
@@ -211,7 +211,8 @@ def test_the_pipeline_gives_the_chain_tokens_and_a_provider_past_its_deadline_is
     assert providers[0].steps == 3
     # The market timed the decode steps of the hop one provider served throughout (p1), not the replaced hop's.
     observed = dict(Provider.objects.values_list("name", "observed_steps"))
-    assert observed["p1"] == steps_run(done) - 1 and observed["p0"] == observed["p2"] == 0
+    # Its decode steps, less the warm-up (the prompt's step is not a decode step).
+    assert observed["p1"] == steps_run(done) - 1 - settings.SPEED_WARMUP_STEPS and observed["p0"] == observed["p2"] == 0
     assert Provider.objects.get(name="p1").observed_ns_per_layer_token
     # Settlement: p0 is paid for steps 0-2 (the prompt and two tokens), p2 for the rest of that hop, at the price
     # the hop cleared; the buyer pays no more than without the failure, and gets the rest of the escrow back.

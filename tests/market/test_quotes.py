@@ -109,6 +109,28 @@ def test_a_lying_benchmark_is_corrected_by_what_the_market_observed_and_flagged(
     assert listed["liar"]["speed_flagged"] and listed["liar"]["observed_ns_per_layer_token"] == 900_000
 
 
+def test_the_observed_speed_is_the_latest_jobs_median_so_one_slow_job_moves_it_little_and_its_spread_shows(
+    model: LanguageModel, carol: User, settings: Any
+) -> None:
+    settings.SPEED_HISTORY_JOBS = 5
+    steady = provider(carol, "steady", ns=500_000)
+    for ns in (500_000, 520_000, 480_000):
+        services.provider_record_speed(provider_id=steady.pk, ns_per_layer_token=ns, steps=10)
+    services.provider_record_speed(provider_id=steady.pk, ns_per_layer_token=9_000_000, steps=10)  # a bad moment
+    steady.refresh_from_db()
+    assert steady.observed_ns_per_layer_token == 500_000 and not steady.speed_flagged  # a mean would say 2.6 ms
+    assert selectors.observed_spread(steady) == {"jobs": 4, "low": 480_000, "high": 9_000_000}
+    for _ in range(5):  # it really became slow: within a few jobs the market sees it, and the oldest jobs drop out
+        services.provider_record_speed(provider_id=steady.pk, ns_per_layer_token=2_000_000, steps=10)
+    steady.refresh_from_db()
+    assert steady.observed_ns_per_layer_token == 2_000_000 and len(steady.observed_jobs) == 5
+    assert steady.speed_flagged  # more than SPEED_FLAG_RATIO times its benchmark
+    body = APIClient()
+    body.force_authenticate(carol)
+    listed = {p["name"]: p for p in body.get("/api/providers/").json()}
+    assert listed["steady"]["observed_spread"] == {"jobs": 5, "low": 2_000_000, "high": 2_000_000}
+
+
 def test_a_posted_ask_is_respected_in_clearing_and_never_below_the_platforms_figure(
     model: LanguageModel, alice: User, carol: User, launches: list[int]
 ) -> None:
