@@ -464,7 +464,8 @@ class JobRunner:
         while True:
             lost = await self._drop(hop, step, failure)
             try:
-                await self._place(hop, from_step=step)
+                # During a takeover's replay the steps before `delivered` are paid already: the buyer pays from there.
+                await self._place(hop, from_step=max(step, self.delivered))
             except JobFailed as exc:
                 raise JobFailed(
                     "no_replacement",

@@ -222,3 +222,59 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
     assert all(e["until_step"] == delivered for e in done.pipeline[:2])
     assert not Provider.objects.filter(busy_slots__gt=0).exists()
     assert ledger_selectors.ledger_drift().ok
+
+
+def test_a_provider_failing_during_the_replay_is_replaced_and_the_buyer_still_pays_each_step_once(
+    model: LanguageModel, settings: Any
+) -> None:
+    settings.STEP_DEADLINE_SECONDS = 1.5
+    expected = uninterrupted(model, SamplingParams())
+    alice = services.account_open(username="alice")[0]
+    job = services.job_create(
+        buyer=alice,
+        model=model,
+        messages=MESSAGES,
+        max_new_tokens=MAX_NEW,
+        temperature=Decimal(0),
+        top_p=Decimal(1),
+        seed=None,
+    )
+    token = services.account_open(username="carol")[1]
+    providers = [
+        ScriptedProvider(token, "p0", ns=500_000, stall_at=2),  # goes silent in the middle of the replay
+        ScriptedProvider(token, "p1", ns=600_000),
+        ScriptedProvider(token, "p2", ns=900_000),  # the spare
+    ]
+
+    async def scenario() -> None:
+        for provider in providers:
+            await provider.start()
+        await asyncio.sleep(0.2)
+        round_ = await sync_to_async(services.clear_market)()
+        assert round_ is not None and round_.n_placed == 1
+        await sync_to_async(lose_runner)(job, expected[:DELIVERED])
+        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
+        try:
+            await run_job(job.pk, resume_epoch=1)
+        finally:
+            for task in serving:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for provider in providers:
+                await provider.ws.disconnect()
+
+    async_to_sync(scenario)()
+    done = Job.objects.get(pk=job.pk)
+    assert done.state == Job.State.DONE, (done.error_code, done.error)
+    assert done.tokens == expected
+    failed = next(e for e in done.pipeline if e["provider_name"] == "p0" and e["ended"] != RUNNER_LOST)
+    assert failed["ended"].startswith("deadline") and failed["from_step"] == DELIVERED
+    spare = next(e for e in done.pipeline if e["provider_name"] == "p2")
+    assert spare["hop"] == failed["hop"] and spare["from_step"] == DELIVERED  # not from the step it failed at
+    steps = len(done.tokens) + (1 if done.finish_reason == "stop" else 0)
+    lines = done.cost["lines"]
+    assert sum(line["layer_tokens"] for line in lines) == 2 * 2 * (done.prompt_tokens + steps - 1)  # each step once
+    # The platform pays the replay that completed on the hop nobody failed; the spare's is a failover's, unpaid.
+    assert [line["provider_name"] for line in done.cost["platform_lines"]] == ["p1"]
+    assert ledger_selectors.ledger_drift().ok
