@@ -414,16 +414,7 @@ def test_a_job_whose_runner_died_is_ended_by_the_next_round_paying_what_reached_
     from market.models import Provider
 
     settings.RUNNER_MAX_RESUMES = 0  # ended, never resumed
-    job, terms = _placed(model, alice, carol)
-    # The runner claimed it, recorded its pipeline and streamed three tokens, then its server was killed.
-    pipeline = [
-        {**entry, "until_step": None, "session": f"s{entry['hop']}", "channel": terms[entry["hop"]].channel_name}
-        for entry in _served(terms, until_step=0)
-    ]
-    long_ago = timezone.now() - timedelta(seconds=settings.RUNNER_LEASE_SECONDS + 1)
-    Job.objects.filter(pk=job.pk).update(
-        state=Job.State.RUNNING, started_at=long_ago, runner_seen_at=long_ago, tokens=[5, 6, 7], pipeline=pipeline
-    )
+    job, terms = _lost(model, alice, carol, settings, tokens=[5, 6, 7])
     assert Provider.objects.filter(busy_slots__gt=0).count() == 2
     services.clear_market()
     job.refresh_from_db()

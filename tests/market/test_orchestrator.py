@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -130,6 +131,21 @@ class ScriptedProvider:
         await self.ws.send_to(bytes_data=answer)
 
 
+@contextlib.asynccontextmanager
+async def serving(providers: Sequence[ScriptedProvider]) -> AsyncIterator[None]:
+    """The providers answer their sessions' steps until the block ends; then they disconnect."""
+    tasks = [asyncio.ensure_future(provider.serve()) for provider in providers]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for provider in providers:
+            await provider.ws.disconnect()
+
+
 def expected_tokens(model: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
     chain = selectors.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
     tokenizer = selectors.model_tokenizer(model)
@@ -147,16 +163,8 @@ async def run_with(providers: list[ScriptedProvider], job_id: int, *, leave_befo
     for provider in providers[:leave_before_start]:
         await provider.ws.disconnect()
     await asyncio.sleep(0.2)
-    serving = [asyncio.ensure_future(provider.serve()) for provider in providers[leave_before_start:]]
-    try:
+    async with serving(providers[leave_before_start:]):
         await run_job(job_id)
-    finally:
-        for task in serving:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for provider in providers[leave_before_start:]:
-            await provider.ws.disconnect()
     job: Job = await sync_to_async(Job.objects.get)(pk=job_id)
     return job
 
@@ -251,8 +259,7 @@ def test_on_the_full_profile_the_runner_starts_where_the_first_provider_is_conne
         for provider in providers:
             await provider.start()
         await asyncio.sleep(0.2)
-        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
-        try:
+        async with serving(providers):
             round_ = await sync_to_async(services.clear_market)()
             assert round_ is not None and round_.n_placed == 1
             for _ in range(200):
@@ -261,13 +268,6 @@ def test_on_the_full_profile_the_runner_starts_where_the_first_provider_is_conne
                     return done
                 await asyncio.sleep(0.05)
             raise AssertionError(f"the job is still {done.state}")
-        finally:
-            for task in serving:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for provider in providers:
-                await provider.ws.disconnect()
 
     done = async_to_sync(scenario)()
     assert done.state == Job.State.DONE, (done.error_code, done.error)

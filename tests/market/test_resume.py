@@ -7,7 +7,7 @@ ledger adds up. (tests/e2e/test_runner_lost.py SIGKILLs real servers.)"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +23,7 @@ from market import selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.services.settlement import RUNNER_LOST
-from tests.market.test_orchestrator import ScriptedProvider
+from tests.market.test_orchestrator import ScriptedProvider, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,6 +45,32 @@ class SlowProvider(ScriptedProvider):
     async def _step(self, data: bytes) -> None:
         await asyncio.sleep(0.05)
         await super()._step(data)
+
+
+def bid(model: LanguageModel, temperature: Decimal = Decimal(0)) -> Job:
+    """Alice's bid for the sample job at the default price."""
+    alice = services.account_open(username="alice")[0]
+    return services.job_create(
+        buyer=alice,
+        model=model,
+        messages=MESSAGES,
+        max_new_tokens=MAX_NEW,
+        temperature=temperature,
+        top_p=Decimal(1),
+        seed=7,
+    )
+
+
+def carol_token() -> str:
+    return services.account_open(username="carol")[1]
+
+
+async def place(providers: Sequence[ScriptedProvider]) -> None:
+    """Connect the providers (each answers its benchmark challenge) and run a round, which must place the bid."""
+    for provider in providers:
+        await provider.start()  # benchmarked when it returns
+    round_ = await sync_to_async(services.clear_market)()
+    assert round_ is not None and round_.n_placed == 1
 
 
 def uninterrupted(model: LanguageModel, sampling: SamplingParams) -> list[int]:
@@ -95,38 +121,17 @@ def test_a_job_taken_over_is_replayed_and_gives_the_tokens_of_an_uninterrupted_r
 ) -> None:
     expected = uninterrupted(model, SamplingParams(temperature=float(temperature), top_p=1.0, seed=7))
     assert len(expected) > DELIVERED + 2
-    alice = services.account_open(username="alice")[0]
-    job = services.job_create(
-        buyer=alice,
-        model=model,
-        messages=MESSAGES,
-        max_new_tokens=MAX_NEW,
-        temperature=temperature,
-        top_p=Decimal(1),
-        seed=7,
-    )
-    token = services.account_open(username="carol")[1]
+    job = bid(model, temperature)
+    token = carol_token()
     providers = [ScriptedProvider(token, f"p{i}", ns=500_000 + 100_000 * i) for i in range(2)]
 
     async def scenario() -> None:
-        for provider in providers:
-            await provider.start()
-        await asyncio.sleep(0.2)
-        round_ = await sync_to_async(services.clear_market)()
-        assert round_ is not None and round_.n_placed == 1
+        await place(providers)
         await sync_to_async(lose_runner)(job, expected[:DELIVERED])
-        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
-        try:
+        async with serving(providers):
             await run_job(job.pk, resume_epoch=0)  # a stale hand-off: the job is epoch 1's now
             assert (await sync_to_async(Job.objects.get)(pk=job.pk)).state == Job.State.RUNNING
             await run_job(job.pk, resume_epoch=1)
-        finally:
-            for task in serving:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for provider in providers:
-                await provider.ws.disconnect()
 
     async_to_sync(scenario)()
     done = Job.objects.get(pk=job.pk)
@@ -168,17 +173,8 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
     the runner the job was handed to resumes it and finishes it with the uninterrupted run's tokens."""
     settings.RUNNER_HEARTBEAT_SECONDS = 0.05
     expected = uninterrupted(model, SamplingParams())
-    alice = services.account_open(username="alice")[0]
-    job = services.job_create(
-        buyer=alice,
-        model=model,
-        messages=MESSAGES,
-        max_new_tokens=MAX_NEW,
-        temperature=Decimal(0),
-        top_p=Decimal(1),
-        seed=None,
-    )
-    token = services.account_open(username="carol")[1]
+    job = bid(model)
+    token = carol_token()
     providers = [SlowProvider(token, f"p{i}", ns=500_000 + 100_000 * i) for i in range(2)]
 
     def take_over_now() -> list[tuple[int, int]]:
@@ -188,13 +184,8 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
         return services.jobs_orphaned(now=later)
 
     async def scenario() -> list[tuple[int, int]]:
-        for provider in providers:
-            await provider.start()
-        await asyncio.sleep(0.2)
-        round_ = await sync_to_async(services.clear_market)()
-        assert round_ is not None and round_.n_placed == 1
-        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
-        try:
+        await place(providers)
+        async with serving(providers):
             old = asyncio.ensure_future(run_job(job.pk))
             while len((await sync_to_async(Job.objects.get)(pk=job.pk)).tokens) < 3:
                 await asyncio.sleep(0.02)
@@ -205,13 +196,6 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
             assert not await sync_to_async(Provider.objects.filter(busy_slots__gt=0).exists)()
             await run_job(job.pk, resume_epoch=1)
             return taken
-        finally:
-            for task in serving:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for provider in providers:
-                await provider.ws.disconnect()
 
     assert async_to_sync(scenario)() == [(job.pk, 1)]
     done = Job.objects.get(pk=job.pk)
@@ -229,17 +213,8 @@ def test_a_provider_failing_during_the_replay_is_replaced_and_the_buyer_still_pa
 ) -> None:
     settings.STEP_DEADLINE_SECONDS = 1.5
     expected = uninterrupted(model, SamplingParams())
-    alice = services.account_open(username="alice")[0]
-    job = services.job_create(
-        buyer=alice,
-        model=model,
-        messages=MESSAGES,
-        max_new_tokens=MAX_NEW,
-        temperature=Decimal(0),
-        top_p=Decimal(1),
-        seed=None,
-    )
-    token = services.account_open(username="carol")[1]
+    job = bid(model)
+    token = carol_token()
     providers = [
         ScriptedProvider(token, "p0", ns=500_000, stall_at=2),  # goes silent in the middle of the replay
         ScriptedProvider(token, "p1", ns=600_000),
@@ -247,22 +222,10 @@ def test_a_provider_failing_during_the_replay_is_replaced_and_the_buyer_still_pa
     ]
 
     async def scenario() -> None:
-        for provider in providers:
-            await provider.start()
-        await asyncio.sleep(0.2)
-        round_ = await sync_to_async(services.clear_market)()
-        assert round_ is not None and round_.n_placed == 1
+        await place(providers)
         await sync_to_async(lose_runner)(job, expected[:DELIVERED])
-        serving = [asyncio.ensure_future(provider.serve()) for provider in providers]
-        try:
+        async with serving(providers):
             await run_job(job.pk, resume_epoch=1)
-        finally:
-            for task in serving:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for provider in providers:
-                await provider.ws.disconnect()
 
     async_to_sync(scenario)()
     done = Job.objects.get(pk=job.pk)
