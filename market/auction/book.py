@@ -8,13 +8,20 @@ Units, all integers so that money and the constraints are checked exactly:
   `market.models.Provider.ns_per_layer_token`), and a job's optional speed floor as the most ns per
   generated token its whole pipeline may take.
 
-Assumptions this module fixes for both solvers:
+Assumptions this module fixes for both solvers (and for `families`, the hard books they are measured on):
+- a job wins all its shards or none;
+- distinct providers: the shards of one job run on different providers (a pipeline of one provider per
+  hop), even where one provider has slots and memory for two of them;
+- value ≥ cost + 1: a job wins only if v − Σ ask·work ≥ 1 base unit on the providers it gets, so a bid
+  equal to its cheapest placement's asks loses, and priority never lowers that bar;
 - every assignment of a shard to a provider takes one of the provider's slots and the shard's
   `memory_bytes` of its memory budget (each job has its own KV cache, so weights are not counted as
   shared between jobs);
 - a provider can serve a shard when the shard fits in its memory budget and, if it lists the shards it
   holds (`shard_ids`), the shard is in that list;
-- a pipeline's time per token is the sum over its shards of (provider ns per layer-token × shard layers).
+- a pipeline's time per token is the sum over its shards of (provider ns per layer-token × shard layers);
+- all amounts are Python integers, of any size: the solvers compare money exactly (CP-SAT's int64 is
+  handled in `cpsat`).
 
 Priority enters the objective as a bonus, never the prices: see `JobBid.bonus`.
 """

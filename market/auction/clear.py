@@ -7,6 +7,13 @@ higher, so asking for CP-SAT never returns less than the greedy; if CP-SAT finds
 limit, the greedy's allocation is returned and the round says so (`solver == "greedy"`, `requested ==
 "cpsat"`).
 
+Between `AUTO_CPSAT_MAX_PAIRS` and `COLUMNS_MAX_PAIRS` pairs "auto" runs price and branch (`columns`) from the
+greedy's allocation instead: whole placements as columns, their relaxation's bound, CP-SAT over them.
+
+A round that was not proved optimal ("auto" or "cpsat") on a book of up to `bound.LP_MAX_PAIRS` pairs also
+gets the compact linear relaxation's bound (`bound.lp_bound`) unless the placement bound converged, and
+reports the tightest: CP-SAT's own bound at a short time limit is often far looser than the gap it leaves.
+
 Both solvers maximise the objective welfare + the winners' priority bonuses (`JobBid.bonus`); `welfare`
 is reported without the bonuses, and prices never depend on priority.
 """
@@ -18,6 +25,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from market.auction.book import BPS, PRIORITY_STEP_BPS, Book, Id, contribution
+from market.auction.bound import LP_MAX_PAIRS, lp_bound
+from market.auction.columns import Columns
 from market.auction.cpsat import cpsat_assign
 from market.auction.greedy import Assignment, greedy_assign
 from market.auction.pricing import platform_fee, unit_prices
@@ -28,6 +37,10 @@ from market.auction.pricing import platform_fee, unit_prices
 # above the greedy; from 500 × 50 (75,000) on, CP-SAT spends its 10 s without beating the greedy by more
 # than 0.04 %, and 1,000 × 100 takes 5 s just to build. Larger books therefore go to the greedy.
 AUTO_CPSAT_MAX_PAIRS = 20_000
+# Above that and up to this many pairs, "auto" runs price and branch (`columns`) after the greedy, half the time
+# limit generating columns and the rest in CP-SAT over them: on books with speed caps (bench/auction.py's
+# "speed" family) it finds what the greedy and the compact model miss, and its bound is the tighter one.
+COLUMNS_MAX_PAIRS = 60_000
 
 SolverName = Literal["auto", "cpsat", "greedy"]
 Status = Literal["optimal", "feasible", "heuristic"]
@@ -56,9 +69,11 @@ class Trade:
 class Allocation:
     """The outcome of one round: who runs where at what price, and how good the solution is known to be.
 
-    `status` is "optimal" (CP-SAT proved it), "feasible" (CP-SAT stopped at its time limit;
-    `optimality_gap` says how far the objective may be from its bound) or "heuristic" (greedy alone; the
-    gap is unknown, None).
+    `status` is "optimal" (CP-SAT proved it), "feasible" (CP-SAT stopped at its time limit) or "heuristic"
+    (greedy alone). `best_bound` is the tightest of CP-SAT's bound, the placement bound (`columns`) and the
+    linear relaxation's (`bound`, for books of up to `LP_MAX_PAIRS` pairs that are not proved optimal; never
+    when solver="greedy" is asked for), and
+    `optimality_gap` says how far the objective may be from it; both None when no bound was computed.
     """
 
     winners: dict[Id, tuple[Trade, ...]]  # job id -> its trades, in the job's shard order
@@ -69,7 +84,7 @@ class Allocation:
     requested: SolverName
     status: Status
     wall_time_s: float
-    best_bound: int | None  # upper bound on the objective proved by CP-SAT, base units
+    best_bound: int | None  # upper bound on the objective (CP-SAT's or the LP relaxation's), base units
     optimality_gap: float | None  # (best_bound − objective) / best_bound, 0.0 when optimal
     fee_bps: int
     priority_bps: int
@@ -163,6 +178,7 @@ def solve(
     used: Literal["cpsat", "greedy"] = "greedy"
     status: Status = "heuristic"
     bound: int | None = None
+    converged = False  # whether the placement bound (`columns`) is its relaxation's optimum
     if solver == "cpsat" or (solver == "auto" and book.n_pairs <= AUTO_CPSAT_MAX_PAIRS):
         result = cpsat_assign(
             book, time_limit_s=time_limit_s, priority_bps=priority_bps, num_workers=num_workers, hint=assignment
@@ -173,6 +189,20 @@ def solve(
                 assignment, used = result.assignment, "cpsat"
             else:  # CP-SAT stopped on something worse than its hint: keep the greedy's, with CP-SAT's bound
                 status = "feasible"
+    elif solver == "auto" and book.n_pairs <= COLUMNS_MAX_PAIRS:
+        columns = Columns.of(book, priority_bps)
+        if columns is not None:
+            columns.add(assignment)
+            status, bound = "feasible", columns.generate(time_limit_s / 2)
+            left = time_limit_s - (time.perf_counter() - started)
+            found = columns.assign(left, assignment, num_workers)
+            if _objective(book, found, priority_bps) > _objective(book, assignment, priority_bps):
+                assignment, used = found, "cpsat"
+            converged = columns.converged
+    if solver != "greedy" and status != "optimal" and not converged and book.n_pairs <= LP_MAX_PAIRS:
+        relaxed = lp_bound(book, priority_bps)  # often far tighter than CP-SAT's bound at its time limit
+        if relaxed is not None:
+            bound = relaxed if bound is None else min(bound, relaxed)
     return _Round(book, fee_bps, priority_bps).allocation(
         assignment, used, solver, status, bound, time.perf_counter() - started
     )

@@ -14,17 +14,20 @@ shards reaches v_i) or of a fast enough pipeline are not created at all, which k
 bids sit near the asks. Writing distinctness as Σ_k y_ikj ≤ x_i rather than ≤ 1 tightens the linear
 relaxation, which is where CP-SAT's bound comes from.
 
-CP-SAT's defaults suit this model badly on few workers: the default 2-worker portfolio did not prove a
-100-job × 20-provider book optimal in 10 s, and presolve alone takes seconds (a 300 × 40 book returned
-nothing in 5 s). Up to 2 workers therefore skip presolve and run the LP-heavy "max_lp" and "core"
-subsolvers (one worker: the full linear relaxation, linearization level 2); that proves the 100 × 20 books
-in about a second and ends 500 × 50 within 1 % of its bound in 10 s (bench/auction.py). More workers keep
-the default portfolio, which contains max_lp.
+Few workers: up to 2 skip presolve and run the LP-heavy "max_lp" and "core" subsolvers (one worker: the full
+linear relaxation, linearization level 2); more workers keep the default portfolio, which contains max_lp.
+`proof` (bench/auction.py's references, given a minute or more) keeps presolve and adds the full linear
+relaxation to every worker: slower to a first solution, but its bound closes further on capped books.
 
-CP-SAT works in int64: if the money coefficients could overflow (amounts near 1e18 base units), they are
-divided by a power of two and rounded; the allocation is then optimal for that rounded objective only, so
-it is reported as "feasible", its bound is widened by the rounding, and winners whose exact contribution is
-not positive are dropped.
+Money in int64 (`Money`). CP-SAT rejects a linear expression whose Σ |coefficient| × |variable bound| could
+overflow int64, and the objective's and each job's contribution constraint are sums of money. Each of those
+expressions is first divided by the greatest common divisor of its coefficients, which is exact (the
+contribution constraint keeps v − cost ≥ 1 in divided units), and only if it still sums past `MONEY_LIMIT`
+(2⁶⁰) is it divided by a power of two more and rounded: the objective to the nearest unit, a contribution
+constraint so that it relaxes (costs down, v up). The model is then a relaxation: its bound, widened by the
+objective's rounding, still bounds the true objective, and winners whose exact contribution is not positive
+are dropped from its answer. Such a round is reported "feasible" with that gap, never "optimal". Welfare,
+the check of each winner and the prices always use the exact integers.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ from typing import Literal
 from ortools.sat.python import cp_model
 
 from market.auction.book import Book, JobBid, candidates_by_shard, contribution
-from market.auction.greedy import Assignment
+from market.auction.capacity import Assignment
 
-_MONEY_LIMIT = 2**60  # leaves CP-SAT headroom below 2^63 for sums of activities
+MONEY_LIMIT = 1 << 60  # Σ |coefficient| of one money expression, after division: CP-SAT checks sums below 2⁶³
 CpSatStatus = Literal["optimal", "feasible", "unknown"]
 Pairs = dict[int, list[list[tuple[int, int]]]]  # job -> per shard: (provider, ask·work) that may serve it
 
@@ -52,7 +55,7 @@ class CpSatResult:
     assignment: Assignment
     status: CpSatStatus
     best_bound: int | None  # an upper bound on welfare + bonuses, in base units
-    scale: int  # money coefficients were divided by this (1: exact)
+    exact: bool  # whether every money expression was only divided by its gcd (no rounding)
     n_pairs: int  # y variables in the model
     build_seconds: float
 
@@ -64,34 +67,75 @@ class _JobVars:
 
 
 def cpsat_assign(
-    book: Book, *, time_limit_s: float, priority_bps: int, num_workers: int = 0, hint: Assignment | None = None
+    book: Book,
+    *,
+    time_limit_s: float,
+    priority_bps: int,
+    num_workers: int = 0,
+    hint: Assignment | None = None,
+    proof: bool = False,
 ) -> CpSatResult:
-    """Solve `book` with CP-SAT within `time_limit_s` seconds (`num_workers` 0: one per core)."""
+    """Solve `book` with CP-SAT within `time_limit_s` seconds (`num_workers` 0: one per core); `proof` tunes it
+    for a long run that should end in a proof rather than for a good allocation soon."""
     started = time.perf_counter()
     pairs = prune(book)
-    bonuses = {i: book.jobs[i].bonus(priority_bps) for i in pairs}
-    magnitude = sum(book.jobs[i].max_price + bonuses[i] + sum(c for s in ps for _, c in s) for i, ps in pairs.items())
-    scale = 1 << max(0, (magnitude // _MONEY_LIMIT).bit_length())
+    weights = {i: book.jobs[i].max_price + book.jobs[i].bonus(priority_bps) for i in pairs}
     model = cp_model.CpModel()
-    jobs = _build(model, book, pairs, scale)
-    model.maximize(_objective(book, jobs, bonuses, scale))
+    jobs, budgets_exact = _build(model, book, pairs)
+    objective = Money(list(weights.values()) + [c for ps in pairs.values() for s in ps for _, c in s])
+    model.maximize(_objective(jobs, weights, objective))
     if hint:
         _add_hint(model, jobs, hint)
     n_pairs = sum(len(s) for v in jobs.values() for s in v.pairs)
     build_seconds = time.perf_counter() - started
-    solver = _solver(time_limit_s, num_workers)
+    solver = _solver(time_limit_s, num_workers, proof)
     code = solver.solve(model)
     if code == cp_model.MODEL_INVALID:
         raise RuntimeError(f"CP-SAT rejected the model: {model.validate()}")
+    exact = budgets_exact and objective.exact
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return CpSatResult({}, "unknown", None, scale, n_pairs, build_seconds)
-    assignment = _read(solver, jobs)
-    bound = math.floor(solver.best_objective_bound) * scale
-    if scale > 1:  # each rounded coefficient is off by at most scale / 2
-        bound += scale * (len(jobs) + n_pairs)
-        assignment = {i: ps for i, ps in assignment.items() if contribution(book, i, ps) > 0}
-    status: CpSatStatus = "optimal" if code == cp_model.OPTIMAL and scale == 1 else "feasible"
-    return CpSatResult(assignment, status, bound, scale, n_pairs, build_seconds)
+        return CpSatResult({}, "unknown", None, exact, n_pairs, build_seconds)
+    assignment = {i: ps for i, ps in _read(solver, jobs).items() if contribution(book, i, ps) > 0}
+    if code == cp_model.OPTIMAL and exact:
+        found = sum(weights[i] - (book.jobs[i].max_price - contribution(book, i, ps)) for i, ps in assignment.items())
+        return CpSatResult(assignment, "optimal", found, True, n_pairs, build_seconds)
+    terms = sum(1 + len(v.pairs) for v in jobs.values())  # variables that can be 1 at once: x and one y per shard
+    bound = objective.bound(solver.best_objective_bound, terms)
+    return CpSatResult(assignment, "feasible", bound, exact, n_pairs, build_seconds)
+
+
+class Money:
+    """How one money expression goes into int64: divided by the gcd of its coefficients, then by `scale`."""
+
+    def __init__(self, coefficients: list[int]) -> None:
+        self.gcd = math.gcd(*coefficients) if coefficients else 1
+        self.gcd = self.gcd or 1
+        total = sum(abs(c) for c in coefficients) // self.gcd
+        self.scale = 1 << max(0, (total // MONEY_LIMIT).bit_length())  # total / scale <= MONEY_LIMIT
+        self.exact = self.scale == 1
+
+    def nearest(self, amount: int) -> int:
+        return _round_half_up(amount // self.gcd, self.scale)
+
+    def down(self, amount: int) -> int:
+        return (amount // self.gcd) // self.scale
+
+    def up(self, amount: int) -> int:
+        return -(-(amount // self.gcd) // self.scale)
+
+    def bound(self, model_bound: float, terms: int) -> int:
+        """An upper bound in base units from CP-SAT's bound on the divided objective.
+
+        The double CP-SAT reports is rounded up past its last bit, and each of the at most `terms` nonzero
+        terms of the objective may be off by half a scaled unit.
+        """
+        ceiling = math.ceil(model_bound) + (math.ceil(abs(model_bound) * 2**-52) if abs(model_bound) >= 2**52 else 0)
+        widened = ceiling * self.scale + (0 if self.exact else (self.scale // 2 + 1) * terms)
+        return widened * self.gcd
+
+
+def _round_half_up(amount: int, scale: int) -> int:
+    return amount if scale == 1 else (amount + scale // 2) // scale
 
 
 def prune(book: Book) -> Pairs:
@@ -125,9 +169,11 @@ def prune(book: Book) -> Pairs:
     return result
 
 
-def _build(model: cp_model.CpModel, book: Book, pairs: Pairs, scale: int) -> dict[int, _JobVars]:
+def _build(model: cp_model.CpModel, book: Book, pairs: Pairs) -> tuple[dict[int, _JobVars], bool]:
+    """The variables and constraints; also whether every contribution constraint is exact (not relaxed)."""
     on_provider: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in book.providers]  # (y, shard memory)
     jobs: dict[int, _JobVars] = {}
+    exact = True
     for i, per_shard in pairs.items():
         job = book.jobs[i]
         x = model.new_bool_var(f"x{i}")
@@ -142,7 +188,7 @@ def _build(model: cp_model.CpModel, book: Book, pairs: Pairs, scale: int) -> dic
         for ys in by_provider.values():
             if len(ys) > 1:
                 model.add(cp_model.LinearExpr.sum(ys) <= x)
-        _add_job_limits(model, job, vars_, book, scale)
+        exact = _add_job_limits(model, job, vars_, book) and exact
     for j, used in enumerate(on_provider):
         provider = book.providers[j]
         if len(used) > provider.slots:
@@ -151,11 +197,16 @@ def _build(model: cp_model.CpModel, book: Book, pairs: Pairs, scale: int) -> dic
             model.add(
                 cp_model.LinearExpr.weighted_sum([y for y, _ in used], [m for _, m in used]) <= provider.memory_bytes
             )
-    return jobs
+    return jobs, exact
 
 
-def _add_job_limits(model: cp_model.CpModel, job: JobBid, vars_: _JobVars, book: Book, scale: int) -> None:
-    """The job's speed cap (only when the slowest choice could break it) and its positive contribution."""
+def _add_job_limits(model: cp_model.CpModel, job: JobBid, vars_: _JobVars, book: Book) -> bool:
+    """The job's speed cap (only when the slowest choice could break it) and its positive contribution.
+
+    Returns whether the contribution constraint is exact: Σ cost·y ≤ (v − 1)·x in units of the gcd of its
+    costs and v (exact: with integers, v − Σ cost ≥ 1 is v' − Σ cost' ≥ 1 after division), or, where that
+    still sums past `MONEY_LIMIT`, relaxed: costs rounded down and v − 1 up.
+    """
     ys: list[cp_model.IntVar] = []
     times: list[int] = []  # ns per token each pair adds to the pipeline
     costs: list[int] = []
@@ -165,22 +216,27 @@ def _add_job_limits(model: cp_model.CpModel, job: JobBid, vars_: _JobVars, book:
         slowest += max(shard_times)
         ys.extend(y for _, y, _ in shard_vars)
         times.extend(shard_times)
-        costs.extend(_scaled(c, scale) for _, _, c in shard_vars)
+        costs.extend(c for _, _, c in shard_vars)
     if job.max_ns_per_token is not None and slowest > job.max_ns_per_token:
         model.add(cp_model.LinearExpr.weighted_sum([*ys, vars_.x], [*times, -job.max_ns_per_token]) <= 0)
-    margin = 1 if scale == 1 else 0  # exact money: cost + 1 <= v; rounded money: exact check afterwards
-    model.add(cp_model.LinearExpr.weighted_sum([*ys, vars_.x], [*costs, margin - _scaled(job.max_price, scale)]) <= 0)
+    money = Money([*costs, job.max_price])
+    if money.exact:  # v' − Σ cost' ≥ 1
+        scaled, most = [c // money.gcd for c in costs], job.max_price // money.gcd - 1
+    else:
+        scaled, most = [money.down(c) for c in costs], money.up(job.max_price)
+    model.add(cp_model.LinearExpr.weighted_sum([*ys, vars_.x], [*scaled, -most]) <= 0)
+    return money.exact
 
 
-def _objective(book: Book, jobs: dict[int, _JobVars], bonuses: dict[int, int], scale: int) -> cp_model.LinearExpr:
+def _objective(jobs: dict[int, _JobVars], weights: dict[int, int], money: Money) -> cp_model.LinearExpr:
     variables: list[cp_model.IntVar] = []
     coefs: list[int] = []
     for i, vars_ in jobs.items():
         variables.append(vars_.x)
-        coefs.append(_scaled(book.jobs[i].max_price + bonuses[i], scale))
+        coefs.append(money.nearest(weights[i]))
         for shard in vars_.pairs:
             variables.extend(y for _, y, _ in shard)
-            coefs.extend(-_scaled(c, scale) for _, _, c in shard)
+            coefs.extend(-money.nearest(c) for _, _, c in shard)
     return cp_model.LinearExpr.weighted_sum(variables, coefs)
 
 
@@ -201,19 +257,17 @@ def _read(solver: cp_model.CpSolver, jobs: dict[int, _JobVars]) -> Assignment:
     return assignment
 
 
-def _solver(time_limit_s: float, num_workers: int) -> cp_model.CpSolver:
+def _solver(time_limit_s: float, num_workers: int, proof: bool) -> cp_model.CpSolver:
     solver = cp_model.CpSolver()
     params = solver.parameters
     params.max_time_in_seconds = max(0.001, time_limit_s)
     params.num_workers = num_workers or os.cpu_count() or 1
-    if params.num_workers <= 2:  # see the module docstring
+    if proof:  # see the module docstring
+        params.linearization_level = 2
+    elif params.num_workers <= 2:
         params.cp_model_presolve = False
         if params.num_workers == 1:
             params.linearization_level = 2
         else:
             params.subsolvers.extend(["max_lp", "core"])
     return solver
-
-
-def _scaled(amount: int, scale: int) -> int:
-    return amount if scale == 1 else (amount + scale // 2) // scale

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from market.auction import (
     AUTO_CPSAT_MAX_PAIRS,
+    COLUMNS_MAX_PAIRS,
     PRIORITY_MAX_LEVEL,
     Allocation,
     Book,
@@ -55,15 +56,14 @@ def placement(allocation: Allocation) -> dict[object, list[object]]:
     return {j: [t.provider_id for t in ts] for j, ts in allocation.winners.items()}
 
 
-def test_greedy_takes_the_dense_bundle_where_cpsat_finds_the_better_pair() -> None:
-    # A (density 100/sqrt(20) ≈ 22.4) comes before B and C (60/sqrt(10) ≈ 19.0) and takes both providers,
-    # although B and C together add more welfare (50 + 50 against 80).
+def test_greedy_orders_jobs_by_profit_per_slot_not_by_value_over_root_work() -> None:
+    # By v/sqrt(W) A (100/sqrt(20) ≈ 22.4) would come before B and C (60/sqrt(10) ≈ 19.0) and take both
+    # providers; per slot, B and C (50 each) beat A (80 for two), and together they add more welfare.
     book = Book([job("A", (S1, S2), 100), job("B", (S1,), 60), job("C", (S2,), 60)], [provider("P"), provider("Q")])
     greedy = clear(book, "greedy")
-    assert set(greedy.winners) == {"A"} and greedy.losers == ("B", "C")
-    assert greedy.welfare == 100 - 2 * 10
+    assert set(greedy.winners) == {"B", "C"} and greedy.losers == ("A",)
     exact = clear(book, "cpsat")
-    assert set(exact.winners) == {"B", "C"} and exact.welfare == 100
+    assert set(exact.winners) == {"B", "C"} and greedy.welfare == exact.welfare == 100
     assert exact.status == "optimal" and exact.best_bound == 100
 
 
@@ -243,7 +243,7 @@ def test_slots_and_memory_both_bind(solver: str) -> None:
     assert allocation.welfare == 2 * 100 - 10 * (1 + 2)
 
 
-def test_auto_uses_cpsat_up_to_the_size_limit_and_greedy_beyond() -> None:
+def test_auto_uses_cpsat_up_to_the_size_limit_then_columns_then_the_greedy_alone() -> None:
     # One good job among hopeless ones: CP-SAT prunes the rest, so the model stays tiny either way.
     def book(n_jobs: int, n_providers: int) -> Book:
         jobs = [job("good", (S1,), 100), *(job(f"j{i}", (S1,), 0) for i in range(n_jobs - 1))]
@@ -252,9 +252,14 @@ def test_auto_uses_cpsat_up_to_the_size_limit_and_greedy_beyond() -> None:
     at_limit, over = book(AUTO_CPSAT_MAX_PAIRS // 100, 100), book(AUTO_CPSAT_MAX_PAIRS // 100 + 1, 100)
     assert at_limit.n_pairs == AUTO_CPSAT_MAX_PAIRS
     assert (clear(at_limit, "auto").solver, clear(at_limit, "auto").status) == ("cpsat", "optimal")
-    allocation = clear(over, "auto")
+    middle = clear(over, "auto")  # price and branch: nothing to add to the greedy's, but a bound
+    assert (middle.solver, middle.requested, middle.status) == ("greedy", "auto", "feasible")
+    assert middle.best_bound is not None and middle.welfare <= middle.best_bound <= middle.welfare + 2
+    beyond = book(COLUMNS_MAX_PAIRS // 100 + 1, 100)
+    assert beyond.n_pairs > COLUMNS_MAX_PAIRS
+    allocation = clear(beyond, "auto")
     assert (allocation.solver, allocation.requested, allocation.status) == ("greedy", "auto", "heuristic")
-    assert list(allocation.winners) == ["good"]
+    assert list(allocation.winners) == list(middle.winners) == ["good"]
 
 
 def test_cpsat_scales_amounts_beyond_int64_and_says_the_answer_is_not_proved() -> None:
