@@ -314,23 +314,64 @@ def test_the_platform_ask_follows_speed_and_reliability(ns: int, reliability: in
 # --- what starts a round ---------------------------------------------------------------------------------------
 
 
+class ClockWatch:
+    """The embedded clock's auction loop, seen as events a test awaits: each wait it starts (its timeout, in
+    seconds) and each round it runs (the bids the round saw). Rounds are the fake `clear_market` below, run in the
+    clock's worker thread; `bids` is the book the fake rounds and `book_empty` read."""
+
+    WAIT = 10  # seconds for any one event: far above the short intervals, far below the 60 s ones
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bids = 0
+        self.loop = asyncio.get_running_loop()
+        self.waits: asyncio.Queue[float] = asyncio.Queue()
+        self.rounds: asyncio.Queue[int] = asyncio.Queue()
+        monkeypatch.setattr(services, "clear_market", self._clear_market)
+        monkeypatch.setattr(selectors, "book_empty", lambda: not self.bids)
+        monkeypatch.setattr(clock, "asyncio", _Timed(self.waits))
+
+    def _clear_market(self) -> object | None:
+        seen = self.bids
+        self.loop.call_soon_threadsafe(self.rounds.put_nowait, seen)
+        if seen == 1:  # this round places the one bid: the book is empty after it
+            self.bids = 0
+            return object()
+        return object() if seen else None  # bids left waiting (unmatched), or None for an empty book
+
+    async def next_wait(self) -> float:
+        return await asyncio.wait_for(self.waits.get(), self.WAIT)
+
+    async def next_round(self) -> int:
+        return await asyncio.wait_for(self.rounds.get(), self.WAIT)
+
+
+class _Timed:
+    """`asyncio` as market.clock sees it, but each wait of its auction loop recorded with its timeout."""
+
+    def __init__(self, waits: asyncio.Queue[float]) -> None:
+        self.waits = waits
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def wait_for(self, awaitable: Any, timeout: float) -> Any:
+        if asyncio.current_task() is clock._TASK:  # not the disputes' loop, which waits the same way
+            self.waits.put_nowait(timeout)
+        return await asyncio.wait_for(awaitable, timeout)
+
+
 def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.MARKET_CLOCK, settings.AUCTION_EVERY_SECONDS, settings.AUCTION_NUDGE_SECONDS = True, 60, 0.05
-    rounds: list[float] = []
-    monkeypatch.setattr(services, "clear_market", lambda: rounds.append(1.0))
 
-    async def nudged() -> int:
+    async def nudged() -> None:
+        watch = ClockWatch(monkeypatch)
         clock.start()
-        await asyncio.sleep(0.2)
-        before = len(rounds)
+        assert await watch.next_wait() == 60  # the next round is a minute away...
         clock.nudge()
-        for _ in range(50):
-            if len(rounds) > before:
-                break
-            await asyncio.sleep(0.05)
-        return len(rounds) - before
+        assert await watch.next_round() == 0  # ...but a nudge brings it within WAIT
+        assert watch.rounds.empty()
 
-    assert asyncio.run(nudged()) == 1
+    asyncio.run(nudged())
 
 
 def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
@@ -340,36 +381,24 @@ def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
     bid, or there was none), the next waits AUCTION_IDLE_SECONDS unless a nudge (a new bid) comes first."""
     settings.MARKET_CLOCK, settings.AUCTION_NUDGE_SECONDS = True, 0.01
     settings.AUCTION_EVERY_SECONDS, settings.AUCTION_IDLE_SECONDS = 0.05, 60
-    book = {"bids": 0}
-    rounds: list[int] = []
 
-    def clear_market() -> object | None:
-        rounds.append(book["bids"])
-        if book["bids"] == 1:  # this round places the one bid: the book is empty after it
-            book["bids"] = 0
-            return object()
-        return object() if book["bids"] else None  # bids left waiting (unmatched), or None for an empty book
-
-    monkeypatch.setattr(services, "clear_market", clear_market)
-    monkeypatch.setattr(selectors, "book_empty", lambda: not book["bids"])
-
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> None:
+        watch = ClockWatch(monkeypatch)
         clock.start()
-        await asyncio.sleep(0.6)
-        idle = len(rounds)
-        book["bids"] = 1  # a bid that the next round places
+        assert await watch.next_wait() == 0.05  # a fresh clock: the short interval
+        assert await watch.next_round() == 0  # which runs out on an empty book
+        assert await watch.next_wait() == 60, "the clock kept its short interval over an empty book"
+        watch.bids = 1  # a bid that the next round places
         clock.nudge()
-        await asyncio.sleep(0.6)
-        placed = len(rounds) - idle
-        book["bids"] = 2  # bids that stay in the book, unmatched
+        assert await watch.next_round() == 1
+        assert await watch.next_wait() == 60, "the clock kept its short interval after a round that placed every bid"
+        watch.bids = 2  # bids that stay in the book, unmatched
         clock.nudge()
-        await asyncio.sleep(0.6)
-        return idle, placed, len(rounds) - idle - placed
+        assert await watch.next_round() == 2
+        assert await watch.next_wait() == 0.05, "a nudge did not bring the short interval back while bids wait"
+        assert await watch.next_round() == 2  # and it runs out: a round with no nudge while the bids wait
 
-    idle, placed, waiting = asyncio.run(scenario())
-    assert idle == 1, "the clock kept its short interval over an empty book"
-    assert placed == 1, "the clock kept its short interval after a round that placed every bid"
-    assert waiting >= 4, "a nudge did not bring the short interval back while bids wait"
+    asyncio.run(scenario())
 
 
 def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:

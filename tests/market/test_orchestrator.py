@@ -29,6 +29,7 @@ from market import selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.tasks import job_launch
+from tests.waiting import until
 from worker_web import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,9 +161,13 @@ async def run_with(providers: list[ScriptedProvider], job_id: int, *, leave_befo
         await provider.start()  # benchmarked when it returns: the book holds benchmarked providers only
     round_ = await sync_to_async(services.clear_market)()
     assert round_ is not None and (round_.n_jobs, round_.n_placed) == (1, 1)
+    leaving = [provider.name for provider in providers[:leave_before_start]]
     for provider in providers[:leave_before_start]:
         await provider.ws.disconnect()
-    await asyncio.sleep(0.2)
+    await until(
+        sync_to_async(lambda: not Provider.objects.filter(name__in=leaving, state=Provider.State.ONLINE).exists()),
+        what=f"{leaving} offline",
+    )
     async with serving(providers[leave_before_start:]):
         await run_job(job_id)
     job: Job = await sync_to_async(Job.objects.get)(pk=job_id)
@@ -257,17 +262,16 @@ def test_on_the_full_profile_the_runner_starts_where_the_first_provider_is_conne
 
     async def scenario() -> Job:
         for provider in providers:
-            await provider.start()
-        await asyncio.sleep(0.2)
+            await provider.start()  # benchmarked when it returns: the book holds benchmarked providers only
         async with serving(providers):
             round_ = await sync_to_async(services.clear_market)()
             assert round_ is not None and round_.n_placed == 1
-            for _ in range(200):
-                done: Job = await sync_to_async(Job.objects.get)(pk=job.pk)
-                if done.state in Job.FINAL_STATES and done.settled_at is not None:
-                    return done
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"the job is still {done.state}")
+
+            def settled() -> Job | None:
+                job_now = Job.objects.get(pk=job.pk)
+                return job_now if job_now.state in Job.FINAL_STATES and job_now.settled_at is not None else None
+
+            return await until(sync_to_async(settled), what=f"job {job.pk} ended and settled")
 
     done = async_to_sync(scenario)()
     assert done.state == Job.State.DONE, (done.error_code, done.error)

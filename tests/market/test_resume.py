@@ -17,6 +17,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from inference import wire
 from inference.generate import SamplingParams, generate
 from ledger import selectors as ledger_selectors
 from market import selectors, services
@@ -24,6 +25,7 @@ from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.services.settlement import RUNNER_LOST
 from tests.market.test_orchestrator import ScriptedProvider, serving
+from tests.waiting import until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,11 +41,17 @@ def rounds_only(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
 
 
-class SlowProvider(ScriptedProvider):
-    """Takes 50 ms a step: the job runs long enough to be taken over in the middle."""
+class HeldProvider(ScriptedProvider):
+    """Holds every step from `hold_at` on until `release` is set: the job is taken over in the middle, whatever the
+    speed of the machine."""
+
+    def __init__(self, *args: Any, hold_at: int, release: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_at, self.release = hold_at, release
 
     async def _step(self, data: bytes) -> None:
-        await asyncio.sleep(0.05)
+        if wire.decode(data).step >= self.hold_at:
+            await self.release.wait()
         await super()._step(data)
 
 
@@ -175,7 +183,9 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
     expected = uninterrupted(model, SamplingParams())
     job = bid(model)
     token = carol_token()
-    providers = [SlowProvider(token, f"p{i}", ns=500_000 + 100_000 * i) for i in range(2)]
+    release = asyncio.Event()  # bound to the loop that first waits on it: scenario()'s
+    # Steps 0-3 give the old runner four tokens; step 4 waits for the takeover.
+    providers = [HeldProvider(token, f"p{i}", ns=500_000 + 100_000 * i, hold_at=4, release=release) for i in range(2)]
 
     def take_over_now() -> list[tuple[int, int]]:
         """The lease as seen from a moment past it, with the providers heard from since (on a live server)."""
@@ -187,9 +197,9 @@ def test_a_runner_taken_over_while_alive_stops_without_ending_the_job_and_the_ne
         await place(providers)
         async with serving(providers):
             old = asyncio.ensure_future(run_job(job.pk))
-            while len((await sync_to_async(Job.objects.get)(pk=job.pk)).tokens) < 3:
-                await asyncio.sleep(0.02)
+            await until(sync_to_async(lambda: len(Job.objects.get(pk=job.pk).tokens) == 4), what="four tokens stored")
             taken = await sync_to_async(take_over_now)()
+            release.set()
             await asyncio.wait_for(old, 10)  # it notices and stops
             stopped = await sync_to_async(Job.objects.get)(pk=job.pk)
             assert (stopped.state, stopped.runner_epoch, stopped.finished_at) == (Job.State.RUNNING, 1, None)

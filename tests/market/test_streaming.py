@@ -75,6 +75,8 @@ def test_every_token_once_in_order_with_a_buyer_joining_mid_stream(running_job: 
                 stream.add(token)
                 if token == 17:
                     late = await buyer_stream(job, key)  # joins while tokens are being stored and published
+                # Not a wait on anything: the behaviour under test is tokens arriving over several store intervals,
+                # as a decoder produces them; any pacing must give every buyer every token once, in order.
                 await asyncio.sleep(0.004)
         finally:
             await stream.flush()
@@ -131,10 +133,14 @@ def test_flush_does_not_wait_out_the_interval(running_job: tuple[Job, str], sett
 
     async def scenario() -> None:
         job, _ = running_job
-        stream = TokenStream(job_id=job.pk, layer=get_channel_layer(), decode=decode)
+        layer = get_channel_layer()
+        listener = await layer.new_channel()
+        await layer.group_add(selectors.job_group(job.pk), listener)
+        stream = TokenStream(job_id=job.pk, layer=layer, decode=decode)
         stream.start()
         stream.add(1)
-        await asyncio.sleep(0.2)  # the first write is done; the task now pauses for the interval
+        first = await asyncio.wait_for(layer.receive(listener), 5)  # written and published: the interval starts
+        assert first["pieces"] == [[0, 1, "<1>"]]
         stream.add(2)
         started = time.monotonic()
         await stream.flush()
