@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +13,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from inference.gguf_model import GGUFModel
+
+# One text per call (see _encode): the tokenizer's own thread pool would only add threads, and a process that forks
+# after using it prints a warning and turns it off.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONTROL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 ROLES = ("system", "user", "assistant")
@@ -75,7 +81,7 @@ class ChatTokenizer:
         return cls(tokenizer, data["chat_template"], eos_id=data["eos_id"], special_ids=data["special_ids"])
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return _encode(self.tokenizer, text)
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special))
@@ -107,7 +113,20 @@ class ChatTokenizer:
         return ids
 
     def _encode_plain(self, text: str) -> list[int]:
-        return list(self._plain.encode(text, add_special_tokens=False).ids)
+        return _encode(self._plain, text)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes one token stands for. A byte-level vocabulary spells each byte as one character, so a
+        token's length is its bytes; a text of B UTF-8 bytes is at least B / max_token_bytes tokens, which bounds
+        a prompt's size before it is tokenised (added tokens are counted too, so the bound holds for them)."""
+        return max(len(token) for token in self.tokenizer.get_vocab(with_added_tokens=True))
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of one text. `encode_batch` and not `encode`: the Rust `encode` holds the GIL until it returns
+    (a long prompt froze every other thread of the server for as long), `encode_batch` lets go of it."""
+    return list(tokenizer.encode_batch([text], add_special_tokens=False)[0].ids)
 
 
 def validate_messages(messages: Sequence[dict[str, Any]]) -> None:

@@ -30,6 +30,7 @@ from market.serializers import (
     PendingReleaseSerializer,
     ProviderSerializer,
 )
+from market.services.jobs import check_prompt_size
 
 
 class ModelListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -135,9 +136,9 @@ class QuoteApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
         model = _model_named(str(params.get("model", "")), params.get("quant"))
         max_new_tokens = _int_param(params.get("max_new_tokens", "64"), "max_new_tokens", 1, 4096)
         if "prompt" in params:
-            prompt_tokens = len(
-                selectors.model_tokenizer(model).encode_chat([{"role": "user", "content": params["prompt"]}])
-            )
+            messages = [{"role": "user", "content": params["prompt"]}]
+            check_prompt_size(model=model, messages=messages, max_new_tokens=max_new_tokens)
+            prompt_tokens = len(selectors.model_tokenizer(model).encode_chat(messages))
         else:
             prompt_tokens = _int_param(params.get("prompt_tokens", ""), "prompt_tokens", 1, 1_000_000)
         tokens = prompt_tokens + max_new_tokens

@@ -25,7 +25,7 @@ class JobCreateSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF 
 
     model = serializers.CharField(max_length=100, help_text="Model name, e.g. smollm2-135m (see /api/models/).")
     quant = serializers.ChoiceField(choices=["f32", "q4"], required=False, help_text="Default: newest import.")
-    messages = MessageSerializer(many=True, required=False, allow_empty=False)
+    messages = MessageSerializer(many=True, required=False, allow_empty=False, max_length=1_000)
     prompt = serializers.CharField(required=False, allow_blank=False, max_length=100_000, trim_whitespace=False)
     max_new_tokens = serializers.IntegerField(min_value=1, max_value=MAX_NEW_TOKENS, default=64)
     temperature = serializers.DecimalField(max_digits=4, decimal_places=2, min_value=0, max_value=2, default=0)

@@ -52,6 +52,7 @@ def job_create(
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}")
     selectors.shard_chain(model=model, plan=None)  # NotFound (shard_unavailable) when the model cannot run
+    check_prompt_size(model=model, messages=messages, max_new_tokens=max_new_tokens)
     try:
         prompt_ids = selectors.model_tokenizer(model).encode_chat(messages)
     except (ValueError, InferenceError) as exc:
@@ -94,6 +95,21 @@ def job_create(
         ledger_services.escrow_for_job(user=buyer, amount=max_price, job_ref=selectors.job_ref(job.pk))
         transaction.on_commit(_nudge)
     return job
+
+
+def check_prompt_size(*, model: LanguageModel, messages: list[dict[str, Any]], max_new_tokens: int) -> None:
+    """Refuse, before tokenising, messages too big to fit the context whatever their tokens: one token stands for at
+    most `max_token_bytes` bytes, so more bytes than that times the room left cannot fit. Tokenising costs time in
+    proportion to the text (megabytes took seconds), so an oversized prompt must cost next to nothing."""
+    room = int(model.config["max_context"]) - max_new_tokens
+    most = max(room, 0) * selectors.model_tokenizer(model).max_token_bytes
+    size = sum(len(str(message.get("content", "")).encode()) for message in messages)
+    if size > most:
+        raise InvalidInput(
+            f"the messages hold {size} bytes; with max_new_tokens={max_new_tokens} at most {most} bytes can fit in "
+            f"the model's context of {room + max_new_tokens} tokens",
+            code="context_overflow",
+        )
 
 
 def bid_from_quote(*, model: LanguageModel, tokens: int) -> int | None:

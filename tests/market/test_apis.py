@@ -455,3 +455,39 @@ def test_the_api_docs_page_is_served() -> None:
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     assert b"swagger" in response.content.lower() and b"/api/schema/" in response.content
+
+
+def test_messages_too_big_for_the_context_are_refused_before_they_are_tokenised(
+    model: LanguageModel, alice: User, nudged: list[None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """24 messages of 100,000 characters once took seconds each to tokenise before context_overflow: the bytes alone
+    now show that they cannot fit (one token stands for at most `max_token_bytes` bytes)."""
+    tokenizer = selectors.model_tokenizer(model)
+    most = (CONTEXT - 1) * tokenizer.max_token_bytes
+    tokenised: list[int] = []
+    real = type(tokenizer).encode_chat
+    monkeypatch.setattr(type(tokenizer), "encode_chat", lambda self, m: tokenised.append(1) or real(self, m))
+    messages = [{"role": "user", "content": "x" * 100_000}] * 24
+    huge = api(alice).post("/api/jobs/", {"model": "tiny", "messages": messages, "max_new_tokens": 1}, format="json")
+    assert (huge.status_code, huge.json()["code"]) == (400, "context_overflow")
+    assert f"at most {most} bytes can fit" in huge.json()["message"]
+    just_over = api(alice).post(
+        "/api/jobs/", {"model": "tiny", "prompt": "é" * (most // 2 + 1), "max_new_tokens": 1}, format="json"
+    )
+    assert (just_over.status_code, just_over.json()["code"]) == (400, "context_overflow")
+    assert "bytes can fit" in just_over.json()["message"]
+    quote = api(alice).get("/api/quote/", {"model": "tiny", "prompt": "x" * (most + 1), "max_new_tokens": 1})
+    assert (quote.status_code, quote.json()["code"]) == (400, "context_overflow")
+    assert tokenised == [] and Job.objects.count() == 0
+    # At the limit the bytes prove nothing: the prompt is tokenised and refused by its tokens.
+    body = {"model": "tiny", "prompt": "x" * most, "max_new_tokens": 1}
+    at_limit = api(alice).post("/api/jobs/", body, format="json")
+    assert (at_limit.status_code, at_limit.json()["code"]) == (400, "context_overflow")
+    assert "exceeds" in at_limit.json()["message"] and tokenised == [1]
+
+
+def test_a_chat_of_too_many_messages_is_refused(model: LanguageModel, alice: User, nudged: list[None]) -> None:
+    messages = [{"role": "user", "content": "hi"}] * 1_001
+    response = api(alice).post("/api/jobs/", {"model": "tiny", "messages": messages}, format="json")
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_input")
+    assert response.json()["message"].startswith("messages:")
