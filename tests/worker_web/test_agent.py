@@ -451,9 +451,10 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
 def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_still_fails_the_connection(
     agent: ProviderAgent, tiny_model: GGUFModel
 ) -> None:
-    """The server writes the raw bytes: a decode frame split across two reads, two frames in one read, one whole
-    frame, then a masked frame (which a server must never send). The agent answers each step as the shard does; only
-    the whole frame skips websockets' parser, and the masked one still closes the connection as a protocol error."""
+    """The server writes the raw bytes: a decode frame split across two reads (its first bytes behind the prefill),
+    two frames in one read, one whole frame, then a masked frame (which a server must never send). The agent answers
+    each step as the shard does; only the whole frame skips websockets' parser, and the masked one still closes the
+    connection as a protocol error."""
     import uuid
 
     from websockets.asyncio.server import ServerConnection
@@ -480,11 +481,11 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
 
     async def server(ws: ServerConnection) -> None:
         await _open_session(ws, spec.shard_id, sha, session)
-        await ws.send(wire.encode(wire.MessageType.STEP_INPUT, session, 0, 1, inputs[0]))  # the prefill
-        answers.append(await _next_frame(ws))
+        # The prefill and the first 7 bytes of step 1 in one write, so one read; the prefill's answer shows that the
+        # agent has read those bytes, so the rest of step 1 comes in a read of its own.
         split = raw(1)
-        ws.transport.write(split[:7])
-        await asyncio.sleep(0.05)
+        ws.transport.write(raw(0) + split[:7])
+        answers.append(await _next_frame(ws))
         ws.transport.write(split[7:])
         answers.append(await _next_frame(ws))
         ws.transport.write(raw(2) + raw(3))
