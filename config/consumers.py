@@ -11,6 +11,8 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
+from worker_web import accelerator
+
 
 class InboxConsumerMixin:
     """Run a consumer from one queue: its socket's messages, its channel layer messages and whatever this process
@@ -23,6 +25,9 @@ class InboxConsumerMixin:
     hands one over (Daphne and the test communicator do: `receive` is the queue's `get`), so a socket message costs
     one wake-up; the channel layer is read by one task that feeds the same queue. The consumers touch the database
     only through `database_sync_to_async`, which closes stale connections around each call itself.
+
+    Taking the server's queue is part of the relay's fast path (`worker_web/accelerator.py`): with it off, the
+    consumer pumps `receive` into a queue of its own, as it does under any other server.
     """
 
     channel_layer_alias = "default"
@@ -31,7 +36,7 @@ class InboxConsumerMixin:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope
         self.base_send = send
-        queue = getattr(receive, "__self__", None)
+        queue = getattr(receive, "__self__", None) if accelerator.enabled("server") else None
         pumps: list[asyncio.Future[None]] = []
         if not isinstance(queue, asyncio.Queue) or getattr(receive, "__name__", "") != "get":
             queue = asyncio.Queue()

@@ -5,7 +5,9 @@ Measured with timestamps in every process, Daphne's own path cost 0.5 to 0.8 ms 
 the connection's queue for its consumer's task, the consumer put the relayed frame into the next consumer's queue
 for that one's task, and the frame it sent waited in Twisted's buffer for the reactor to poll the socket. These
 patches let a binary message skip those waits when nothing is queued before it; every other message, and every
-binary message that arrives while its consumer is busy, takes Daphne's path unchanged.
+binary message that arrives while its consumer is busy, takes Daphne's path unchanged. They are an accelerator
+(`worker_web/accelerator.py`): installed only for the exact versions they were written against, and never when
+RELAY_FAST_PATH is off.
 
 - Frame: a read that holds exactly one whole binary message in one masked frame, on an open connection between
   messages with nothing buffered, is unmasked and handed to `onMessage` without autobahn's frame-by-frame state
@@ -31,9 +33,14 @@ import functools
 import time
 from typing import Any
 
+from worker_web import accelerator
+
 
 def install() -> None:
-    """Patch Daphne (idempotent; a no-op where Daphne is not installed)."""
+    """Patch Daphne (idempotent; a no-op where Daphne is not installed, or where `worker_web.accelerator` says the
+    server's fast path is off: switched off, or other versions than it was written for)."""
+    if not accelerator.enabled("server"):
+        return
     try:
         from autobahn.websocket.xormasker import create_xor_masker
         from daphne.server import Server

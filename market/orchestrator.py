@@ -265,7 +265,8 @@ class JobRunner:
     async def _open(self, hop: Hop) -> None:
         """Ask the hop's provider to open its session (the answer is awaited separately)."""
         assert hop.provider is not None
-        await self.layer.send(
+        await relay.deliver(
+            self.layer,
             hop.provider.channel_name,
             {
                 "type": "provider.open",
@@ -286,7 +287,8 @@ class JobRunner:
             return
         before = self.hops[hop.index - 1]
         assert before.provider is not None
-        await self.layer.send(
+        await relay.deliver(
+            self.layer,
             before.provider.channel_name,
             {"type": "provider.route", "session": str(before.session), "forward": self._next_address(before)},
         )
@@ -492,7 +494,7 @@ class JobRunner:
         self.record[self._record_index(hop)].update(until_step=step, ended=f"{failure.code}: {failure}")
         hop.failed.add(lost.pk)
         self.inbox.pop(str(hop.session), None)
-        await self.layer.send(lost.channel_name, {"type": "provider.close", "session": str(hop.session)})
+        await relay.deliver(self.layer, lost.channel_name, {"type": "provider.close", "session": str(hop.session)})
         await sync_to_async(services.provider_release)(provider_id=lost.pk, channel_name=lost.channel_name)
         await sync_to_async(services.provider_record_failure)(provider_id=lost.pk)
         hop.provider = None
@@ -551,7 +553,9 @@ class JobRunner:
         for hop in self.hops:
             if hop.provider is None:
                 continue
-            await self.layer.send(hop.provider.channel_name, {"type": "provider.close", "session": str(hop.session)})
+            await relay.deliver(
+                self.layer, hop.provider.channel_name, {"type": "provider.close", "session": str(hop.session)}
+            )
             if str(hop.session) in freed:
                 continue
             await sync_to_async(services.provider_release)(

@@ -23,7 +23,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -34,9 +34,12 @@ from websockets.typing import Origin
 from inference import challenge, commitment, wire
 from inference.errors import InferenceError, ShardIntegrityError
 from inference.runtime import ShardRuntime, StepOutput
+from worker_web import accelerator
 from worker_web import protocol as p
 from worker_web.state_store import StateStore
-from worker_web.step_connection import StepConnection
+
+if TYPE_CHECKING:
+    from worker_web.step_connection import StepConnection
 
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
@@ -168,7 +171,7 @@ class ProviderAgent:
             max_size=wire.MAX_FRAME_BYTES + 4096,
             compression=None,
             proxy=None,
-            create_connection=StepConnection,
+            create_connection=_connection_class(),
         ) as ws:
             for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
                 session.runtime.close(str(session_id))
@@ -194,8 +197,9 @@ class ProviderAgent:
             queue: asyncio.Queue[str | bytes] = asyncio.Queue()
             worker = asyncio.create_task(self._work(ws, queue))
             beat = asyncio.create_task(self._heartbeat(ws))
-            if isinstance(ws, StepConnection):
-                ws.take_now = lambda data: self._take_now(ws, queue, data)
+            if hasattr(ws, "take_now"):  # a StepConnection
+                fast = cast("StepConnection", ws)
+                fast.take_now = lambda data: self._take_now(fast, queue, data)
             try:
                 async for message in ws:
                     if isinstance(message, str) and await self._control(ws, message):
@@ -487,3 +491,13 @@ def _decode_step(message: str | bytes) -> bool:
 def _for_session(exc: Exception, session: uuid.UUID | str) -> Exception:
     exc.session = str(session)  # type: ignore[attr-defined]  # read back where the error is reported
     return exc
+
+
+def _connection_class() -> type[ClientConnection]:
+    """StepConnection, the fast path through websockets' internals, where `accelerator` allows it (imported only
+    then: it reaches into modules another websockets version may not have); websockets' own connection else."""
+    if accelerator.enabled("agent"):
+        from worker_web.step_connection import StepConnection
+
+        return StepConnection
+    return ClientConnection

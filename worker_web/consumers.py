@@ -345,8 +345,9 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
         route = self.routes.get(uuid.UUID(bytes=data[8:24]))
         if route is None:
             return False
-        if not relay.is_here(route.reply_to) or (route.forward and not relay.is_here(route.forward["channel"])):
-            return False
+        targets = [route.reply_to, route.forward["channel"]] if route.forward else [route.reply_to]
+        if not all(relay.is_here(t) and relay.has_room(t) for t in targets):
+            return False  # the usual path: through the layer, or a full inbox's ChannelFull, in `_frame`
         plain = route.plain_output(data)
         if plain is not None:  # a decode step's output, the usual case: no numpy on the relay
             step, token = plain

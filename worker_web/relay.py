@@ -7,6 +7,11 @@ receive. A consumer in another process, or a sender on another loop (a Celery wo
 channel layer as before. Events for one consumer keep their order either way: everything a consumer handles,
 its socket's messages included, comes out of one queue (`config.consumers.InboxConsumerMixin`).
 
+Everything a runner sends a provider's consumer, and everything a consumer sends a runner, goes through `deliver`:
+whether a channel is here never changes while it exists, so a session's control messages (open, route, close)
+and its steps take the same way and never overtake each other. An inbox holds at most the channel layer's
+capacity of relayed events, like a channel of the layer.
+
 A consumer that is idle (nothing handled, nothing queued) may take a relayed event at once instead: a provider
 consumer then writes the step input to its socket in the same callback that received the previous hop's output
 (`config/daphne_fast.py`), with no turn of the event loop in between.
@@ -20,6 +25,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
+from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from config.consumers import PUMP_FAILED, pump
@@ -31,6 +37,7 @@ Delivered = Literal["now", "queued", "layer"]
 class _Inbox:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[dict[str, Any]]
+    capacity: int  # the channel layer's: a full inbox refuses events as a full channel does (ChannelFull)
     take_now: Callable[[dict[str, Any]], bool] | None = None  # handles an event at once, or refuses it (False)
 
 
@@ -43,12 +50,21 @@ def is_here(channel: str) -> bool:
     return local is not None and local.loop is asyncio.get_running_loop()
 
 
+def has_room(channel: str) -> bool:
+    """The inbox of a channel that `is_here` holds fewer events than the channel layer's capacity."""
+    local = _INBOXES[channel]
+    return local.queue.qsize() < local.capacity
+
+
 def deliver_here(channel: str, event: dict[str, Any]) -> Delivered:
     """Hand `event` to a channel that `is_here`: handled at once when its consumer takes it ("now": a step input
-    is then on the provider's socket already), else into its inbox ("queued")."""
+    is then on the provider's socket already), else into its inbox ("queued"). ChannelFull when the inbox holds
+    the layer's capacity already, as the layer would raise."""
     local = _INBOXES[channel]
     if local.take_now is not None and local.take_now(event):
         return "now"
+    if local.queue.qsize() >= local.capacity:
+        raise ChannelFull(channel)
     local.queue.put_nowait(event)
     return "queued"
 
@@ -65,11 +81,13 @@ class RelayMixin:
     """A consumer (an InboxConsumerMixin) whose inbox other consumers of this process may put events into."""
 
     channel_name: str
+    channel_layer: BaseChannelLayer
     inbox: asyncio.Queue[dict[str, Any]]
 
     def relay_register(self) -> None:
         """Called once the consumer has its channel name (in connect)."""
-        _INBOXES[self.channel_name] = _Inbox(asyncio.get_running_loop(), self.inbox, self.take_event_now)
+        capacity = _capacity(self.channel_layer)
+        _INBOXES[self.channel_name] = _Inbox(asyncio.get_running_loop(), self.inbox, capacity, self.take_event_now)
 
     def take_event_now(self, event: dict[str, Any]) -> bool:
         """Handle a relayed event at once instead of queueing it (False: queue it)."""
@@ -94,7 +112,7 @@ class ChannelInbox:
 
     async def open(self) -> str:
         self.channel = await self.layer.new_channel()
-        _INBOXES[self.channel] = _Inbox(asyncio.get_running_loop(), self.queue)
+        _INBOXES[self.channel] = _Inbox(asyncio.get_running_loop(), self.queue, _capacity(self.layer))
         self._pump = asyncio.ensure_future(pump(lambda: self.layer.receive(self.channel), self.queue))
         return self.channel
 
@@ -110,3 +128,8 @@ class ChannelInbox:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+
+
+def _capacity(layer: BaseChannelLayer) -> int:
+    """How many messages the layer holds per channel before it raises ChannelFull (Channels' default, 100)."""
+    return int(getattr(layer, "capacity", 100))
