@@ -11,6 +11,10 @@ tokens/s of both and their ratio (median over rounds), the median round trip of 
 it, and the overhead per hop = (pipeline ms per token - whole-model ms per token) / hops.
 
     .venv/bin/python bench/pipeline.py [--rounds 5] [--tokens 64] [--threads 1] [--profiles redis,memory]
+                                       [--fast-path on,off]
+
+Each profile runs with the relay's fast path on (worker_web/accelerator.py; its results under the profile's
+name) and off (RELAY_FAST_PATH=off in every process: Daphne and websockets as they ship; under "<name>-plain").
 
 Prints JSON and a one-line summary; writes bench/results/pipeline.json and pipeline.png. Target: ratio >= 0.90.
 """
@@ -74,12 +78,13 @@ def run_profile(
     whole: tuple[LocalChain, list[int], frozenset[int]],
     *,
     commitments: bool = True,
+    fast_path: str = "on",
 ) -> dict[str, Any]:
     """The profile's market with three providers (committing to their layers' states, or not: bench/verification.py
     compares both), `args.rounds` jobs each bracketed by the whole model."""
     chain, prompt, stops = whole
     work = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{name}-"))
-    env = profile_env(name, work) | {"INFERENCE_THREADS": str(args.threads)}
+    env = profile_env(name, work) | {"INFERENCE_THREADS": str(args.threads), "RELAY_FAST_PATH": fast_path}
     with LocalMarket(env=env, logs=work / "logs") as market:
         market.manage("migrate", "--noinput", "-v0")
         market.manage("import_model", "smollm2-135m", "--plan", "0-10,10-20,20-30", "--quant", "q4")
@@ -186,12 +191,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per provider and for the whole")
     parser.add_argument("--profiles", default="redis,memory")
+    parser.add_argument("--fast-path", default="on,off", help="the relay's fast path: on, off or both")
     args = parser.parse_args()
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
     whole = whole_model(args.threads)
     started = time.time()
-    profiles = {name: run_profile(name, args, whole) for name in args.profiles.split(",")}
+    profiles = {
+        name if mode == "on" else f"{name}-plain": run_profile(name, args, whole, fast_path=mode)
+        for name in args.profiles.split(",")
+        for mode in args.fast_path.split(",")
+    }
     results = {
         "benchmark": "pipeline",
         "model": "SmolLM2-135M-Instruct q4, shards 0-10,10-20,20-30",
