@@ -1,4 +1,5 @@
-"""Shared by every test: the embedded market clock stays off in the test process.
+"""Shared by every test: the embedded market clock stays off in the test process, and a test that loads the real
+model must be marked `slow`.
 
 The consumer and orchestrator tests talk to `config.asgi.application`, which would start the clock (auction rounds
 in a thread every few seconds) on their event loops; tests that want a round call `services.clear_market()`.
@@ -21,6 +22,23 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.MARKET_CLOCK = False
+
+
+REAL_MODEL_FIXTURES = {"real_model", "real_tokenizer", "real_chain"}  # tests/inference/conftest.py
+E2E = Path(__file__).parent / "e2e"  # every end-to-end test serves the real model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that loads the real model is marked `slow` (so `-m "not slow"` leaves none of them): a test that
+    takes a real-model fixture or lives in tests/e2e without the mark stops the run here, naming it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is None
+        and (REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.is_relative_to(E2E))
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they load the real model): {unmarked}")
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ from django.conf import settings
 from market import cpu_quota
 from market.localstack import ROOT, free_port
 
+pytestmark = pytest.mark.slow
+
 SETTLED = re.compile(
     r"Settled: the bid escrowed ([\d,]+) base units; the job cost ([\d,]+) \(platform fee ([\d,]+)\) "
     r"and ([\d,]+) went back to the buyer\."
