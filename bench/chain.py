@@ -119,7 +119,7 @@ def market_chain() -> Iterator[str]:
     with AnvilNode() as node:
         settings.CHAIN_RPC_URL = node.url
         settings.CHAIN_DEV_WALLETS = True
-        settings.CHAIN_OPERATOR_KEY = settings.CHAIN_OPERATOR_KEY or DEV_KEYS[0]  # empty when DJANGO_DEBUG is false
+        settings.CHAIN_OPERATOR_KEY = settings.CHAIN_OPERATOR_KEY or DEV_KEYS[0]  # empty when PRODUCTION is true
         bridge.forget()
         bridge.connect()
         try:

@@ -1,8 +1,9 @@
 """Django settings, read from the environment.
 
-With no environment at all this is the embedded profile: DEBUG on, SQLite under var/, an in-memory channel layer
-and Celery tasks run in-process. DATABASE_URL switches to PostgreSQL and REDIS_URL switches Channels and Celery to
-Redis (the full profile). With DJANGO_DEBUG=false a SECRET_KEY is required.
+With no environment at all this is the embedded profile: SQLite under var/, an in-memory channel layer and Celery
+tasks run in-process. DATABASE_URL switches to PostgreSQL and REDIS_URL switches Channels and Celery to Redis (the
+full profile). DEBUG is off unless DJANGO_DEBUG=true; PRODUCTION=true (a server others can reach) requires a
+SECRET_KEY and ALLOWED_HOSTS and refuses DEBUG and the development wallets.
 """
 
 from __future__ import annotations
@@ -23,16 +24,23 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Django's debug pages show the settings, a traceback and every URL pattern to whoever sent the request: off unless
+# a developer turns them on. Errors are JSON `{code, message}` on the API either way (config/api.py).
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# A server others can reach: no development conveniences (a key from the repository, Anvil's key, dev wallets).
+# Off, the defaults suit one developer's machine, and ALLOWED_HOSTS answers only to localhost.
+PRODUCTION = env_bool("PRODUCTION", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG shows settings and tracebacks to anyone: never with PRODUCTION")
 
-# A dev key only while DEBUG is on: production must never run on a key that is in the repository.
+# A dev key only off production: production must never run on a key that is in the repository.
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DJANGO_DEBUG is false")
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY must be set when PRODUCTION is true")
     SECRET_KEY = "django-insecure-dev-only-key-never-used-in-production"
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -141,6 +149,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only, with bounds on size and nesting (config/api.py); the API takes no forms or uploads.
+    "DEFAULT_PARSER_CLASSES": ["config.api.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
 }
@@ -212,11 +223,11 @@ CHALLENGE_WINDOW_SECONDS = env_int("CHALLENGE_WINDOW_SECONDS", 3600)
 # backs every ledger mint with tokens in the vault, credits deposits and pays withdrawals, anchors settlements every
 # CHAIN_ANCHOR_EVERY_SECONDS, and slashes for the verifier. Unbonding must outlast the challenge window plus a dispute.
 CHAIN_RPC_URL = env_str("CHAIN_RPC_URL")
-# Anvil's first public development key, only with DEBUG: production must name its own operator.
+# Anvil's first public development key, never in production: production must name its own operator.
 CHAIN_OPERATOR_KEY = env_str("CHAIN_OPERATOR_KEY")
-if not CHAIN_OPERATOR_KEY and CHAIN_RPC_URL and not DEBUG:
-    raise ImproperlyConfigured("CHAIN_OPERATOR_KEY must be set when CHAIN_RPC_URL is set and DJANGO_DEBUG is false")
-if not CHAIN_OPERATOR_KEY and DEBUG:
+if not CHAIN_OPERATOR_KEY and CHAIN_RPC_URL and PRODUCTION:
+    raise ImproperlyConfigured("CHAIN_OPERATOR_KEY must be set when CHAIN_RPC_URL is set and PRODUCTION is true")
+if not CHAIN_OPERATOR_KEY and not PRODUCTION:
     CHAIN_OPERATOR_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 CHAIN_TREASURY = env_str("CHAIN_TREASURY")  # empty: the operator's address
 CHAIN_MIN_STAKE = env_int("CHAIN_MIN_STAKE", 1_000_000)
@@ -249,10 +260,10 @@ CHALLENGE_BOND = env_int("CHALLENGE_BOND", 50_000)
 REVEAL_DEADLINE_SECONDS = env_int("REVEAL_DEADLINE_SECONDS", 120)
 VERIFY_EVERY_SECONDS = env_int("VERIFY_EVERY_SECONDS", 2)
 # The market holds keys for users on the development chain so the API can stake and deposit for them. Never with
-# real money: refused without DEBUG.
-CHAIN_DEV_WALLETS = env_bool("CHAIN_DEV_WALLETS", DEBUG)
-if CHAIN_DEV_WALLETS and not DEBUG:
-    raise ImproperlyConfigured("CHAIN_DEV_WALLETS holds users' keys: development only (DJANGO_DEBUG=true)")
+# real money: refused in production.
+CHAIN_DEV_WALLETS = env_bool("CHAIN_DEV_WALLETS", not PRODUCTION)
+if CHAIN_DEV_WALLETS and PRODUCTION:
+    raise ImproperlyConfigured("CHAIN_DEV_WALLETS holds users' keys: development only, never with PRODUCTION")
 
 # Orchestration. Who keeps the market's time (auction rounds, releases): "server" is a clock on the ASGI server's
 # event loop (the embedded profile, where the in-memory channel layer reaches only that process); "celery" is beat

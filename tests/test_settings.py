@@ -18,6 +18,9 @@ django.setup()
 from django.conf import settings
 print(json.dumps({
     "debug": settings.DEBUG,
+    "production": settings.PRODUCTION,
+    "dev_wallets": settings.CHAIN_DEV_WALLETS,
+    "hosts": settings.ALLOWED_HOSTS,
     "engine": settings.DATABASES["default"]["ENGINE"],
     "db_name": str(settings.DATABASES["default"]["NAME"]),
     "channels": settings.CHANNEL_LAYERS["default"]["BACKEND"],
@@ -47,23 +50,37 @@ def probe(**env: str) -> dict[str, object]:
 
 def test_embedded_profile_is_the_default() -> None:
     got = probe()
-    assert got["debug"] is True
+    assert got["debug"] is False
+    assert got["production"] is False and got["dev_wallets"] is True
     assert got["engine"] == "django.db.backends.sqlite3"
     assert got["db_name"] == str(ROOT / "var" / "db.sqlite3")
     assert got["channels"] == "channels.layers.InMemoryChannelLayer"
     assert got["eager"] is True
 
 
+def test_debug_is_on_only_when_a_developer_turns_it_on() -> None:
+    assert probe(DJANGO_DEBUG="true")["debug"] is True
+    assert probe(DJANGO_DEBUG="false")["debug"] is False
+
+
 def test_production_without_secret_key_refuses_to_start() -> None:
-    result = run_settings(DJANGO_DEBUG="false")
+    result = run_settings(PRODUCTION="true")
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "SECRET_KEY" in result.stderr
 
 
+def test_production_refuses_debug_and_dev_wallets() -> None:
+    debug = run_settings(PRODUCTION="true", SECRET_KEY="x" * 50, DJANGO_DEBUG="true")
+    assert debug.returncode != 0 and "never with PRODUCTION" in debug.stderr
+    wallets = run_settings(PRODUCTION="true", SECRET_KEY="x" * 50, CHAIN_DEV_WALLETS="true")
+    assert wallets.returncode != 0 and "CHAIN_DEV_WALLETS" in wallets.stderr
+
+
 def test_production_with_secret_key_starts() -> None:
-    got = probe(DJANGO_DEBUG="false", SECRET_KEY="x" * 50)
-    assert got["debug"] is False
+    got = probe(PRODUCTION="true", SECRET_KEY="x" * 50, ALLOWED_HOSTS="market.example")
+    assert got["debug"] is False and got["dev_wallets"] is False
+    assert got["hosts"] == ["market.example"]
 
 
 def test_database_url_and_redis_url_select_the_full_profile() -> None:
