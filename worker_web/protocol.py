@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from inference import boundedjson
 from inference.challenge import MAX_DECODE_STEPS, MAX_PROMPT_POSITIONS, SEED_BITS, Challenge
 
 PROTOCOL_VERSION = 1
@@ -60,6 +61,13 @@ CLOSE_SESSION = "close_session"
 # "last_step"}. The provider keeps its states for `states_keep_seconds` (in the welcome) after a session closes.
 REVEAL = "reveal"
 
+# What one provider agent may announce in its hello. The auction places jobs' KV caches by `memory_bytes` and runs
+# up to `slots` sessions at once: a provider claiming 10^15 bytes would be handed every job of the book.
+MAX_SLOTS = 64
+MAX_MEMORY_BYTES = 2**40  # 1 TiB
+MAX_NAME_CHARS = 100  # longer names are cut
+MAX_ASK = 10**9  # base units per layer-token
+
 KINDS = ("headless", "browser")
 BACKENDS = ("cpu", "wasm", "webgpu")
 
@@ -93,7 +101,9 @@ def dumps(message_type: str, /, **fields: Any) -> str:
 def loads(text: str) -> dict[str, Any]:
     """Parse a control message: a JSON object with a string `type`, else ProtocolError."""
     try:
-        message = json.loads(text)
+        message = boundedjson.loads(text)
+    except boundedjson.TooDeep as exc:
+        raise ProtocolError(str(exc)) from None
     except ValueError as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -123,13 +133,13 @@ def hello_fields(message: dict[str, Any]) -> dict[str, Any]:
     if kind not in KINDS or backend not in BACKENDS:
         raise ProtocolError(f"kind must be one of {KINDS} and backend one of {BACKENDS}")
     return {
-        "name": field(message, "name", str)[:100] or "provider",
+        "name": field(message, "name", str)[:MAX_NAME_CHARS] or "provider",
         "kind": kind,
         "backend": backend,
-        "slots": field(message, "slots", int, low=1, high=64),
-        "memory_bytes": field(message, "memory_bytes", int, low=0, high=2**50),
+        "slots": field(message, "slots", int, low=1, high=MAX_SLOTS),
+        "memory_bytes": field(message, "memory_bytes", int, low=0, high=MAX_MEMORY_BYTES),
         # Its own ask per layer-token (optional; the platform's figure is the default and the floor).
-        "posted_ask": None if message.get("ask") is None else field(message, "ask", int, low=1, high=10**9),
+        "posted_ask": None if message.get("ask") is None else field(message, "ask", int, low=1, high=MAX_ASK),
     }
 
 

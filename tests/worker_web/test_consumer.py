@@ -135,6 +135,21 @@ async def test_a_hello_may_post_the_providers_own_ask(alice_token: str) -> None:
 
 
 @run_async
+async def test_a_hello_claiming_a_petabyte_is_refused_and_stores_nothing(alice_token: str) -> None:
+    ws = client(alice_token)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_json_to({"type": "hello", **HELLO, "memory_bytes": 10**15})
+    refused = await ws.receive_json_from(timeout=WAIT)
+    assert refused["type"] == "error" and refused["code"] == "bad_message", refused
+    assert '"memory_bytes" must be between 0 and 1099511627776' in refused["message"]
+    assert await database_sync_to_async(Provider.objects.count)() == 0
+    await ws.send_json_to({"type": "hello", **HELLO})  # the connection stays usable for a hello within bounds
+    assert (await ws.receive_json_from(timeout=WAIT))["type"] == "welcome"
+    await ws.disconnect()
+
+
+@run_async
 async def test_a_second_hello_on_one_connection_is_refused_and_no_second_provider_appears(alice_token: str) -> None:
     ws = client(alice_token)
     await say_hello(ws)

@@ -106,6 +106,17 @@ def test_hello_fields_accepts_the_slot_bounds(slots: int) -> None:
     assert p.hello_fields({**HELLO, "slots": slots})["slots"] == slots
 
 
+@pytest.mark.parametrize("memory", [0, 2**40])
+def test_hello_fields_accepts_the_memory_bounds(memory: int) -> None:
+    assert p.hello_fields({**HELLO, "memory_bytes": memory})["memory_bytes"] == memory
+
+
+def test_loads_refuses_deeply_nested_json_before_parsing_it() -> None:
+    with pytest.raises(ProtocolError, match="nested deeper than 32 levels") as caught:
+        p.loads('{"type": "hello", "name": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert caught.value.code == p.BAD_MESSAGE
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -121,7 +132,9 @@ def test_hello_fields_accepts_the_slot_bounds(slots: int) -> None:
         pytest.param({"slots": True}, '"slots" as int', id="slots-bool"),
         pytest.param({"slots": 2.0}, '"slots" as int', id="slots-float"),
         pytest.param({"memory_bytes": -1}, '"memory_bytes" must be between 0', id="negative-memory"),
-        pytest.param({"memory_bytes": 2**50 + 1}, '"memory_bytes" must be between 0', id="huge-memory"),
+        pytest.param({"memory_bytes": 10**15}, '"memory_bytes" must be between 0 and 1099511627776', id="1e15"),
+        pytest.param({"memory_bytes": 2**40 + 1}, '"memory_bytes" must be between 0', id="over-1-tib"),
+        pytest.param({"ask": 10**9 + 1}, '"ask" must be between 1 and 1000000000', id="huge-ask"),
         pytest.param({"memory_bytes": "lots"}, '"memory_bytes" as int', id="memory-not-int"),
     ],
 )
