@@ -141,7 +141,7 @@ class _LayerWriter:
     def lm_head(self, normed: str) -> str:
         g = self.g
         # The head stays float32 in both quantisations: onnxruntime's 8-bit MatMulNBits (which could keep the
-        # Q8_0 table exactly) measured ~30x slower than this Gemm here.
+        # Q8_0 table exactly) ran many times slower than this Gemm on CPU when it was tried.
         # Gemm with transB reads the (vocab, hidden) table in place: no transposed copy in the file, and a
         # shard holding both ends of a tied model stores the table once.
         if self.model.tied_head and any(i.name == "embedding" for i in g.initializers):

@@ -1,1 +1,2 @@
-"""Accounts, double-entry transactions, escrow, settlement and the bridge to the chain."""
+"""Accounts and double-entry transactions: escrow, settlement, providers' earnings and dispute bonds, and in
+ledger/chain/ the bridge to the market's contracts on chain (deposits, withdrawals, stakes, slashes, anchors)."""

@@ -22,7 +22,8 @@ PREFIX = "compute-market-"  # compute-market-<pid of the process that made it>-<
 MIN_QUOTA_US = 1000  # the kernel refuses a smaller quota (cpu.cfs_quota_us and cpu.max alike)
 # The period is 10 ms, not the kernel's default 100 ms: a decode step takes a few ms, and with a 100 ms period a
 # throttled process runs its steps at full speed until its quota is spent, then waits out the period. The median step
-# that a provider's benchmark reports would barely move (measured: 1.5x at 25 % with 100 ms, 6x with 10 ms).
+# that a provider's benchmark reports would barely move; with the short period it slows with the quota
+# (tests/e2e/test_demo.py checks it for providers held to a fifth of a CPU).
 PERIOD_US = 10_000
 MOUNTINFO = Path("/proc/self/mountinfo")
 OWN_CGROUPS = Path("/proc/self/cgroup")

@@ -1,4 +1,5 @@
-"""Market models: the imported language models and the shards they are cut into."""
+"""Market models: the imported language models and their shards, the providers that serve them, the jobs (bids),
+and the auction rounds with the assignments they made."""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ and then publishes them to the group `job-<id>`, in order. Storing before publis
 consumer join the group first and read the stored tokens second without missing any.
 
 The task stores at most once every STREAM_STORE_EVERY_MS (the first token at once): the tokens that arrive
-meanwhile go into the next write and one event. A store per token cost the server's process about a millisecond
-of Python per token, in a thread that holds the GIL while the event loop waits to relay the next hop's frame.
+meanwhile go into the next write and one event. A store per token would cost the server's process a database
+write's worth of Python per token, in a thread that holds the GIL while the event loop waits to relay the next
+hop's frame.
 """
 
 from __future__ import annotations
