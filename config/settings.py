@@ -143,12 +143,26 @@ LOGIN_URL = "provider-login"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
+# Rate limits (config/throttling.py): "N/second|minute|hour|day", "off" for none. Per account for API use (token or
+# session), per address for anonymous requests, failed token lookups, and failed sign-ins to the provider tab (also
+# per user name). Over the rate: 429 with Retry-After.
+THROTTLE_RATES = {
+    scope: None if rate.lower() == "off" else rate
+    for scope, rate in {
+        "user": env_str("THROTTLE_USER_RATE", "1200/minute"),
+        "anon": env_str("THROTTLE_ANON_RATE", "120/minute"),
+        "auth_failure": env_str("THROTTLE_AUTH_FAILURE_RATE", "20/minute"),
+        "sign_in": env_str("THROTTLE_SIGN_IN_RATE", "10/minute"),
+    }.items()
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "config.throttling.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["config.throttling.UserRateThrottle", "config.throttling.AnonRateThrottle"],
     # JSON only, with bounds on size and nesting (config/api.py); the API takes no forms or uploads.
     "DEFAULT_PARSER_CLASSES": ["config.api.JSONParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -169,6 +183,12 @@ SPECTACULAR_SETTINGS = {
 
 # Channels and Celery: in-process (embedded profile) unless REDIS_URL is set.
 REDIS_URL = env_str("REDIS_URL")
+# The cache holds the rate limits' counts: shared by every server process through Redis on the full profile.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "cm"}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -5,6 +5,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
+from drf_spectacular.renderers import (
+    OpenApiJsonRenderer,
+    OpenApiJsonRenderer2,
+    OpenApiYamlRenderer,
+    OpenApiYamlRenderer2,
+)
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 
@@ -19,7 +25,14 @@ urlpatterns = [
     path("api/", include("market.urls")),
     path("api/", include("ledger.urls")),
     path("api/", include("verification.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # JSON first (application/json, like every error of the API, a 429 included); ?format=yaml for YAML.
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(
+            renderer_classes=[OpenApiJsonRenderer2, OpenApiJsonRenderer, OpenApiYamlRenderer, OpenApiYamlRenderer2]
+        ),
+        name="api-schema",
+    ),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("worker_web.urls")),
 ]

@@ -1,5 +1,6 @@
 """WebSocket authentication by API token: `Authorization: Token <key>` or `?token=<key>` (browsers cannot set
-headers on a WebSocket). A valid token sets scope["user"]; otherwise the session user (if any) stays."""
+headers on a WebSocket). A valid token sets scope["user"]; a wrong one sets None (the consumers close), and so does
+any token from an address that sent too many wrong ones (the API's auth_failure rate, config/throttling.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
+
+from config.throttling import FailureThrottle
 
 
 def _token_from(scope: dict[str, Any]) -> str | None:
@@ -22,9 +25,18 @@ def _token_from(scope: dict[str, Any]) -> str | None:
 
 
 @database_sync_to_async  # type: ignore[untyped-decorator]  # channels ships no type hints
-def _user_for(key: str) -> User | None:
+def _user_for(key: str, address: str) -> User | None:
+    """The token's user; None for a wrong token, or without a lookup once `address` failed too often (the API's
+    limit, THROTTLE_RATES["auth_failure"], counted together with it)."""
+    failures = FailureThrottle("auth_failure")
+    if failures.blocked(address) is not None:
+        return None
     token = Token.objects.select_related("user").filter(key=key).first()
-    return token.user if token is not None and token.user.is_active else None
+    if token is None or not token.user.is_active:
+        failures.record(address)
+        return None
+    user: User = token.user
+    return user
 
 
 class TokenAuthMiddleware:
@@ -34,5 +46,6 @@ class TokenAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         key = _token_from(scope)
         if key is not None:
-            scope = {**scope, "user": await _user_for(key)}
+            client = scope.get("client") or ("", 0)
+            scope = {**scope, "user": await _user_for(key, str(client[0]))}
         return await self.inner(scope, receive, send)

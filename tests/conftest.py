@@ -22,6 +22,17 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.MARKET_CLOCK = False
+    # The rate limits count in the cache: this process's own, emptied before each test (fresh_rate_limits), on
+    # either profile. Clearing a Redis cache would empty the whole Redis database, channel layer included.
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits() -> None:
+    """Each test starts with no requests counted against any rate limit."""
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 REAL_MODEL_FIXTURES = {"real_model", "real_tokenizer", "real_chain"}  # tests/inference/conftest.py

@@ -10,10 +10,6 @@ from worker_web import views
 urlpatterns = [
     path("shards/<str:sha256>/", views.ShardDownloadApi.as_view(), name="shard-download"),
     path("provide/", views.provider_page, name="provide"),
-    path(
-        "provide/login/",
-        auth_views.LoginView.as_view(template_name="worker_web/login.html", next_page="provide"),
-        name="provider-login",
-    ),
+    path("provide/login/", views.ProviderLoginView.as_view(), name="provider-login"),
     path("provide/logout/", auth_views.LogoutView.as_view(next_page="provider-login"), name="provider-logout"),
 ]

@@ -3,6 +3,9 @@ the provider tab, the page people open to lend their browser's compute."""
 
 from __future__ import annotations
 
+import math
+
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
@@ -14,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from config.errors import NotFound
+from config.throttling import FailureThrottle
 from market import selectors
 from market.models import Shard
 
@@ -54,3 +58,28 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }
     return render(request, "worker_web/provide.html", {"config": config})
+
+
+class ProviderLoginView(auth_views.LoginView):
+    """Sign-in to the provider tab, with failed attempts limited (THROTTLE_RATES["sign_in"]) per client address and
+    per user name, so neither one address trying many passwords nor many addresses trying one account get far.
+    Over the limit the page answers 429 with Retry-After, before the password is checked."""
+
+    template_name = "worker_web/login.html"
+    next_page = "provide"
+
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        failures = FailureThrottle("sign_in")
+        keys = [f"address:{failures.client(request)}", f"user:{request.POST.get('username', '').strip().lower()}"]
+        waits = [wait for key in keys if (wait := failures.blocked(key)) is not None]
+        if waits:
+            retry = math.ceil(max(waits))
+            context = self.get_context_data(throttled=f"Too many failed sign-ins: try again in {retry} s.")
+            refused: HttpResponse = self.render_to_response(context, status=429)
+            refused["Retry-After"] = str(retry)
+            return refused
+        response: HttpResponse = super().post(request, *args, **kwargs)
+        if response.status_code != 302:  # the form came back: the user name and password did not match
+            for key in keys:
+                failures.record(key)
+        return response
