@@ -18,7 +18,7 @@ T = TypeVar("T")
 POLL_SECONDS = 0.02  # between two looks at the condition: short against any deadline a test sets
 
 
-async def until(check: Callable[[], Awaitable[T]], *, what: str, timeout: float = 10) -> T:
+async def until(check: Callable[[], Awaitable[T | None]], *, what: str, timeout: float = 10) -> T:
     """Await `check()` until it returns something true, and return it; after `timeout` seconds fail naming `what`
     (with the last value seen)."""
     deadline = time.monotonic() + timeout

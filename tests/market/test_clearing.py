@@ -20,11 +20,13 @@ from django.utils import timezone
 
 from config.errors import Conflict
 from ledger import selectors as ledger_selectors
+from ledger import services as ledger_services
 from market import clock, selectors, services, tasks
 from market.auction.pricing import platform_ask
 from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider
 from market.placement import AuctionPlacement
 from market.services.settlement import step_tokens
+from verification import tasks as verification_tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -329,6 +331,9 @@ class ClockWatch:
         monkeypatch.setattr(services, "clear_market", self._clear_market)
         monkeypatch.setattr(selectors, "book_empty", lambda: not self.bids)
         monkeypatch.setattr(clock, "asyncio", _Timed(self.waits))
+        # The clock's other database work stays out of the test (a thread's connection would outlive it).
+        monkeypatch.setattr(ledger_services, "release_due_earnings", lambda **kwargs: None)
+        monkeypatch.setattr(verification_tasks, "advance", lambda: None)
 
     def _clear_market(self) -> object | None:
         seen = self.bids
