@@ -12,9 +12,9 @@ knife-edge values, speed floors, symmetric books, huge money, and the realistic 
   known allocation as its hint; where it proves nothing, price and branch (`market.auction.columns`) as long
   again for its placement bound and as long again for an allocation. Where the optimum is proved, ratios are
   exact; where not, they are taken against the tightest bound proved (CP-SAT's, the placement bound, or, on
-  books of identical providers, `configuration_bound`), so they are floors, marked "≥". A "huge" book's reference is K times its base book's (its amounts are). The
-  references are costly, so they are kept in auction.json under a fingerprint of the book and reused until
-  the book changes (`--fresh` recomputes them).
+  books of identical providers, `configuration_bound`), so they are floors, marked "≥". A "huge" book's
+  reference is K times its base book's (its amounts are). The references are costly, so they are kept in
+  auction.json under a fingerprint of the book and reused until the book changes (`--fresh` recomputes them).
 Each book is cleared by `solve(book, solver="greedy")` and by `solve(book)` ("auto": CP-SAT up to
 AUTO_CPSAT_MAX_PAIRS, price and branch from the greedy's allocation up to COLUMNS_MAX_PAIRS, which the medium
 books fall in, the greedy alone above), and the medium ones also by solver="cpsat", all with the market's

@@ -20,8 +20,8 @@ class InboxConsumerMixin:
 
     Channels' own loop waits on the socket and the layer with `asyncio.wait` and makes a new task for every message,
     and its dispatch runs `close_old_connections` through `sync_to_async` first, that is in the one shared sync
-    thread, queued behind whatever database work that thread is doing. On the provider relay, three times per token,
-    that was most of a millisecond per message. Here the ASGI server's own input queue is the inbox when the server
+    thread, queued behind whatever database work that thread is doing: on the provider relay, three times per token.
+    Here the ASGI server's own input queue is the inbox when the server
     hands one over (Daphne and the test communicator do: `receive` is the queue's `get`), so a socket message costs
     one wake-up; the channel layer is read by one task that feeds the same queue. The consumers touch the database
     only through `database_sync_to_async`, which closes stale connections around each call itself.

@@ -1,19 +1,18 @@
 """Binary WebSocket messages through Daphne without waiting for the event loop's next turns.
 
 On the provider relay every hop of every token is one binary message in from a provider and one out to the next.
-Measured with timestamps in every process, Daphne's own path cost 0.5 to 0.8 ms per hop: the message waited in
-the connection's queue for its consumer's task, the consumer put the relayed frame into the next consumer's queue
-for that one's task, and the frame it sent waited in Twisted's buffer for the reactor to poll the socket. These
-patches let a binary message skip those waits when nothing is queued before it; every other message, and every
-binary message that arrives while its consumer is busy, takes Daphne's path unchanged. They are an accelerator
-(`worker_web/accelerator.py`): installed only for the exact versions they were written against, and never when
-RELAY_FAST_PATH is off.
+On Daphne's own path (timestamps in every process showed where a hop's time went; `bench/pipeline.py --fast-path
+on,off` measures the difference) the message waited in the connection's queue for its consumer's task, the
+consumer put the relayed frame into the next consumer's queue for that one's task, and the frame it sent waited
+in Twisted's buffer for the reactor to poll the socket. These patches let a binary message skip those waits when
+nothing is queued before it; every other message, and every binary message that arrives while its consumer is
+busy, takes Daphne's path unchanged. They are an accelerator (`worker_web/accelerator.py`): installed only for
+the exact versions they were written against, and never when RELAY_FAST_PATH is off.
 
 - Frame: a read that holds exactly one whole binary message in one masked frame, on an open connection between
   messages with nothing buffered, is unmasked and handed to `onMessage` without autobahn's frame-by-frame state
-  machine (from the read to the consumer: 0.19 ms before, 0.12 ms after, per message here). Any other read (a
-  partial, fragmented or oversized frame, text, control frames, compression) goes to autobahn, which also
-  reports every protocol violation as before.
+  machine. Any other read (a partial, fragmented or oversized frame, text, control frames, compression) goes to
+  autobahn, which also reports every protocol violation as before.
 - Receive: a consumer can hand Daphne a `take_now(payload) -> bool` on its input queue
   (`config.consumers.InboxConsumerMixin` does, for consumers that implement `receive_now`). Daphne's `onMessage`
   offers it each binary message first, in the reactor's read callback; only a refused message is queued.

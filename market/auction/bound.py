@@ -2,8 +2,8 @@
 
 Within CP-SAT's time limit its own bound can stay far from the optimum on books of a few hundred jobs (its
 LP is not solved to the end with presolve off on few workers), so a round that is not proved optimal reports
-the tighter of the two. The relaxation keeps every constraint of `cpsat` with x and y in [0, 1]; it takes
-GLOP about 0.2-2 s at 200 jobs × 50 providers × 3 shards on 2 cores (bench/auction.py), hence `LP_MAX_PAIRS`.
+the tighter of the two. The relaxation keeps every constraint of `cpsat` with x and y in [0, 1]; GLOP takes
+seconds on books of tens of thousands of pairs, hence `LP_MAX_PAIRS`.
 
 GLOP works in doubles with tolerances, so its optimum is rounded up by `MARGIN` of itself (and one base unit)
 before it is reported as a bound in integer base units.

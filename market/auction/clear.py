@@ -31,11 +31,9 @@ from market.auction.cpsat import cpsat_assign
 from market.auction.greedy import Assignment, greedy_assign
 from market.auction.pricing import platform_fee, unit_prices
 
-# "auto" uses CP-SAT up to this many (job shard, provider) pairs, `Book.n_pairs`. Measured on 2 shared cores
-# (bench/auction.py's books): 100 jobs × 20 providers × 3 shards (6,000 pairs) is proved optimal in 0.6 s,
-# about 1 % above the greedy; 200 × 33 (19,800) is proved optimal or within 1 % of its bound in 5 s, 0.2-0.9 %
-# above the greedy; from 500 × 50 (75,000) on, CP-SAT spends its 10 s without beating the greedy by more
-# than 0.04 %, and 1,000 × 100 takes 5 s just to build. Larger books therefore go to the greedy.
+# "auto" uses CP-SAT up to this many (job shard, provider) pairs, `Book.n_pairs`: below, it mostly proves the
+# optimum within the market's time limit; above, its compact model rarely beats the greedy in that time and
+# takes long to build (bench/auction.py compares solver="cpsat" with "auto" on its 200 × 50 books).
 AUTO_CPSAT_MAX_PAIRS = 20_000
 # Above that and up to this many pairs, "auto" runs price and branch (`columns`) after the greedy, half the time
 # limit generating columns and the rest in CP-SAT over them: on books with speed caps (bench/auction.py's

@@ -39,7 +39,7 @@ from market.auction.bundle import Option, branch_and_bound
 from market.auction.capacity import Assignment
 from market.auction.cpsat import Money, prune
 
-MAX_PAIRS = 100_000  # the most (job shard, provider) pairs a book may have to get columns: one pricing ~0.1 s
+MAX_PAIRS = 100_000  # the most pruned (job shard, provider) pairs a book may have to get columns: pricing is Python
 GIB = float(1 << 30)  # memory rows of the master are in GiB, so that GLOP sees numbers near 1
 
 Placement = tuple[int, ...]
