@@ -166,7 +166,7 @@ REST_FRAMEWORK = {
     # JSON only, with bounds on size and nesting (config/api.py); the API takes no forms or uploads.
     "DEFAULT_PARSER_CLASSES": ["config.api.JSONParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.ErrorDocumentingSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import InvalidInput
+from config.schema import errors
 from ledger.chain import selectors as chain_selectors
 from ledger.chain.models import ChainOp
 from ledger.services import chain as chain_services
@@ -29,7 +30,10 @@ def _view(request: Request, code: int = status.HTTP_200_OK) -> Response:
 
 
 class ChainAccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Your wallet, stake, unbonding, slashed, pending chain ops")
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT, **errors(502, 503)},
+        summary="Your wallet, stake, unbonding, slashed, pending chain ops",
+    )
     def get(self, request: Request) -> Response:
         return _view(request)
 
@@ -37,7 +41,7 @@ class ChainAccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 class WalletApi(APIView):  # type: ignore[misc]
     @extend_schema(
         request=OpenApiTypes.OBJECT,
-        responses=OpenApiTypes.OBJECT,
+        responses={201: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
         summary='Get a dev wallet ({"dev": true}, dev chain only) or link yours ({"address", "signature"})',
     )
     def post(self, request: Request) -> Response:
@@ -52,21 +56,33 @@ class WalletApi(APIView):  # type: ignore[misc]
 
 
 class StakeApi(APIView):  # type: ignore[misc]
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Stake from your dev wallet")
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
+        summary="Stake from your dev wallet",
+    )
     def post(self, request: Request) -> Response:
         chain_services.stake_dev(user=request.user, amount=_body(request).get("amount"))  # type: ignore[arg-type]
         return _view(request)
 
 
 class UnbondApi(APIView):  # type: ignore[misc]
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Start unbonding stake")
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
+        summary="Start unbonding stake",
+    )
     def post(self, request: Request) -> Response:
         chain_services.unbond_dev(user=request.user, amount=_body(request).get("amount"))  # type: ignore[arg-type]
         return _view(request)
 
 
 class UnbondedWithdrawApi(APIView):  # type: ignore[misc]
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Withdraw unbonded stake to your wallet after the period")
+    @extend_schema(
+        request=None,
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
+        summary="Withdraw unbonded stake to your wallet after the period",
+    )
     def post(self, request: Request) -> Response:
         chain_services.unbonded_withdraw_dev(user=request.user)
         return _view(request)
@@ -74,7 +90,9 @@ class UnbondedWithdrawApi(APIView):  # type: ignore[misc]
 
 class DepositApi(APIView):  # type: ignore[misc]
     @extend_schema(
-        request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Deposit from your dev wallet to the ledger"
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
+        summary="Deposit from your dev wallet to the ledger",
     )
     def post(self, request: Request) -> Response:
         tx_hash = chain_services.deposit_dev(user=request.user, amount=_body(request).get("amount"))  # type: ignore[arg-type]
@@ -85,7 +103,7 @@ class DepositApi(APIView):  # type: ignore[misc]
 class WithdrawApi(APIView):  # type: ignore[misc]
     @extend_schema(
         request=OpenApiTypes.OBJECT,
-        responses=OpenApiTypes.OBJECT,
+        responses={202: OpenApiTypes.OBJECT, **errors(400, 402, 409, 502, 503)},
         summary="Withdraw from the ledger to an address (default: your wallet); paid once by the chain's outbox",
     )
     def post(self, request: Request) -> Response:

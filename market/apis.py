@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import Conflict, InvalidInput, NotFound
+from config.schema import errors
 from ledger import selectors as ledger_selectors
 from ledger.chain import selectors as chain_selectors
 from ledger.models import PendingRelease
@@ -65,7 +66,7 @@ class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
 
     @extend_schema(
         request=JobCreateSerializer,
-        responses={201: JobSerializer},
+        responses={201: JobSerializer, **errors(402, 404)},
         summary="Post a bid: a job with its maximum price, escrowed at once (402 when your balance is short)",
     )
     def post(self, request: Request) -> Response:
@@ -94,7 +95,11 @@ class JobDetailApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 
 
 class JobCancelApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
-    @extend_schema(request=None, responses=JobSerializer, summary="Cancel a bid (refunded) or a running job")
+    @extend_schema(
+        request=None,
+        responses={200: JobSerializer, **errors(409)},
+        summary="Cancel a bid (refunded) or a running job",
+    )
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_cancel(job=selectors.job_for_buyer(buyer=request.user, job_id=job_id))
         return Response(JobSerializer(job).data)
@@ -102,7 +107,7 @@ class JobCancelApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 
 class JobCostApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(409)},
         summary="A settled job's cost: each placement's layer-tokens, price, payment and fee, and the refund",
     )
     def get(self, request: Request, job_id: int) -> Response:
@@ -128,7 +133,7 @@ class QuoteApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
             OpenApiParameter("prompt_tokens", int),
             OpenApiParameter("max_new_tokens", int, description="default 64"),
         ],
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(404, 409)},
         summary="The price at which a bid would clear now: the cheapest free pipeline's asks, and a bid with margin",
     )
     def get(self, request: Request) -> Response:
@@ -173,7 +178,7 @@ def _int_param(raw: object, name: str, low: int, high: int) -> int:
 
 class JobProofApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **errors(409)},
         summary="A settled job's settlement leaf, its Merkle proof and the anchor transaction, to check on chain",
     )
     def get(self, request: Request, job_id: int) -> Response:

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.schema import errors
 from verification import selectors
 from verification.services import disputes
 
@@ -17,7 +18,7 @@ from verification.services import disputes
 class JobChallengeApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         request=None,
-        responses=OpenApiTypes.OBJECT,
+        responses={201: OpenApiTypes.OBJECT, **errors(402, 409)},
         summary="Challenge your finished job within its window, with the bond (402 short, 409 late or twice)",
     )
     def post(self, request: Request, job_id: int) -> Response:
