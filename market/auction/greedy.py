@@ -37,6 +37,7 @@ cost are floats that only order choices.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 
 from market.auction.book import PRIORITY_STEP_BPS, Book
@@ -159,7 +160,7 @@ class _Greedy:
 
     def search(self, moves: int, seed: int) -> None:
         """Ruin and recreate, alternately around the next loser and around a few random providers."""
-        cap, jobs = self.cap, self.book.jobs
+        cap = self.cap
         rng = random.Random(seed)
         providers = range(len(self.book.providers))
         turn = failed = 0
@@ -170,13 +171,25 @@ class _Greedy:
             if move % 2 == 0:
                 target = losers[turn % len(losers)]
                 turn += 1
-                n = len(jobs[target].shards)
-                area = {j for s in jobs[target].shards for j in cap.lists[s.shard_id][:n]}
+                area = self.cheapest_fit(target)
                 improved = self.ruin_and_recreate(area, target, losers[:NEAR_LOSERS])
             else:
                 area = set(rng.sample(providers, min(3, len(providers))))
                 improved = self.ruin_and_recreate(area, None, losers[:NEAR_LOSERS])
             failed = 0 if improved else failed + 1
+
+    def cheapest_fit(self, i: int) -> set[int]:
+        """The providers job i would like most on an empty market: per shard, its n + 1 cheapest that are fast
+        enough for the job's speed cap if its other shards got the fastest (n: its shard count)."""
+        cap, job = self.cap, self.book.jobs[i]
+        n, plan = len(job.shards), cap.plan(i)
+        spare = None if plan is None or plan.cap is None else plan.cap - sum(plan.quickest)
+        area: set[int] = set()
+        for k, shard in enumerate(job.shards):
+            most = None if spare is None or plan is None else spare + plan.quickest[k]
+            fit = (j for j in cap.lists[shard.shard_id] if most is None or cap.speeds[j] * shard.layers <= most)
+            area.update(itertools.islice(fit, n + 1))
+        return area
 
     def ruin_and_recreate(self, area: set[int], first: int | None, losers: list[int]) -> bool:
         """Evict every winner on `area`, place `first` (each of its few best placements in turn), refill by
