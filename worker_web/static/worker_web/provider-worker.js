@@ -113,7 +113,7 @@ function runtimeFor(shard) {
       if (warning) post({ type: "warning", text: warning });
       const obtained = performance.now();
       log(`${shard.id}: ${source}, ${(bytes.byteLength / 1e6).toFixed(1)} MB, SHA-256 checked`);
-      const runtime = await ShardRuntime.load(state.ort, bytes, shard, state.device.backend);
+      const runtime = await ShardRuntime.load(state.ort, bytes, shard, state.device.backend, { kvOnGpu: state.config.kvOnGpu !== false });
       state.held.set(shard.sha256, shard.id);
       const finished = performance.now();
       runtime.loadTimes = { source, bytes: bytes.byteLength, obtainMs: obtained - started, sessionMs: finished - obtained, totalMs: finished - started };

@@ -8,18 +8,26 @@ export class BadInput extends Error {
 }
 
 export class ShardRuntime {
-  static async load(ort, bytes, shard, backend) {
-    const session = await ort.InferenceSession.create(new Uint8Array(bytes), {
-      executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"],
-      graphOptimizationLevel: "all",
-    });
-    return new ShardRuntime(ort, session, shard);
+  // On WebGPU the present keys/values stay on the GPU and come back as the next step's past (kvOnGpu): read back
+  // to the CPU, two tensors per layer and step cost more than the layer's arithmetic (bench/webgpu.py measured a
+  // decode step on an H200 at 5 to 9 ms per layer that way). Only the outputs the protocol needs are read back.
+  static async load(ort, bytes, shard, backend, { kvOnGpu = true } = {}) {
+    const gpuKv = backend === "webgpu" && kvOnGpu;
+    const options = { executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"], graphOptimizationLevel: "all" };
+    if (gpuKv) {
+      const names = [];
+      for (let layer = shard.first_layer; layer < shard.end_layer; layer++) names.push(`present_key.${layer}`, `present_value.${layer}`);
+      options.preferredOutputLocation = Object.fromEntries(names.map((name) => [name, "gpu-buffer"]));
+    }
+    const session = await ort.InferenceSession.create(new Uint8Array(bytes), options);
+    return new ShardRuntime(ort, session, shard, gpuKv);
   }
 
-  constructor(ort, session, shard) {
+  constructor(ort, session, shard, gpuKv = false) {
     this.ort = ort;
     this.session = session;
     this.shard = shard;
+    this.gpuKv = gpuKv;
     this.layers = shard.end_layer - shard.first_layer;
     this.mainOutput = shard.has_head ? "logits" : "hidden_out";
     this.pastNames = session.inputNames.filter((name) => name.startsWith("past_"));
@@ -36,7 +44,14 @@ export class ShardRuntime {
   }
 
   close(id) {
+    const state = this.sessions.get(id);
+    if (state) this.release(state.past);
     this.sessions.delete(id);
+  }
+
+  // GPU buffers are not garbage-collected: a cache that is replaced or closed gives its buffers back.
+  release(tensors) {
+    if (this.gpuKv) for (const tensor of tensors) if (tensor.location === "gpu-buffer") tensor.dispose();
   }
 
   // Run new tokens (a first shard: int64 ids [1, S]) or hidden states (float32 [1, S, hidden]).
@@ -52,7 +67,9 @@ export class ShardRuntime {
       : new this.ort.Tensor("float32", data, [1, seq, this.shard.hidden]);
     this.pastNames.forEach((name, i) => { feeds[name] = state.past[i]; });
     const results = await this.session.run(feeds);
+    const previous = state.past;
     state.past = this.presentNames.map((name) => results[name]);
+    this.release(previous);
     state.position += seq;
     const output = results[this.mainOutput];
     return { output: output.data, dims: output.dims.slice(), ...this.layerHidden(results.layer_hidden, seq) };

@@ -1,0 +1,757 @@
+"""The provider tab on a real GPU: onnxruntime-web on WebGPU and on WASM against native ONNX Runtime, on the GPU
+machine (one NVIDIA H200, reached through the session's device tool; nothing can be fetched there).
+
+The tab's own code runs, not a separate page: a small page starts worker_web/static/worker_web/provider-worker.js
+(the tab's Web Worker, with its shard cache, SHA-256 check, ShardRuntime and timeDecode) and sends it the commands
+the provider page sends ("init", "load", "evaluate", "benchmark"). The worker picks WebGPU itself when the browser
+offers a real adapter, as in a person's browser; the WASM figures come from a second browser started without WebGPU.
+Python serves the static files and the shards over loopback (with the COOP/COEP headers that give the tab its
+threads) and hands the page its jobs through /job and /result, so no Django, Playwright or network is needed there.
+
+Three steps, because at most 64 MiB travels with one call and the browser alone is 61 MiB:
+
+    .venv/bin/python bench/webgpu.py pack         # here: shards, inputs, browser, libraries -> .webgpu/carry<N>/
+    # on the GPU machine, one call per part, the machine kept warm between them (see `pack`'s printed commands):
+    python3 bench/webgpu.py stage .webgpu/carry1  # ... carry2, then the last part with `run`
+    python3 bench/webgpu.py run                   # joins, unpacks, measures; writes $OUT/webgpu.json
+    .venv/bin/python bench/webgpu.py finish DIR   # here: DIR/webgpu.json -> bench/results/webgpu.json and .png
+
+Models that travel: the tiny random Llama (4 layers, hidden 64; shards 0-2 and 2-4, f32 and q4), whose greedy tokens
+are generated through the tab's chain and natively; and SmolLM2-135M's middle shard 10-20 in q4 (MatMulNBits) and
+10-12 in f32 (the f32 10-20 is 141 MB, too large to carry in this session's device time), on hidden states the
+native chain of layers 0-10 gave here for real prompts (float16, as the server relays them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.server
+import json
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from inference.runtime import ShardRuntime, configure_threads  # noqa: E402
+from verification.tolerance import LAYER, LOGITS  # noqa: E402
+
+PACK = ROOT / ".webgpu"  # git-ignored (.git/info/exclude): what travels, and the scratch it is made from
+RESULTS = ROOT / "bench" / "results"
+STAGE = Path("/tmp/webgpu-stage")  # on the GPU machine: the parts, kept while the machine stays warm
+UNPACKED = Path("/tmp/webgpu")
+PART_BYTES = 52 * 2**20  # each part plus the working tree stays under the 64 MiB a call carries
+ORT_FILES = (
+    "ort.wasm.min.mjs",
+    "ort-wasm-simd-threaded.mjs",
+    "ort-wasm-simd-threaded.wasm",
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+)
+# From chromium-common: the headless shell dies without ICU's data and V8's snapshots.
+CHROMIUM_COMMON = (
+    "icudtl.dat",
+    "v8_context_snapshot.bin",
+    "snapshot_blob.bin",
+    "libEGL.so",
+    "libGLESv2.so",
+    "libvulkan.so.1",
+    "libvk_swiftshader.so",
+    "vk_swiftshader_icd.json",
+)
+GLIBC = ("libc.so", "libm.so", "libdl.so", "libpthread.so", "librt.so", "ld-linux", "libgcc_s.so")
+FLAGS = [
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+# The configuration that gave the page NVIDIA's adapter on that machine (issue 19); without
+# --disable-vulkan-surface Vulkan fails to start and the page gets SwiftShader's fallback adapter.
+WEBGPU_FLAGS = [
+    "--enable-unsafe-webgpu",
+    "--enable-features=Vulkan",
+    "--use-vulkan=native",
+    "--use-angle=vulkan",
+    "--ignore-gpu-blocklist",
+    "--disable-vulkan-surface",
+]
+WASM_FLAGS = ["--disable-gpu"]
+ICD = "/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json"
+EGL_VENDOR = "/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json"
+# name: (the browser offers WebGPU, the tab keeps the KV cache on the GPU); "webgpu-kv-readback" is the tab's
+# path before the cache stayed there, kept to show what it costs.
+BACKENDS = {"webgpu": (True, True), "webgpu-kv-readback": (True, False), "wasm": (False, True)}
+REAL_SHARDS = (("q4", 10, 20), ("f32", 10, 12))
+TINY_PLAN = ((0, 2), (2, 4))
+PROMPTS = [
+    "What is the capital of France? The capital of France is Paris, a city on the Seine.",
+    "Write a long story about a dragon. Once upon a time a dragon lived in a cave above a village.",
+    "Explain photosynthesis briefly. Plants turn light, water and carbon dioxide into sugar and oxygen.",
+]
+PREFILL = 12  # tokens of each prompt in the first step; the rest are fed one per decode step
+
+
+# --- here: what travels --------------------------------------------------------------------------------------------
+
+
+def pack(args: argparse.Namespace) -> None:
+    bundle = PACK / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    (bundle / "shards").mkdir(parents=True)
+    manifest = {"tiny": _pack_tiny(bundle), "real": _pack_real(bundle)}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    ort = bundle / "onnxruntime-web"
+    ort.mkdir()
+    for name in ORT_FILES:
+        shutil.copy(ROOT / "node_modules" / "onnxruntime-web" / "dist" / name, ort / name)
+    _pack_browser(bundle, Path(args.deb))
+    archive = PACK / "bundle.tar"
+    subprocess.run(["tar", "-C", str(PACK), "-I", "xz -T0 -6", "-cf", str(archive), "bundle"], check=True)
+    for old in PACK.glob("carry*"):
+        shutil.rmtree(old)
+    data, index = archive.read_bytes(), 0
+    for index, start in enumerate(range(0, len(data), PART_BYTES), 1):
+        (PACK / f"carry{index}").mkdir()
+        (PACK / f"carry{index}" / f"part{index:02d}").write_bytes(data[start : start + PART_BYTES])
+    print(
+        f"{len(data) / 2**20:.1f} MiB in {index} parts; on the GPU machine, one call each, carry=['.webgpu/carry<N>']:"
+    )
+    for n in range(1, index):
+        print(f"  python3 bench/webgpu.py stage .webgpu/carry{n}")
+    print(f"  python3 bench/webgpu.py stage .webgpu/carry{index} && python3 bench/webgpu.py run  (carry .gl too)")
+
+
+def _save_shard(bundle: Path, proto: Any, spec: Any, config: Any) -> dict[str, Any]:
+    import hashlib
+
+    data = proto.SerializeToString()
+    sha = hashlib.sha256(data).hexdigest()
+    (bundle / "shards" / f"{sha}.onnx").write_bytes(data)
+    return {
+        "id": spec.shard_id,
+        "sha256": sha,
+        "url": f"/shards/{sha}/",
+        "size": len(data),
+        "first_layer": spec.first_layer,
+        "end_layer": spec.end_layer,
+        "has_embedding": spec.has_embedding,
+        "has_head": spec.has_head,
+        "hidden": config.hidden,
+        "vocab": config.vocab,
+    }
+
+
+def _pack_tiny(bundle: Path) -> dict[str, Any]:
+    import tempfile
+
+    from inference.config import ShardSpec
+    from inference.gguf_model import GGUFModel
+    from inference.shard_builder import build_shard
+    from inference.tiny import write_tiny_gguf
+
+    model = GGUFModel(write_tiny_gguf(Path(tempfile.mkdtemp()) / "tiny.gguf"))
+    chains = {}
+    for quant in ("f32", "q4"):
+        specs = [ShardSpec("tiny", quant, a, b, model.config.n_layers) for a, b in TINY_PLAN]
+        chains[quant] = [_save_shard(bundle, build_shard(model, s), s, model.config) for s in specs]
+    rng = np.random.default_rng(19)
+    prompts = [rng.integers(3, model.config.vocab, size=n).tolist() for n in (5, 17, 40)]
+    return {"chains": chains, "prompts": prompts}
+
+
+def _pack_real(bundle: Path) -> dict[str, Any]:
+    """The middle shards, and the float16 hidden states the native chain of layers 0-10 gives them."""
+    from inference.config import ShardSpec
+    from inference.gguf_model import GGUFModel, smollm2_path
+    from inference.shard_builder import build_shard
+    from inference.tokenizer import ChatTokenizer
+
+    model = GGUFModel(smollm2_path())
+    tokenizer = ChatTokenizer.from_gguf(model)
+    prompts = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    shards = []
+    for quant, first, end in REAL_SHARDS:
+        head = ShardRuntime(build_shard(model, ShardSpec("smollm2-135m", quant, 0, first, 30)).SerializeToString())
+        spec = ShardSpec("smollm2-135m", quant, first, end, 30)
+        descriptor = _save_shard(bundle, build_shard(model, spec), spec, model.config)
+        inputs = []
+        for ids in prompts:
+            head.open("pack")
+            steps = [ids[:PREFILL]] + [[t] for t in ids[PREFILL:]]
+            inputs.append([head.step("pack", np.array([s], dtype=np.int64)).output.astype(np.float16) for s in steps])
+            head.close("pack")
+        name = f"inputs-{quant}-{first}-{end}.npz"
+        arrays: dict[str, Any] = {f"p{p}s{s}": x for p, steps in enumerate(inputs) for s, x in enumerate(steps)}
+        np.savez(bundle / name, **arrays)
+        shards.append({"shard": descriptor, "inputs": name, "prompts": len(prompts), "steps": [len(s) for s in inputs]})
+        print(f"packed {spec.shard_id}: {descriptor['size'] / 1e6:.1f} MB", file=sys.stderr)
+    return {"shards": shards}
+
+
+def _pack_browser(bundle: Path, deb: Path) -> None:
+    """Debian's headless shell, what it needs of chromium-common, and the desktop libraries it links that the GPU
+    machine lacks (everything ldd finds here but the C library itself)."""
+    browser = bundle / "browser"
+    (browser / "common").mkdir(parents=True)
+    (browser / "lib").mkdir()
+    shutil.copy(deb, browser / "chromium-headless-shell.deb")
+    for name in CHROMIUM_COMMON:
+        shutil.copy(Path("/usr/lib/chromium") / name, browser / "common" / name)
+    scratch = PACK / "deb"
+    shutil.rmtree(scratch, ignore_errors=True)
+    subprocess.run(["dpkg", "-x", str(deb), str(scratch)], check=True)
+    ldd = subprocess.run(
+        ["ldd", str(scratch / "usr/lib/chromium/chromium-headless-shell")], capture_output=True, text=True, check=True
+    ).stdout
+    for line in ldd.splitlines():
+        parts = line.split("=>")
+        if len(parts) == 2 and parts[1].strip().startswith("/"):
+            path = Path(parts[1].split()[0])
+            if not path.name.startswith(GLIBC):
+                shutil.copy(path, browser / "lib" / parts[0].strip())
+
+
+# --- there: the page, the server, the browser ----------------------------------------------------------------------
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>provider tab, bench</title><script type="module">
+const worker = new Worker("/static/worker_web/provider-worker.js", { type: "module" });
+const pending = new Map(); let next = 0; let device = null;
+worker.onmessage = (event) => {
+  const m = event.data;
+  if (m.type === "reply") {
+    const p = pending.get(m.id); pending.delete(m.id);
+    m.error ? p.reject(new Error(m.error)) : p.resolve(m.result);
+  }
+  else if (m.type === "device") device = m;
+  else if (m.type === "log" || m.type === "warning") console.log(`${m.type}: ${m.text}`);
+};
+const call = (command, args) => new Promise((resolve, reject) => {
+  const id = ++next; pending.set(id, { resolve, reject }); worker.postMessage({ id, command, args });
+});
+const toB64 = (buffer) => { const b = new Uint8Array(buffer); let t = "";
+  for (let i = 0; i < b.length; i += 0x8000) t += String.fromCharCode(...b.subarray(i, i + 0x8000)); return btoa(t); };
+const encode = (v) => v instanceof ArrayBuffer ? { b64: toB64(v) } : Array.isArray(v) ? v.map(encode)
+  : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, encode(x)])) : v;
+const decode = (v) => v && typeof v === "object" && "b64" in v
+  ? Uint8Array.from(atob(v.b64), (c) => c.charCodeAt(0)).buffer : Array.isArray(v) ? v.map(decode)
+  : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, decode(x)])) : v;
+const post = (path, body) => fetch(path, { method: "POST", body: JSON.stringify(body) });
+try {
+  let gpu = null;
+  if (navigator.gpu) {
+    const a = await navigator.gpu.requestAdapter();
+    const i = a && a.info;
+    if (a) gpu = { features: [...a.features].sort(), info: i ? { vendor: i.vendor, architecture: i.architecture,
+      device: i.device, description: i.description, isFallbackAdapter: i.isFallbackAdapter } : null,
+      maxBufferSize: a.limits.maxBufferSize, maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize };
+  }
+  const kvOnGpu = new URLSearchParams(location.search).get("kvOnGpu") !== "0";
+  const ortBase = "/static/onnxruntime-web/";
+  await call("init", { ortBase, socketPath: "/ws/provider/", benchmarkShard: null, kvOnGpu });
+  await post("/hello", { device, gpu, isolated: self.crossOriginIsolated, userAgent: navigator.userAgent });
+  for (;;) {
+    const job = await (await fetch("/job", { cache: "no-store" })).json();
+    if (job.command === "done") break;
+    try {
+      await post("/result", { result: encode(await call(job.command, decode(job.args))) });
+    }
+    catch (error) { await post("/result", { error: String(error.message || error) }); }
+  }
+} catch (error) { await post("/hello", { error: String(error.stack || error) }); }
+</script>"""
+
+TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".html": "text/html",
+    ".onnx": "application/octet-stream",
+    ".css": "text/css",
+}
+
+
+class Tab:
+    """One page of one browser; `call` hands the tab's worker a command and waits for its answer."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.bundle = bundle
+        self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def call(self, command: str, args: dict[str, Any], timeout: float = 300) -> Any:
+        self.jobs.put({"command": command, "args": args})
+        answer = self.answers.get(timeout=timeout)
+        if "error" in answer:
+            raise RuntimeError(f"the tab's {command} failed: {answer['error']}")
+        return _decode(answer["result"])
+
+    def hello(self, timeout: float = 120) -> dict[str, Any]:
+        answer = self.answers.get(timeout=timeout)
+        if "error" in answer:
+            raise RuntimeError(f"the page failed to start: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        self.jobs.put({"command": "done"})
+        time.sleep(0.5)
+        self.server.shutdown()
+
+    def _file(self, path: str) -> Path | None:
+        if path.startswith("/static/worker_web/"):
+            return ROOT / "worker_web" / "static" / "worker_web" / path.rsplit("/", 1)[1]
+        if path.startswith("/static/onnxruntime-web/"):
+            return self.bundle / "onnxruntime-web" / path.rsplit("/", 1)[1]
+        if path.startswith("/shards/"):
+            return self.bundle / "shards" / f"{path.split('/')[2]}.onnx"
+        return None
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        tab = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, body: bytes, kind: str, status: int = 200) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                # Cross-origin isolation: SharedArrayBuffer, so the tab's WASM gets its threads, as on /provide/.
+                self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+                self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?")[0]
+                if path == "/":
+                    return self._send(PAGE.encode(), "text/html")
+                if path == "/job":
+                    return self._send(json.dumps(tab.jobs.get()).encode(), "application/json")
+                file = tab._file(path)
+                if file is None or not file.is_file() or ".." in path:
+                    return self._send(b"not found", "text/plain", 404)
+                return self._send(file.read_bytes(), TYPES.get(file.suffix, "application/octet-stream"))
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                tab.answers.put(json.loads(body))
+                self._send(b"{}", "application/json")
+
+        return Handler
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+@contextlib.contextmanager
+def browser(
+    chromium: Path, bundle: Path, *, webgpu: bool, log: Path, kv_on_gpu: bool = True
+) -> Iterator[tuple[Tab, dict[str, Any]]]:
+    """A headless shell with a fresh profile on the page; the page's hello (device, adapter) comes with it."""
+    tab = Tab(bundle)
+    profile = Path(f"/tmp/webgpu-profile-{uuid.uuid4().hex}")
+    flags = [*FLAGS, *(WEBGPU_FLAGS if webgpu else WASM_FLAGS), f"--user-data-dir={profile}", "--headless"]
+    with log.open("a") as out:
+        out.write(f"\n--- {' '.join(flags)}\n")
+        out.flush()
+        url = tab.url + ("" if kv_on_gpu else "?kvOnGpu=0")
+        process = subprocess.Popen([str(chromium), *flags, url], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield tab, tab.hello()
+        finally:
+            tab.close()
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+# --- there: the measurements ---------------------------------------------------------------------------------------
+
+
+def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 24) -> float:
+    """Median ms per layer-token of decode steps after a prompt: worker_web.agent.time_decode (which needs the
+    agent's websockets, absent there) with the tab's timeDecode's prompt and steps."""
+    rng = np.random.default_rng(0)
+    runtime.open("time")
+
+    def inputs(n: int) -> np.ndarray:
+        if runtime.spec.has_embedding:
+            return rng.integers(0, runtime.config.vocab, size=(1, n), dtype=np.int64)
+        return (rng.random((1, n, runtime.config.hidden)) * 3 - 1.5).astype(np.float32)
+
+    runtime.step("time", inputs(prompt))
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        runtime.step("time", inputs(1))
+        times.append(time.perf_counter() - started)
+    runtime.close("time")
+    return statistics.median(times) * 1e3 / len(runtime.layers)
+
+
+def _steps(inputs: list[np.ndarray]) -> list[dict[str, Any]]:
+    return [
+        {"dtype": "int64", "dims": list(x.shape), "data": _b64(x.astype(np.int64).tobytes())}
+        if x.dtype == np.int64
+        else {"dtype": "float32", "dims": list(x.shape), "data": _b64(x.astype(np.float32).tobytes())}
+        for x in inputs
+    ]
+
+
+def deviation(
+    tab: Tab, shard: dict[str, Any], runtime: ShardRuntime, prompts: list[list[np.ndarray]]
+) -> dict[str, Any]:
+    """Per layer, over every prompt, step and position: the largest |tab - native| of the layer's hidden state,
+    the largest |native|, the largest relative |d| / |native| where |native| >= 1, and the excess under LAYER
+    (largest |d| / (atol + rtol |native|); conservative: these states went through the shard's earlier layers in
+    the tab, where the referee's layer check starts each layer from the provider's own input)."""
+    layers = list(range(shard["first_layer"], shard["end_layer"]))
+    worst = {k: [0.0] * len(layers) for k in ("max_abs", "max_native", "max_rel", "layer_excess")}
+    out: dict[str, Any] = {"max_abs": 0.0, "max_native": 0.0, "logits_excess": 0.0, "greedy_agrees": True}
+    ms = []
+    for inputs in prompts:
+        got = tab.call("evaluate", {"shard": shard, "steps": _steps(inputs)})
+        runtime.open("dev")
+        for x, theirs in zip(inputs, got, strict=True):
+            native = runtime.step("dev", x.astype(np.float32) if x.dtype == np.float16 else x)
+            ms.append(theirs["ms"])
+            mine = np.frombuffer(theirs["layerHidden"], dtype=np.float32).reshape(native.layer_hidden.shape)
+            d, ours = np.abs(mine - native.layer_hidden), np.abs(native.layer_hidden)
+            for i in range(len(layers)):
+                big = ours[i] >= 1
+                worst["max_abs"][i] = max(worst["max_abs"][i], float(d[i].max()))
+                worst["max_native"][i] = max(worst["max_native"][i], float(ours[i].max()))
+                worst["max_rel"][i] = max(worst["max_rel"][i], float((d[i][big] / ours[i][big]).max(initial=0)))
+                excess = float((d[i] / (LAYER.atol + LAYER.rtol * ours[i])).max())
+                worst["layer_excess"][i] = max(worst["layer_excess"][i], excess)
+            output = np.frombuffer(theirs["output"], dtype=np.float32).reshape(native.output.shape)
+            out["max_abs"] = max(out["max_abs"], float(np.abs(output - native.output).max()))
+            out["max_native"] = max(out["max_native"], float(np.abs(native.output).max()))
+            if shard["has_head"]:
+                excess = np.abs(output - native.output) / (LOGITS.atol + LOGITS.rtol * np.abs(native.output))
+                out["logits_excess"] = max(out["logits_excess"], float(excess.max()))
+                out["greedy_agrees"] &= int(np.argmax(output[0])) == int(np.argmax(native.output[0]))
+        runtime.close("dev")
+    per_layer = [{"layer": layer} | {k: v[i] for k, v in worst.items()} for i, layer in enumerate(layers)]
+    return {"layers": per_layer, "output": out, "evaluate_step_ms_median": statistics.median(ms)}
+
+
+def greedy_native(
+    chain: list[ShardRuntime], prompt: list[int], tokens: int
+) -> tuple[list[int], list[list[np.ndarray]]]:
+    """Greedy tokens through the native chain, and every shard's inputs (float16 between shards, as relayed)."""
+    inputs: list[list[np.ndarray]] = [[] for _ in chain]
+    for runtime in chain:
+        runtime.open("greedy")
+    out, value = [], np.array([prompt], dtype=np.int64)
+    for _ in range(tokens):
+        step = value
+        for index, runtime in enumerate(chain):
+            inputs[index].append(step)
+            output = runtime.step("greedy", step).output
+            step = output if runtime.spec.has_head else output.astype(np.float16)
+        out.append(int(np.argmax(step[0])))
+        value = np.array([[out[-1]]], dtype=np.int64)
+    for runtime in chain:
+        runtime.close("greedy")
+    return out, inputs
+
+
+def greedy_tab(tab: Tab, shards: list[dict[str, Any]], prompt: list[int], tokens: int) -> list[int]:
+    """Greedy tokens through the tab's own chain: each shard's output (float16 between shards) feeds the next. The
+    worker's "evaluate" runs a fresh session, so each new token replays the steps before it (tiny model: cheap)."""
+    history: list[list[np.ndarray]] = [[] for _ in shards]
+    out, value = [], np.array([prompt], dtype=np.int64)
+    for _ in range(tokens):
+        step = value
+        for index, shard in enumerate(shards):
+            history[index].append(step)
+            got = tab.call("evaluate", {"shard": shard, "steps": _steps(history[index])})[-1]
+            output = np.frombuffer(got["output"], dtype=np.float32).reshape(got["dims"])
+            step = output if shard["has_head"] else output.astype(np.float16)
+        out.append(int(np.argmax(step[0])))
+        value = np.array([[out[-1]]], dtype=np.int64)
+    return out
+
+
+def measure_backend(
+    tab: Tab,
+    hello: dict[str, Any],
+    bundle: Path,
+    manifest: dict[str, Any],
+    natives: dict[str, ShardRuntime],
+    rounds: int,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"page": hello, "real": {}, "tiny": {}}
+    for entry in manifest["real"]["shards"]:
+        shard, runtime = entry["shard"], natives[entry["shard"]["sha256"]]
+        loaded = tab.call("load", {"shard": shard})
+        saved = np.load(bundle / entry["inputs"])
+        prompts = [
+            [saved[f"p{p}s{s}"] for s in range(n)] for p, n in zip(range(entry["prompts"]), entry["steps"], strict=True)
+        ]
+        dev = deviation(tab, shard, runtime, prompts)
+        speed = [tab.call("benchmark", {"shard": shard})["ns"] / 1e6 for _ in range(rounds)]
+        result["real"][shard["id"]] = {"load": loaded, "deviation": dev, "ms_per_layer_token": speed}
+        print(
+            f"  {shard['id']}: {statistics.median(speed):.3f} ms/layer-token, max |d| "
+            f"{max(x['max_abs'] for x in dev['layers']):.3g}",
+            file=sys.stderr,
+            flush=True,
+        )
+    for quant, shards in manifest["tiny"]["chains"].items():
+        chain = [natives[s["sha256"]] for s in shards]
+        runs = []
+        for prompt in manifest["tiny"]["prompts"]:
+            native_tokens, inputs = greedy_native(chain, prompt, 8)
+            tab_tokens = greedy_tab(tab, shards, prompt, 8)
+            devs = {s["id"]: deviation(tab, s, r, [x]) for s, r, x in zip(shards, chain, inputs, strict=True)}
+            runs.append({"prompt_tokens": len(prompt), "native": native_tokens, "tab": tab_tokens, "shards": devs})
+        result["tiny"][quant] = runs
+        agree = all(r["native"] == r["tab"] for r in runs)
+        print(f"  tiny {quant}: greedy tokens agree {agree}", file=sys.stderr, flush=True)
+    return result
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(os.environ.get("OUT", "/tmp/webgpu-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    bundle, chromium = (Path(args.bundle), Path(args.chromium)) if args.chromium else unpack()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    threads = configure_threads(args.threads)
+    shards = [e["shard"] for e in manifest["real"]["shards"]] + [
+        s for chain in manifest["tiny"]["chains"].values() for s in chain
+    ]
+    natives = {s["sha256"]: ShardRuntime(bundle / "shards" / f"{s['sha256']}.onnx", sha256=s["sha256"]) for s in shards}
+    native_speed = {
+        e["shard"]["id"]: [time_decode(natives[e["shard"]["sha256"]]) for _ in range(args.rounds)]
+        for e in manifest["real"]["shards"]
+    }
+    results: dict[str, Any] = {
+        "benchmark": "webgpu",
+        "machine": _machine(),
+        "native_threads": threads or os.cpu_count(),
+        "native_ms_per_layer_token": native_speed,
+        "backends": {},
+    }
+    log = out / "chromium.log"
+    for name in args.backends.split(","):
+        print(f"{name}:", file=sys.stderr, flush=True)
+        try:
+            webgpu, kv_on_gpu = BACKENDS[name]
+            with browser(chromium, bundle, webgpu=webgpu, log=log, kv_on_gpu=kv_on_gpu) as (tab, hello):
+                results["backends"][name] = measure_backend(tab, hello, bundle, manifest, natives, args.rounds)
+        except Exception as error:  # record what happened, and measure the other backend anyway
+            results["backends"][name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"  failed: {error}", file=sys.stderr, flush=True)
+        (out / "webgpu.json").write_text(json.dumps(results, indent=1))
+    results["seconds"] = round(time.time() - started, 1)
+    (out / "webgpu.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(summary(results), indent=1))
+
+
+def _machine() -> dict[str, Any]:
+    smi = (
+        shutil.which("nvidia-smi")
+        and subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip()
+    )
+    import onnxruntime
+
+    return {"cpus": os.cpu_count(), "gpu": smi or None, "onnxruntime": onnxruntime.__version__}
+
+
+def unpack() -> tuple[Path, Path]:
+    """Joins the staged parts and unpacks them; the headless shell with chromium-common's files beside it; the
+    Vulkan/EGL loaders (.gl, carried with the last call) into / as the device README says; the environment."""
+    bundle, chromium = UNPACKED / "bundle", UNPACKED / "chromium" / "usr/lib/chromium/chromium-headless-shell"
+    if not bundle.is_dir():
+        UNPACKED.mkdir(parents=True, exist_ok=True)
+        joined = UNPACKED / "bundle.tar"
+        with joined.open("wb") as whole:
+            for part in sorted(STAGE.glob("part*")):
+                whole.write(part.read_bytes())
+        subprocess.run(["tar", "-C", str(UNPACKED), "-xJf", str(joined)], check=True)
+        joined.unlink()
+        subprocess.run(
+            ["dpkg", "-x", str(bundle / "browser" / "chromium-headless-shell.deb"), str(UNPACKED / "chromium")],
+            check=True,
+        )
+        for file in (bundle / "browser" / "common").iterdir():
+            shutil.copy(file, chromium.parent / file.name)
+    if Path(".gl").is_dir() and not Path("/usr/lib/x86_64-linux-gnu/libvulkan.so.1").exists():
+        for deb in Path(".gl").glob("*.deb"):
+            subprocess.run(["dpkg", "-x", str(deb), "/"], check=True)
+        subprocess.run(["ldconfig"], check=True)
+    libs = str(_missing_libraries(bundle / "browser" / "lib", UNPACKED / "lib"))
+    os.environ["LD_LIBRARY_PATH"] = (
+        f"{libs}:{os.environ['LD_LIBRARY_PATH']}" if os.environ.get("LD_LIBRARY_PATH") else libs
+    )
+    if Path(ICD).is_file():
+        os.environ["VK_DRIVER_FILES"] = ICD
+        os.environ["__EGL_VENDOR_LIBRARY_FILENAMES"] = EGL_VENDOR
+    return bundle, chromium
+
+
+def _missing_libraries(carried: Path, folder: Path) -> Path:
+    """Links to the carried libraries that the machine's own linker does not know: its own (newer) C++ runtime,
+    zlib and the like stay in use, also for NVIDIA's driver that the browser's GPU process loads."""
+    known = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for library in carried.iterdir():
+        if f"{library.name} (" not in known:
+            (folder / library.name).symlink_to(library)
+    print(f"carried libraries in use: {sorted(p.name for p in folder.iterdir())}", file=sys.stderr, flush=True)
+    return folder
+
+
+def stage(args: argparse.Namespace) -> None:
+    STAGE.mkdir(parents=True, exist_ok=True)
+    for part in Path(args.folder).glob("part*"):
+        shutil.copy(part, STAGE / part.name)
+    print(f"staged: {sorted(p.name for p in STAGE.glob('part*'))}")
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    brief: dict[str, Any] = {
+        "native_ms_per_layer_token": {
+            k: round(statistics.median(v), 4) for k, v in results["native_ms_per_layer_token"].items()
+        }
+    }
+    for name, backend in results["backends"].items():
+        if "error" in backend:
+            brief[name] = backend["error"]
+            continue
+        page = backend["page"]
+        brief[name] = {
+            "backend": (page.get("device") or {}).get("backend"),
+            "adapter": (page.get("device") or {}).get("adapter"),
+            "threads": (page.get("device") or {}).get("threads"),
+        }
+        for shard, r in backend["real"].items():
+            brief[name][shard] = {
+                "ms_per_layer_token": round(statistics.median(r["ms_per_layer_token"]), 4),
+                "max_abs_layer": max(x["max_abs"] for x in r["deviation"]["layers"]),
+                "max_layer_excess": max(x["layer_excess"] for x in r["deviation"]["layers"]),
+            }
+        for quant, runs in backend["tiny"].items():
+            brief[name][f"tiny {quant} greedy agrees"] = all(r["native"] == r["tab"] for r in runs)
+    return brief
+
+
+def finish(args: argparse.Namespace) -> None:
+    results = json.loads((Path(args.folder) / "webgpu.json").read_text())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "webgpu.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, RESULTS / "webgpu.png")
+    print(json.dumps(summary(results), indent=1))
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = {k: v for k, v in results["backends"].items() if "error" not in v}
+    shards = list(results["native_ms_per_layer_token"])
+    fig, (speed, dev) = plt.subplots(1, 2, figsize=(14, 4.6))
+    x, width = np.arange(len(shards)), 0.8 / (len(backends) + 1)
+    bars = {"native ORT": [statistics.median(results["native_ms_per_layer_token"][s]) for s in shards]}
+    bars |= {
+        name: [statistics.median(b["real"][s]["ms_per_layer_token"]) for s in shards] for name, b in backends.items()
+    }
+    for i, (label, values) in enumerate(bars.items()):
+        speed.bar(x + (i - len(bars) / 2 + 0.5) * width, values, width, label=label)
+    speed.set_yscale("log")
+    speed.set_xticks(x, shards, fontsize="small")
+    speed.set_ylabel("ms per layer-token, decode (median)")
+    speed.set_title(f"Decode speed: the tab's benchmark; native ORT, {results['native_threads']} threads")
+    speed.legend(fontsize="small")
+    for name, b in backends.items():
+        for shard in shards:
+            layers = b["real"][shard]["deviation"]["layers"]
+            dev.plot(
+                [la["layer"] for la in layers],
+                [la["layer_excess"] for la in layers],
+                marker="o",
+                label=f"{name} {shard}",
+            )
+    dev.axhline(1 / 8, color="grey", linestyle="--", label="1/8: the margin docs/tolerance.md keeps")
+    dev.set_xlabel("layer")
+    dev.set_ylabel("max |d| / (atol + rtol |native|), LAYER")
+    dev.set_title("Honest disagreement per layer: excess under LAYER (1 = slashed)")
+    dev.legend(fontsize="x-small")
+    fig.suptitle(
+        f"SmolLM2-135M middle shards: onnxruntime-web 1.30 in headless Chromium on {results['machine']['gpu']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    packing = commands.add_parser("pack", help="here: build what travels into .webgpu/carry<N>/")
+    packing.add_argument(
+        "--deb",
+        default=str(next(iter((PACK / "dl").glob("chromium-headless-shell_*.deb")), "")),
+        help="Debian's chromium-headless-shell .deb (apt-get download chromium-headless-shell)",
+    )
+    staging = commands.add_parser("stage", help="there: keep one carried part in /tmp until the last call")
+    staging.add_argument("folder")
+    running = commands.add_parser("run", help="there: join, unpack, measure; writes $OUT/webgpu.json")
+    running.add_argument("--rounds", type=int, default=3)
+    running.add_argument("--threads", type=int, default=0, help="native ORT threads (0: one per core)")
+    running.add_argument("--backends", default=",".join(BACKENDS), help=f"some of {', '.join(BACKENDS)}")
+    running.add_argument("--chromium", help="a headless shell already here (a test on this machine, WASM only)")
+    running.add_argument("--bundle", default=str(PACK / "bundle"), help="with --chromium: the packed bundle")
+    finishing = commands.add_parser("finish", help="here: the device's webgpu.json into bench/results/, with a plot")
+    finishing.add_argument("folder")
+    args = parser.parse_args()
+    {"pack": pack, "stage": stage, "run": run, "finish": finish}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
