@@ -215,7 +215,9 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
             runs = [solve(book, solver="greedy") for _ in range(args.repeats)]
             seconds.append(statistics.median(r.wall_time_s for r in runs))
             if n_jobs <= LP_MAX_JOBS and (seed == 0 or n_jobs < LP_MAX_JOBS):
-                floors.append(runs[0].welfare / (lp_bound(book, 0) or 1))
+                bound = lp_bound(book, 0)  # None where GLOP stops without an optimum: no floor from that book
+                if bound:
+                    floors.append(runs[0].welfare / bound)
         row: dict[str, Any] = {"jobs": n_jobs, "providers": n_providers, "pairs": n_jobs * 3 * n_providers}
         row["greedy_seconds"] = {"median": round(statistics.median(seconds), 4), "max": round(max(seconds), 4)}
         row["greedy_over_lp_bound"] = stats(floors) if floors else None

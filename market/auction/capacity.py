@@ -18,7 +18,10 @@ capacity, in both directions, so the local search can take jobs out again (`mark
   then bounds its scans by the cheapest each shard could cost within the cap and by a first placement that
   meets it.
 So the placement is exact without a cap, and with one wherever a shard's frontier has at most
-`EXACT_OPTIONS` providers (every book of up to that many providers).
+`EXACT_OPTIONS` providers (every book of up to that many providers). A job of the same shards that can wait no
+longer and pay no more per token than one that found nothing finds nothing either, while capacity only shrinks:
+`place` remembers the failures (`failed`) until a job is taken out again. On large books with speed caps most
+jobs lose, and most of them are answered so.
 
 Between placements of equal cost, the selection cost prefers the provider the shard's memory presses least
 (memory × slots left / memory left); with `memory_aware` that pressure, where above 1, multiplies the cost,
@@ -66,6 +69,9 @@ class Capacity:
         self.fastest = {t: min(self.speeds[j] for j in c) for t, c in self.lists.items() if c}
         self.values = [j.max_price + j.bonus(priority_bps) for j in book.jobs]  # what winning adds, before costs
         self.plans: dict[int, _Plan | None] = {}
+        # Per tuple of shard ids, the (speed cap, budget per token) of jobs `place` found no placement for, the
+        # maximal ones: a job asking no more on both has none either, while capacity only shrinks.
+        self.failed: dict[tuple[str, ...], list[tuple[int, int]]] = {}
         self.won: Assignment = {}
         self.costs: dict[int, int] = {}  # Σ ask·work of each placed job
         self.hosted: list[set[int]] = [set() for _ in providers]  # jobs with a shard on each provider
@@ -91,6 +97,7 @@ class Capacity:
         self.journal.append((True, i, providers))
 
     def remove(self, i: int) -> None:
+        self.failed.clear()  # capacity grows: a placement that failed may exist now
         providers = self.won.pop(i)
         del self.costs[i]
         for j, shard in zip(providers, self.book.jobs[i].shards, strict=True):
@@ -143,7 +150,7 @@ class Capacity:
             quickest = tuple(self.fastest[s.shard_id] * s.layers for s in job.shards)
             cap = job.max_ns_per_token
             if sum(least) < job.max_price and (cap is None or sum(quickest) <= cap):
-                plan = _Plan(works, least, quickest, job.max_price - 1, cap)
+                plan = _Plan(tuple(s.shard_id for s in job.shards), works, least, quickest, job.max_price - 1, cap)
         self.plans[i] = plan
         return plan
 
@@ -151,8 +158,19 @@ class Capacity:
         """Job i's best placement on the capacity left, as (providers per shard, Σ ask·work), or None if it has
         none: distinct providers, within its speed cap, v − Σ ask·work ≥ 1, least selection cost."""
         plan = self.plan(i)
-        if plan is None or any(not self.alive[s.shard_id] for s in self.book.jobs[i].shards):
+        job = self.book.jobs[i]
+        if plan is None or any(not self.alive[s.shard_id] for s in job.shards):
             return None
+        key, cap, per_token = plan.shards, SLOW if plan.cap is None else plan.cap, plan.budget // job.tokens
+        if any(cap <= c and per_token <= b for c, b in self.failed.get(key, ())):
+            return None  # a job of these shards that could wait as long and pay as much per token found nothing
+        found = self._place(i, plan)
+        if found is None:  # for as long as capacity only shrinks: `remove` forgets
+            front = [(c, b) for c, b in self.failed.get(key, ()) if not (c <= cap and b <= per_token)]
+            self.failed[key] = [*front, (cap, per_token)]
+        return found
+
+    def _place(self, i: int, plan: _Plan) -> Placement | None:
         best = self.search(i, plan, None, plan.budget)
         if best is None or plan.cap is None or self.elapsed(i, best[0]) <= plan.cap:
             return best  # the best placement without the cap meets it
@@ -212,12 +230,18 @@ class Capacity:
         return None if total is None or total > plan.budget else total
 
     def least_within(self, i: int, plan: _Plan) -> list[int] | None:
-        """Per shard, the ask·work of the cheapest live provider fast enough if the other shards get the fastest."""
+        """Per shard, the ask·work of the cheapest live provider fast enough if the other shards get the fastest
+        live ones; None when even the fastest live ones miss the cap (capacity only shrinks while a round fills, so
+        such a job is done)."""
         assert plan.cap is not None
-        spare = plan.cap - sum(plan.quickest)
+        shards = self.book.jobs[i].shards
+        quickest = [self.trees[s.shard_id].tree[1] * s.layers for s in shards]  # the root: the fastest live one
+        spare = plan.cap - sum(quickest)
+        if spare < 0:
+            return None
         least = []
-        for k, shard in enumerate(self.book.jobs[i].shards):
-            r = self.trees[shard.shard_id].first(0, (spare + plan.quickest[k]) // shard.layers)
+        for k, shard in enumerate(shards):
+            r = self.trees[shard.shard_id].first(0, (spare + quickest[k]) // shard.layers)
             if r < 0:
                 return None
             least.append(self.asks[self.lists[shard.shard_id][r]] * plan.works[k])
@@ -324,6 +348,7 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    shards: tuple[str, ...]  # the job's shard ids
     works: tuple[int, ...]  # layer-tokens per shard
     least: tuple[int, ...]  # the cheapest ask among each shard's providers × its work
     quickest: tuple[int, ...]  # the fastest of each shard's providers × its layers: ns per token

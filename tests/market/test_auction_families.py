@@ -190,6 +190,9 @@ def test_undo_restores_the_capacity_exactly(book: Book, moves: list[int]) -> Non
     assert (capacity.slots, capacity.memory, capacity.alive) == start
     assert {t: tree.tree for t, tree in capacity.trees.items()} == trees
     assert capacity.won == {} and all(not hosted for hosted in capacity.hosted)
+    # Placements that failed while capacity shrank are forgotten once it grows again (`Capacity.failed`).
+    fresh = Capacity(book, 0)
+    assert [capacity.place(i) for i in range(len(book.jobs))] == [fresh.place(i) for i in range(len(book.jobs))]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -235,3 +238,16 @@ def test_price_and_branch_finds_what_the_greedy_misses_on_speed_capped_books() -
     compact = lp_bound(book, 0)
     assert compact is not None and auto.best_bound < compact
     assert auto.optimality_gap is not None and auto.optimality_gap < 0.02
+
+
+def test_a_failed_placement_is_forgotten_when_capacity_grows() -> None:
+    # P is cheap with one slot; Q is too dear for either job. Once A holds P, B's search fails and is remembered.
+    shard = ShardDemand("m:0", 1, 100)
+    jobs = [JobBid("A", (shard,), 10, 1_000), JobBid("B", (shard,), 10, 1_000)]
+    book = Book(jobs, [ProviderOffer("P", 1, 100, 1, 1), ProviderOffer("Q", 1, 100, 500, 1)])
+    capacity = Capacity(book, 0)
+    assert capacity.place(0) == ((0,), 10)
+    capacity.add(0, (0,))
+    assert capacity.place(1) is None and capacity.failed
+    capacity.remove(0)
+    assert capacity.place(1) == ((0,), 10)
