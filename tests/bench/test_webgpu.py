@@ -1,0 +1,27 @@
+"""bench/webgpu.py's harness on this machine: the tab's own worker in Debian's Chromium (WASM: no GPU here), the tiny
+Llama's chain greedy through the tab and natively. What runs only on the GPU machine (the WebGPU backend, the
+headless shell and its libraries) is not covered here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import webgpu
+from worker_web.tab_driver import CHROMIUM
+
+
+def test_the_tab_generates_the_native_greedy_tokens_inside_the_tolerance(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "shards").mkdir(parents=True)
+    (bundle / "onnxruntime-web").symlink_to(webgpu.ROOT / "node_modules" / "onnxruntime-web" / "dist")
+    manifest = {"tiny": webgpu._pack_tiny(bundle), "real": {"shards": []}}
+    shards = [s for chain in manifest["tiny"]["chains"].values() for s in chain]
+    natives = {s["sha256"]: webgpu.ShardRuntime(bundle / "shards" / f"{s['sha256']}.onnx") for s in shards}
+    with webgpu.browser(Path(CHROMIUM), bundle, webgpu=False, log=tmp_path / "chromium.log") as (tab, hello):
+        result = webgpu.measure_backend(tab, hello, bundle, manifest, natives, rounds=1)
+    assert hello["device"]["backend"] == "wasm"
+    for quant in ("f32", "q4"):
+        for run in result["tiny"][quant]:
+            assert run["tab"] == run["native"]
+            for shard in run["shards"].values():
+                assert max(layer["layer_excess"] for layer in shard["layers"]) < 1 / 8
