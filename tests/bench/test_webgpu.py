@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import webgpu
+from bench import webgpu, webgpu_tab
+from inference.runtime import ShardRuntime
 from worker_web.tab_driver import CHROMIUM
 
 
@@ -16,9 +17,9 @@ def test_the_tab_generates_the_native_greedy_tokens_inside_the_tolerance(tmp_pat
     (bundle / "onnxruntime-web").symlink_to(webgpu.ROOT / "node_modules" / "onnxruntime-web" / "dist")
     manifest = {"tiny": webgpu._pack_tiny(bundle), "real": {"shards": []}}
     shards = [s for chain in manifest["tiny"]["chains"].values() for s in chain]
-    natives = {s["sha256"]: webgpu.ShardRuntime(bundle / "shards" / f"{s['sha256']}.onnx") for s in shards}
-    with webgpu.browser(Path(CHROMIUM), bundle, webgpu=False, log=tmp_path / "chromium.log") as (tab, hello):
-        result = webgpu.measure_backend(tab, hello, bundle, manifest, natives, rounds=1)
+    natives = {s["sha256"]: ShardRuntime(bundle / "shards" / f"{s['sha256']}.onnx") for s in shards}
+    with webgpu_tab.browser(Path(CHROMIUM), bundle, webgpu=False, log=tmp_path / "chromium.log") as (tab, hello):
+        result = webgpu_tab.measure_backend(tab, hello, bundle, manifest, natives, rounds=1)
     assert hello["device"]["backend"] == "wasm"
     for quant in ("f32", "q4"):
         for run in result["tiny"][quant]:
