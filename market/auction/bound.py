@@ -21,11 +21,14 @@ LP_MAX_PAIRS = 60_000  # "auto" computes the bound up to this many (job shard, p
 MARGIN = 1e-6  # relative: GLOP's primal and dual feasibility tolerances are 1e-7 on scaled rows
 
 
-def lp_bound(book: Book, priority_bps: int) -> int | None:
-    """An upper bound on welfare + the winners' bonuses, in base units, or None if GLOP did not solve."""
+def lp_bound(book: Book, priority_bps: int, seconds: float | None = None) -> int | None:
+    """An upper bound on welfare + the winners' bonuses, in base units, or None if GLOP did not solve it (within
+    `seconds`, when given)."""
     from ortools.linear_solver import pywraplp  # type: ignore[import-untyped]
 
     lp = pywraplp.Solver.CreateSolver("GLOP")
+    if seconds is not None:
+        lp.SetTimeLimit(max(1, int(seconds * 1000)))
     lp.SetSolverSpecificParametersAsString("use_dual_simplex: true")
     inf, objective = lp.infinity(), lp.Objective()
     on_provider: dict[int, list[tuple[Any, int]]] = {}

@@ -11,8 +11,9 @@ Between `AUTO_CPSAT_MAX_PAIRS` and `COLUMNS_MAX_PAIRS` pairs "auto" runs price a
 greedy's allocation instead: whole placements as columns, their relaxation's bound, CP-SAT over them.
 
 A round that was not proved optimal ("auto" or "cpsat") on a book of up to `bound.LP_MAX_PAIRS` pairs also
-gets the compact linear relaxation's bound (`bound.lp_bound`) unless the placement bound converged, and
-reports the tightest: CP-SAT's own bound at a short time limit is often far looser than the gap it leaves.
+gets the compact linear relaxation's bound (`bound.lp_bound`, within half the time limit) unless the placement
+bound converged, and reports the tightest: CP-SAT's own bound at a short time limit is often far looser than the
+gap it leaves.
 
 Both solvers maximise the objective welfare + the winners' priority bonuses (`JobBid.bonus`); `welfare`
 is reported without the bonuses, and prices never depend on priority.
@@ -158,10 +159,10 @@ def solve(
 ) -> Allocation:
     """Decide which jobs of `book` run on which providers and at what prices.
 
-    `time_limit_s` bounds CP-SAT's search (model building and the greedy come on top); `fee_bps` is the
-    platform's cut of each trade in basis points (see `pricing`); `priority_bps` what each priority level
-    adds to a job's weight (`JobBid.bonus`; 0 ignores priority); `num_workers` CP-SAT's threads (0: one per
-    core).
+    `time_limit_s` bounds CP-SAT's search or price and branch (model building and the greedy come on top, and
+    the linear relaxation's bound gets at most half as long again); `fee_bps` is the platform's cut of each
+    trade in basis points (see `pricing`); `priority_bps` what each priority level adds to a job's weight
+    (`JobBid.bonus`; 0 ignores priority); `num_workers` CP-SAT's threads (0: one per core).
     """
     if solver not in ("auto", "cpsat", "greedy"):
         raise ValueError(f"unknown solver {solver!r}; use 'auto', 'cpsat' or 'greedy'")
@@ -198,7 +199,7 @@ def solve(
                 assignment, used = found, "cpsat"
             converged = columns.converged
     if solver != "greedy" and status != "optimal" and not converged and book.n_pairs <= LP_MAX_PAIRS:
-        relaxed = lp_bound(book, priority_bps)  # often far tighter than CP-SAT's bound at its time limit
+        relaxed = lp_bound(book, priority_bps, time_limit_s / 2)  # often far tighter than CP-SAT's own bound
         if relaxed is not None:
             bound = relaxed if bound is None else min(bound, relaxed)
     return _Round(book, fee_bps, priority_bps).allocation(
