@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench import webgpu, webgpu_tab
 from inference.runtime import ShardRuntime
+from worker_web import finders
 from worker_web.tab_driver import CHROMIUM
 
 
@@ -26,3 +27,7 @@ def test_the_tab_generates_the_native_greedy_tokens_inside_the_tolerance(tmp_pat
             assert run["tab"] == run["native"]
             for shard in run["shards"].values():
                 assert max(layer["layer_excess"] for layer in shard["layers"]) < 1 / 8
+
+
+def test_the_files_it_carries_are_the_ones_the_tab_loads() -> None:
+    assert webgpu.ORT_FILES == finders.FILES  # written out there: worker_web.finders needs Django
