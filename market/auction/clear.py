@@ -3,9 +3,10 @@
 `solve(book)` is the one entry point. "auto" runs CP-SAT when the book has at most `AUTO_CPSAT_MAX_PAIRS`
 (job shard, provider) pairs and the greedy otherwise (see that constant for how it was chosen). CP-SAT
 always starts from the greedy's allocation as a hint, and the round keeps whichever of the two scores
-higher, so asking for CP-SAT never returns less than the greedy; if CP-SAT finds nothing within the time
-limit, the greedy's allocation is returned and the round says so (`solver == "greedy"`, `requested ==
-"cpsat"`).
+higher (the greedy's on a tie, so that equal books clear alike: CP-SAT on several workers may return any of
+equally good allocations), so asking for CP-SAT never returns less than the greedy; if CP-SAT finds nothing
+within the time limit, the greedy's allocation is returned and the round says so (`solver == "greedy"`,
+`requested == "cpsat"`).
 
 Between `AUTO_CPSAT_MAX_PAIRS` and `COLUMNS_MAX_PAIRS` pairs "auto" runs price and branch (`columns`) from the
 greedy's allocation instead: whole placements as columns, their relaxation's bound, CP-SAT over them.
@@ -79,7 +80,7 @@ class Allocation:
     losers: tuple[Id, ...]  # in book order
     welfare: int  # Σ over winners of (v_i − Σ ask × work), base units
     objective: int  # welfare + the winners' priority bonuses: what the solvers maximise
-    solver: Literal["cpsat", "greedy"]  # the solver whose allocation this is
+    solver: Literal["cpsat", "greedy"]  # "cpsat": CP-SAT decided the round (its allocation, the greedy's on a tie)
     requested: SolverName
     status: Status
     wall_time_s: float
@@ -183,11 +184,14 @@ def solve(
             book, time_limit_s=time_limit_s, priority_bps=priority_bps, num_workers=num_workers, hint=assignment
         )
         if result.status != "unknown":
-            status, bound = result.status, result.best_bound
-            if _objective(book, result.assignment, priority_bps) >= _objective(book, assignment, priority_bps):
-                assignment, used = result.assignment, "cpsat"
-            else:  # CP-SAT stopped on something worse than its hint: keep the greedy's, with CP-SAT's bound
-                status = "feasible"
+            status, bound, used = result.status, result.best_bound, "cpsat"
+            proved, kept = _objective(book, result.assignment, priority_bps), _objective(book, assignment, priority_bps)
+            if proved > kept:
+                assignment = result.assignment
+            elif proved < kept:  # CP-SAT stopped on something worse than its hint: the greedy's, with CP-SAT's bound
+                status, used = "feasible", "greedy"
+            # On a tie the greedy's allocation stays: CP-SAT, on several workers, may return any of equally good
+            # allocations, and equal books must clear the same way (a provider keeps the shard it already holds).
     elif solver == "auto" and book.n_pairs <= COLUMNS_MAX_PAIRS:
         columns = Columns.of(book, priority_bps)
         if columns is not None:
