@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "tab-provider-password"
 CAPITAL = "What is the capital of France?"
+BENCHMARK_SHARD = "smollm2-135m:q4:10-20"  # market.selectors.benchmark_shard: the middle shard of the plan
 STORY = "Write a long story about a dragon."
 
 
@@ -122,33 +123,34 @@ def test_browser_tab_serves_a_shard_and_the_output_equals_the_whole_model(
 def test_after_a_reload_the_shards_come_from_the_cache(
     market: Any, tab: BrowserTab, whole_model_tokens: Callable[[str, int], list[int]]
 ) -> None:
+    held = set(tab.text("stat-shards").split(", "))  # all the tab holds: one session so far
     before = server_downloads_all(market)
     tab.reload()
     start_providing(market, tab, headless=2)
     done, events = run_job(market, CAPITAL, 32)
     assert done["state"] == "done" and done["tokens"] == whole_model_tokens(CAPITAL, 32)
     assert tab_hop(done)["ended"] == "done"
-    assert tab.number("stat-downloads") == 0, "a shard was downloaded again after a reload"
-    held = set(tab.text("stat-shards").split(", "))  # the benchmark shard and the served one (maybe the same)
-    assert tab.number("stat-cache-hits") >= len(held)
-    assert server_downloads_all(market) == before
+    # The benchmark's shard, and the served one when the market gives the tab a shard it held, come from the cache;
+    # only a shard it never held (the market may place it on another hop: speeds changed) comes over the network.
+    used = set(tab.text("stat-shards").split(", "))
+    assert tab.number("stat-downloads") == len(used - held), "a shard was downloaded again after a reload"
+    assert tab.number("stat-cache-hits") >= len(used & held) >= 1
+    assert server_downloads_all(market) == before + len(used - held)
 
 
 def test_a_corrupt_cached_shard_is_detected_by_its_hash_and_downloaded_again(
     market: Any, tab: BrowserTab, whole_model_tokens: Callable[[str, int], list[int]]
 ) -> None:
-    _, last = market.api("GET", "/api/jobs/", token=market.alice)
-    served = tab_hop(last[0])["shard"]
-    sha = shard_sha(market, served)
+    # The benchmark's shard: every start loads it, whichever shard the market then gives the tab.
+    sha = shard_sha(market, BENCHMARK_SHARD)
     before = server_downloads(market, sha)
     tab.reload()
     tab.corrupt_cached_shard(sha)
     start_providing(market, tab, headless=2)
     done, _ = run_job(market, CAPITAL, 32)
     assert done["state"] == "done" and done["tokens"] == whole_model_tokens(CAPITAL, 32)
-    assert tab_hop(done)["shard"] == served
     assert tab.number("stat-corrupt") == 1
-    assert tab.number("stat-downloads") == 1
+    assert tab.number("stat-downloads") >= 1
     assert server_downloads(market, sha) == before + 1
 
 
