@@ -466,7 +466,11 @@ def test_messages_too_big_for_the_context_are_refused_before_they_are_tokenised(
     most = (CONTEXT - 1) * tokenizer.max_token_bytes
     tokenised: list[int] = []
     real = type(tokenizer).encode_chat
-    monkeypatch.setattr(type(tokenizer), "encode_chat", lambda self, m: tokenised.append(1) or real(self, m))
+    def counting(self: Any, messages: Any) -> Any:
+        tokenised.append(1)
+        return real(self, messages)
+
+    monkeypatch.setattr(type(tokenizer), "encode_chat", counting)
     messages = [{"role": "user", "content": "x" * 100_000}] * 24
     huge = api(alice).post("/api/jobs/", {"model": "tiny", "messages": messages, "max_new_tokens": 1}, format="json")
     assert (huge.status_code, huge.json()["code"]) == (400, "context_overflow")
