@@ -110,10 +110,14 @@ else:
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads and processes (Daphne, eager Celery, commands) share the file: wait for the lock, don't fail.
-    # WAL lets readers proceed while a job's runner writes its tokens, and synchronous=NORMAL makes each of those
-    # small commits cheap (durable at the next checkpoint: a power cut may lose the last few, never corrupt).
+    # A transaction takes the write lock when it begins (IMMEDIATE): a deferred one that read first and then writes
+    # fails at once with "database is locked" when another process wrote meanwhile, whatever the timeout (WAL
+    # cannot upgrade a stale snapshot). WAL lets readers proceed while a job's runner writes its tokens, and
+    # synchronous=NORMAL makes each of those small commits cheap (durable at the next checkpoint: a power cut may
+    # lose the last few, never corrupt).
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 
