@@ -43,7 +43,7 @@ node_modules/.installed: package-lock.json
 
 # The whole suite on the embedded profile, then everything that touches Django again on the full profile
 # (PostgreSQL and Redis, which run on every machine of this kind, CI's included), then the end-to-end suite again
-# with the relay's fast path off (worker_web/accelerator.py): the plain path must serve every job as well.
+# with the relay's fast path off (transport/accelerator.py): the plain path must serve every job as well.
 FULL_PROFILE := DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0
 
 test: venv

@@ -3,7 +3,8 @@
 Starts a market (Daphne, SQLite, the real model imported as q4 shards 0-10, 10-20, 20-30), opens the provider tab
 in Debian's Chromium with a fresh profile, and measures in one run:
   - speed: ms per layer-token of decode steps on the benchmark shard (10-20), the tab's own benchmark against
-    worker_web.agent.time_decode natively, interleaved over rounds, same thread count; ratio = native / browser;
+    worker_web.agent.provider.time_decode natively, interleaved over rounds, same thread count;
+    ratio = native / browser;
   - shard load time, cold (downloaded over loopback, hashed, stored in IndexedDB, session created) and cached
     (after a reload: read from IndexedDB, hashed, session created), for every shard;
   - honest disagreement: for several prompts, the native chain generates greedily while recording each shard's
@@ -37,9 +38,9 @@ from inference.gguf_model import GGUFModel, smollm2_path  # noqa: E402
 from inference.runtime import ShardRuntime, configure_threads  # noqa: E402
 from inference.tokenizer import ChatTokenizer  # noqa: E402
 from market.localstack import LocalMarket  # noqa: E402
-from worker_web.agent import time_decode  # noqa: E402
-from worker_web.tab_driver import BrowserTab, chromium_context  # noqa: E402
-from worker_web.tab_parity import (  # noqa: E402
+from worker_web.agent.provider import time_decode  # noqa: E402
+from worker_web.testing.tab_driver import BrowserTab, chromium_context  # noqa: E402
+from worker_web.testing.tab_parity import (  # noqa: E402
     HIDDEN_ATOL,
     HIDDEN_RTOL,
     LOGITS_ATOL,

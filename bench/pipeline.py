@@ -13,7 +13,7 @@ it, and the overhead per hop = (pipeline ms per token - whole-model ms per token
     .venv/bin/python bench/pipeline.py [--rounds 5] [--tokens 64] [--threads 1] [--profiles redis,memory]
                                        [--fast-path on,off]
 
-Each profile runs with the relay's fast path on (worker_web/accelerator.py; its results under the profile's
+Each profile runs with the relay's fast path on (transport/accelerator.py; its results under the profile's
 name) and off (RELAY_FAST_PATH=off in every process: Daphne and websockets as they ship; under "<name>-plain").
 
 Prints JSON and a one-line summary; writes bench/results/pipeline.json and pipeline.png. Target: ratio >= 0.90.

@@ -181,8 +181,8 @@ def provide_native(args: argparse.Namespace) -> None:
 def provide_wasm(args: argparse.Namespace, model: GGUFModel, prompts: list[list[int]], work: Path) -> dict[str, Any]:
     """The tab's transcripts, each hop run in the tab on the inputs a native chain (this process) relayed."""
     from market.localstack import LocalMarket
-    from worker_web.tab_driver import BrowserTab, chromium_context
-    from worker_web.tab_parity import descriptors, native_runtimes, record_chain
+    from worker_web.testing.tab_driver import BrowserTab, chromium_context
+    from worker_web.testing.tab_parity import descriptors, native_runtimes, record_chain
 
     env = {"MEDIA_ROOT": str(work / "media"), "LOG_LEVEL": "WARNING", "DATABASE_URL": f"sqlite:///{work / 'db'}"}
     info: dict[str, Any] = {"prompts": min(args.wasm_prompts, len(prompts)), "shard_sha256": {}}

@@ -227,7 +227,7 @@ def browser(
 
 
 def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 24) -> float:
-    """Median ms per layer-token of decode steps after a prompt: worker_web.agent.time_decode (which needs the
+    """Median ms per layer-token of decode steps after a prompt: worker_web.agent.provider.time_decode (which needs the
     agent's websockets, absent there) with the tab's timeDecode's prompt and steps."""
     rng = np.random.default_rng(0)
     runtime.open("time")

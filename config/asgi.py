@@ -19,11 +19,11 @@ from django.conf import settings  # noqa: E402
 
 import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
-from config import daphne_fast  # noqa: E402
 from config.static import IsolatedStaticFilesHandler  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
 from market import clock  # noqa: E402
 from market.launch import remember_server_loop  # noqa: E402
+from transport import daphne_fast  # noqa: E402
 
 daphne_fast.install()
 

@@ -14,10 +14,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from config.consumers import InboxConsumerMixin
 from config.errors import NotFound
 from market import selectors
 from market.models import Job
+from transport.inbox import InboxConsumerMixin
 from verification import selectors as verification_selectors
 
 CLOSE_NOT_FOUND = 4404

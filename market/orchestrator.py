@@ -34,8 +34,8 @@ from market import selectors, services
 from market.models import Job, Provider
 from market.placement import AuctionPlacement, FastestFreePlacement, Placement
 from market.streaming import TokenStream
-from worker_web import relay
-from worker_web.protocol import HEAD_ARGMAX, HEAD_LOGITS
+from transport import relay
+from transport.protocol import HEAD_ARGMAX, HEAD_LOGITS
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from inference import challenge
 from inference.runtime import ShardRuntime
 from market import services
 from market.models import Shard
+from transport import protocol as p
 from verification import tolerance
-from worker_web import protocol as p
 
 log = logging.getLogger(__name__)
 

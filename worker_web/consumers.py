@@ -20,14 +20,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from config.consumers import InboxConsumerMixin
 from inference import wire
 from market import selectors, services
 from market.models import Job
-from worker_web import protocol as p
-from worker_web import relay, shutdown
+from transport import protocol as p
+from transport import relay
+from transport.inbox import InboxConsumerMixin
+from transport.relay import RelayMixin
+from worker_web import shutdown
 from worker_web.benchmark import BenchmarkMixin
-from worker_web.relay import RelayMixin
 
 log = logging.getLogger(__name__)
 LATE_COMMIT_SECONDS = 10.0

@@ -9,7 +9,7 @@ from pathlib import Path
 from bench import webgpu, webgpu_tab
 from inference.runtime import ShardRuntime
 from worker_web import finders
-from worker_web.tab_driver import CHROMIUM
+from worker_web.testing.tab_driver import CHROMIUM
 
 
 def test_the_tab_generates_the_native_greedy_tokens_inside_the_tolerance(tmp_path: Path) -> None:

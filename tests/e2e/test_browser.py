@@ -19,8 +19,8 @@ import pytest
 from inference.gguf_model import GGUFModel, smollm2_path
 from inference.tokenizer import ChatTokenizer
 from market.localstack import stream_tokens
-from worker_web.tab_driver import BrowserTab, launch, playwright_driver
-from worker_web.tab_parity import compare, descriptors, native_runtimes, record_chain, within_tolerance
+from worker_web.testing.tab_driver import BrowserTab, launch, playwright_driver
+from worker_web.testing.tab_parity import compare, descriptors, native_runtimes, record_chain, within_tolerance
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from market.localstack import stream_tokens
-from worker_web import accelerator
+from transport import accelerator
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_greedy_output_equals_the_whole_model(
     assert len({hop["provider"] for hop in done["pipeline"]}) == 3, "each shard runs on a different provider"
     # Every step input (the runner's to hop 0, each hop's output to the next) was counted, and on this server, where
     # the runner and every provider's consumer share the loop, none went through the channel layer
-    # (worker_web/relay.py). With the fast path on (config/daphne_fast.py), most went onto the socket in the callback
+    # (transport/relay.py). With the fast path on (transport/daphne_fast.py), most went onto the socket in the callback
     # that had them; with it off (RELAY_FAST_PATH=off, or other library versions), none did.
     steps, relayed = done["timings"]["decode_steps"] + 1, done["timings"]["step_inputs_relayed"]
     assert sum(relayed.values()) == 3 * steps and "layer" not in relayed, relayed

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from inference import wire
-from worker_web import protocol as p
+from transport import protocol as p
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def _wire_frame(payload: bytes, *, mask: bytes | None) -> bytes:
 
 
 async def _one_message_four_ways(market: Any) -> tuple[list[str], int | None]:
-    """The same binary message sent whole (Daphne's quick path, config/daphne_fast.py), fragmented, split across
+    """The same binary message sent whole (Daphne's quick path, transport/daphne_fast.py), fragmented, split across
     two TCP reads and in one write together with the next message (autobahn's path): the server must read the
     same bytes every way. Then an unmasked frame, which autobahn must refuse by closing the connection."""
     message = _frame(uuid.uuid4(), dtype=9)  # answered with an error naming the dtype code: the payload was read

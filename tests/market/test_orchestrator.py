@@ -30,7 +30,7 @@ from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.tasks import job_launch
 from tests.waiting import until
-from worker_web import protocol as p
+from transport import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -34,7 +34,7 @@ from inference.config import ShardSpec  # noqa: E402
 from inference.gguf_model import GGUFModel, smollm2_path  # noqa: E402
 from inference.runtime import ShardRuntime, StepOutput  # noqa: E402
 from inference.shard_builder import build_shard  # noqa: E402
-from worker_web.agent import ProviderAgent, Session  # noqa: E402
+from worker_web.agent.provider import ProviderAgent, Session  # noqa: E402
 
 log = logging.getLogger("provider")
 

@@ -55,8 +55,8 @@ class Served:
     states: list[list[np.ndarray]]  # [hop][step] -> layer_hidden [n_layers, S, H] float32
 
     def answer(self, reveal: Reveal) -> tuple[dict[int, np.ndarray], list[Any]]:
-        """What an honest agent (worker_web/agent.py `_reveal`) sends for `reveal`: the layer's committed states per
-        step and one proof per step, the proofs as they arrive after a trip through JSON."""
+        """What an honest agent (worker_web/agent/provider.py `_reveal`) sends for `reveal`: the layer's committed
+        states per step and one proof per step, the proofs as they arrive after a trip through JSON."""
         hop = int(reveal.dispute.hop or 0)
         steps = range(reveal.first_step, reveal.last_step + 1)
         states = {s: self.states[hop][s][reveal.layer] for s in steps}

@@ -1,4 +1,4 @@
-"""The headless agent's store of committed states (worker_web/state_store.py): kept per (session, step) while the
+"""The headless agent's store of committed states (worker_web/agent/state_store.py): kept per (session, step) while the
 session is open, written to one file and dropped from memory when it closes, read back bit for bit, deleted after
 the keep time; anything missing is None (the agent then answers a reveal with no_states)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inference import commitment
-from worker_web.state_store import StateStore
+from worker_web.agent.state_store import StateStore
 
 N_LAYERS, HIDDEN = 4, 8
 
@@ -139,7 +139,7 @@ def test_prune_deletes_only_files_older_than_the_keep_time(store: StateStore) ->
 def test_prune_follows_the_keep_time_the_server_sends(store: StateStore) -> None:
     now = time.time()
     session = _closed(store, 150, now)
-    store.keep_seconds = 200.0  # the welcome's states_keep_seconds (worker_web/agent.py)
+    store.keep_seconds = 200.0  # the welcome's states_keep_seconds (worker_web/agent/provider.py)
     assert store.prune(now=now) == 0 and store.layer(session, 0, 0) is not None
     store.keep_seconds = 100.0
     assert store.prune(now=now) == 1

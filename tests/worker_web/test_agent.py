@@ -22,8 +22,8 @@ from inference.gguf_model import GGUFModel
 from inference.runtime import ShardRuntime
 from inference.shard_builder import build_shard
 from inference.tiny import write_tiny_gguf
-from worker_web import protocol as p
-from worker_web.agent import AuthRefused, ProviderAgent, ShardCache, time_decode
+from transport import protocol as p
+from worker_web.agent.provider import AuthRefused, ProviderAgent, ShardCache, time_decode
 
 
 class Stop(Exception):
@@ -241,7 +241,7 @@ def test_each_connection_answers_its_own_challenge_with_the_shards_output(
     from websockets.asyncio.server import ServerConnection
 
     from inference import challenge
-    from worker_web.agent import Disconnected
+    from worker_web.agent.provider import Disconnected
 
     spec = ShardSpec("tiny", "f32", 1, 3, tiny_model.config.n_layers)
     data = build_shard(tiny_model, spec).SerializeToString()
@@ -284,7 +284,7 @@ def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: Provider
     """A restarting server closes with 1001: serve_once reports Disconnected, which run_forever retries."""
     from websockets.asyncio.server import ServerConnection, serve
 
-    from worker_web.agent import Disconnected
+    from worker_web.agent.provider import Disconnected
 
     async def server(ws: ServerConnection) -> None:
         hello = p.loads(str(await ws.recv()))
@@ -325,7 +325,7 @@ def test_a_head_session_answers_with_the_argmax_when_asked_and_the_logits_otherw
     import uuid
 
     from inference import wire
-    from worker_web.agent import Session
+    from worker_web.agent.provider import Session
 
     spec = ShardSpec("tiny", "f32", 2, 4, tiny_model.config.n_layers)
     runtime = ShardRuntime(build_shard(tiny_model, spec).SerializeToString())
@@ -399,7 +399,7 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     from websockets.asyncio.server import ServerConnection
 
     from inference import wire
-    from worker_web.agent import Disconnected
+    from worker_web.agent.provider import Disconnected
 
     spec = ShardSpec("tiny", "f32", 1, 3, tiny_model.config.n_layers)  # a middle shard: float16 hidden states out
     data = build_shard(tiny_model, spec).SerializeToString()

@@ -24,7 +24,7 @@ from inference.runtime import ShardRuntime
 from inference.tiny import write_tiny_gguf
 from market import services
 from market.models import Provider
-from worker_web import protocol as p
+from transport import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,8 +25,8 @@ from rest_framework.authtoken.models import Token
 from config.asgi import application
 from inference import wire
 from market.models import Job, LanguageModel, Provider, Shard
-from worker_web import protocol as p
-from worker_web import relay
+from transport import protocol as p
+from transport import relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

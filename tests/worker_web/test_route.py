@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference import wire
-from worker_web import protocol as p
+from transport import protocol as p
 from worker_web.consumers import Route
 
 HIDDEN, VOCAB = 8, 50

@@ -25,8 +25,8 @@ from inference import commitment, wire
 from inference.gguf_model import GGUFModel, smollm2_path
 from inference.runtime import ShardRuntime
 from market.localstack import LocalMarket
-from worker_web.tab_driver import BrowserTab, launch, playwright_driver
-from worker_web.tab_parity import HIDDEN_ATOL, HIDDEN_RTOL, descriptors
+from worker_web.testing.tab_driver import BrowserTab, launch, playwright_driver
+from worker_web.testing.tab_parity import HIDDEN_ATOL, HIDDEN_RTOL, descriptors
 
 STATIC = Path(__file__).resolve().parents[2] / "worker_web" / "static" / "worker_web"
 PASSWORD = "tab-commitment-password"

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from worker_web.agent import AuthRefused, ProviderAgent
+from worker_web.agent.provider import AuthRefused, ProviderAgent
 
 
 class Command(BaseCommand):

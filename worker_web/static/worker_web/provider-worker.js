@@ -1,5 +1,5 @@
 // The provider tab's Web Worker: it owns the WebSocket to /ws/provider/, the shard cache and onnxruntime-web, so
-// the page only draws. It speaks docs/protocol.md exactly as worker_web/agent.py does (kind "browser").
+// the page only draws. It speaks docs/protocol.md exactly as worker_web/agent/provider.py does (kind "browser").
 import * as wire from "./wire.js";
 import * as commitment from "./commitment.js";
 import { encodeAnswer, runChallenge } from "./challenge.js";
@@ -9,8 +9,8 @@ import { StateStore } from "./state-store.js";
 
 const BACKOFF_FIRST = 1, BACKOFF_CAP = 30; // seconds, as ProviderAgent.run_forever
 const STEP_TIMES_KEPT = 32;
-const COMMITS_PER_MESSAGE = 256; // worker_web/protocol.py
-const COMMIT_BATCH_STEPS = 16; // worker_web/protocol.py
+const COMMITS_PER_MESSAGE = 256; // transport/protocol.py
+const COMMIT_BATCH_STEPS = 16; // transport/protocol.py
 const COMMIT_IDLE_MS = 250; // COMMIT_IDLE_SECONDS
 
 const state = {
@@ -251,7 +251,7 @@ async function answerChallenge(message) {
   if (!shard || message.shard_id !== shard.id) {
     throw Object.assign(new Error(`a challenge on ${message.shard_id}, not on the shard this tab announced`), { code: "bad_message" });
   }
-  // At most the work agent.py agrees to (worker_web/protocol.py challenge_fields): a seed a number holds exactly.
+  // At most the work agent.py agrees to (transport/protocol.py challenge_fields): a seed a number holds exactly.
   if (!whole(message.seed, 0, 2 ** 53 - 1) || !whole(message.prompt, 1, 64) || !whole(message.steps, 1, 256)) {
     throw Object.assign(new Error('"benchmark_challenge" needs a seed below 2^53, prompt 1-64 and steps 1-256'), { code: "bad_message" });
   }
@@ -345,7 +345,7 @@ async function step(buffer) {
 
 // --- commitments and reveals (docs/protocol.md, "Commitments and reveals") ------------------------------------
 
-// Send the commitments of the steps answered, in batches and off the step's path (worker_web/protocol.py,
+// Send the commitments of the steps answered, in batches and off the step's path (transport/protocol.py,
 // COMMIT_BATCH_STEPS and COMMIT_IDLE_SECONDS): a full batch on the worker's next task, a partial one after a pause.
 function commitSoon() {
   if (state.uncommitted.length && state.commitTimer === null) {
@@ -389,7 +389,7 @@ async function closeStates(session) {
 }
 
 // Open one layer's committed states for a range of steps: a REVEAL frame per step, then the proofs; `no_states`
-// naming the request when any step is missing (worker_web/agent.py `_reveal`).
+// naming the request when any step is missing (worker_web/agent/provider.py `_reveal`).
 async function reveal(message) {
   const request = String(message.request ?? "").slice(0, 64);
   const { session, layer, first_step: first, last_step: last } = message;

@@ -1,4 +1,4 @@
-// The tab's store of the per-layer hidden states it committed to, kept to answer reveals (worker_web/state_store.py
+// The tab's store of the per-layer hidden states it committed to, kept to answer reveals (worker_web/agent/state_store.py
 // is the headless agent's). States of an open session stay in memory; when the session closes they go to IndexedDB,
 // one record per (session, step) so that a reveal reads only the steps it asks for, and the memory is freed. Records
 // older than the keep time (the welcome's `states_keep_seconds`) are deleted by `prune`.

@@ -1,4 +1,4 @@
-"""The relay's fast path as an accelerator (worker_web/accelerator.py), and the in-process relay's rules.
+"""The relay's fast path as an accelerator (transport/accelerator.py), and the in-process relay's rules.
 
 The fast path is on only for the exact library versions it was written against and never when RELAY_FAST_PATH is
 off; off, Daphne and websockets run as they ship. The relay keeps a session's control messages and steps in one
@@ -19,9 +19,9 @@ import pytest
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
-from worker_web import accelerator, relay
-from worker_web.agent import _connection_class
-from worker_web.step_connection import StepConnection
+from transport import accelerator, relay
+from worker_web.agent.provider import _connection_class
+from worker_web.agent.step_connection import StepConnection
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup()
 from daphne.ws_protocol import WebSocketProtocol
 plain = WebSocketProtocol.serverSend
-from config import daphne_fast
+from transport import daphne_fast
 daphne_fast.install()
 print(WebSocketProtocol.serverSend is not plain, getattr(WebSocketProtocol.serverSend, "writes_at_once", False))
 """

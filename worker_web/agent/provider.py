@@ -4,8 +4,8 @@ It says hello with its capacity, answers the server's benchmark challenge on the
 server chose, timed by the server, the answer checked: inference/challenge.py), then serves what the server asks:
 open a session on a shard (downloading and hash-checking the shard into a disk cache keyed by SHA-256 first),
 run step frames through it with a KV cache per session, close sessions. When the connection drops it
-reconnects with capped exponential backoff; shards stay cached and loaded. No Django: it needs only
-inference/ and this app's protocol and connection modules, so it runs anywhere the model runtime runs.
+reconnects with capped exponential backoff; shards stay cached and loaded. No Django: it needs only inference/,
+transport.protocol and this package's modules, so it runs anywhere the model runtime runs.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from websockets.typing import Origin
 from inference import challenge, commitment, wire
 from inference.errors import InferenceError, ShardIntegrityError
 from inference.runtime import ShardRuntime, StepOutput
-from worker_web import accelerator
-from worker_web import protocol as p
-from worker_web.state_store import StateStore
+from transport import accelerator
+from transport import protocol as p
+from worker_web.agent.state_store import StateStore
 
 if TYPE_CHECKING:
-    from worker_web.step_connection import StepConnection
+    from worker_web.agent.step_connection import StepConnection
 
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
@@ -497,7 +497,7 @@ def _connection_class() -> type[ClientConnection]:
     """StepConnection, the fast path through websockets' internals, where `accelerator` allows it (imported only
     then: it reaches into modules another websockets version may not have); websockets' own connection else."""
     if accelerator.enabled("agent"):
-        from worker_web.step_connection import StepConnection
+        from worker_web.agent.step_connection import StepConnection
 
         return StepConnection
     return ClientConnection

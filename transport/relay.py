@@ -5,7 +5,7 @@ process (on this event loop), the event is put straight into its inbox: with the
 trip through Redis on every hop of every token, and with either layer the copy and the scheduling of a layer
 receive. A consumer in another process, or a sender on another loop (a Celery worker's runner), goes through the
 channel layer as before. Events for one consumer keep their order either way: everything a consumer handles,
-its socket's messages included, comes out of one queue (`config.consumers.InboxConsumerMixin`).
+its socket's messages included, comes out of one queue (`transport.inbox.InboxConsumerMixin`).
 
 Everything a runner sends a provider's consumer, and everything a consumer sends a runner, goes through `deliver`:
 whether a channel is here never changes while it exists, so a session's control messages (open, route, close)
@@ -14,7 +14,7 @@ capacity of relayed events, like a channel of the layer.
 
 A consumer that is idle (nothing handled, nothing queued) may take a relayed event at once instead: a provider
 consumer then writes the step input to its socket in the same callback that received the previous hop's output
-(`config/daphne_fast.py`), with no turn of the event loop in between.
+(`transport/daphne_fast.py`), with no turn of the event loop in between.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Literal
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from config.consumers import PUMP_FAILED, pump
+from transport.inbox import PUMP_FAILED, pump
 
 Delivered = Literal["now", "queued", "layer"]
 

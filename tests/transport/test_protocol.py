@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from worker_web import protocol as p
-from worker_web.protocol import ProtocolError
+from transport import protocol as p
+from transport.protocol import ProtocolError
 
 HELLO: dict[str, Any] = {
     "type": "hello",

@@ -1,10 +1,10 @@
 """The relay's fast path through the WebSocket stack's internals, as an accelerator: pinned, checked, switchable.
 
 Three pieces read or replace private parts of the libraries beneath us, for the provider relay's speed:
-- `config/daphne_fast.py` patches Daphne's and autobahn's WebSocket protocol and writes to Twisted's transport;
-- `config/consumers.py` takes Daphne's input queue of a connection as the consumer's inbox and offers it binary
+- `transport/daphne_fast.py` patches Daphne's and autobahn's WebSocket protocol and writes to Twisted's transport;
+- `transport/inbox.py` takes Daphne's input queue of a connection as the consumer's inbox and offers it binary
   messages before they are queued (those two: the "server" side);
-- `worker_web/step_connection.py` reads websockets' protocol, parser and assembler on the headless agent (the
+- `worker_web/agent/step_connection.py` reads websockets' protocol, parser and assembler on the headless agent (the
   "agent" side).
 Each was written against the exact versions in `PINNED`. `enabled(side)` is True only when the environment
 variable `RELAY_FAST_PATH` is not off ("0", "false", "no", "off") and every library of that side is installed at
@@ -13,7 +13,7 @@ own queue) and one log line says why. A library upgrade therefore turns the fast
 every WebSocket; moving a pin means reading the patched code against the new version first. CI runs the
 end-to-end suite both ways, and `bench/pipeline.py --fast-path on,off` measures both.
 
-The in-process relay (`worker_web/relay.py`) uses no library internals and runs either way.
+The in-process relay (`transport/relay.py`) uses no library internals and runs either way.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ on,off` measures the difference) the message waited in the connection's queue fo
 consumer put the relayed frame into the next consumer's queue for that one's task, and the frame it sent waited
 in Twisted's buffer for the reactor to poll the socket. These patches let a binary message skip those waits when
 nothing is queued before it; every other message, and every binary message that arrives while its consumer is
-busy, takes Daphne's path unchanged. They are an accelerator (`worker_web/accelerator.py`): installed only for
+busy, takes Daphne's path unchanged. They are an accelerator (`transport/accelerator.py`): installed only for
 the exact versions they were written against, and never when RELAY_FAST_PATH is off.
 
 - Frame: a read that holds exactly one whole binary message in one masked frame, on an open connection between
@@ -14,7 +14,7 @@ the exact versions they were written against, and never when RELAY_FAST_PATH is 
   machine. Any other read (a partial, fragmented or oversized frame, text, control frames, compression) goes to
   autobahn, which also reports every protocol violation as before.
 - Receive: a consumer can hand Daphne a `take_now(payload) -> bool` on its input queue
-  (`config.consumers.InboxConsumerMixin` does, for consumers that implement `receive_now`). Daphne's `onMessage`
+  (`transport.inbox.InboxConsumerMixin` does, for consumers that implement `receive_now`). Daphne's `onMessage`
   offers it each binary message first, in the reactor's read callback; only a refused message is queued.
 - Send: `Server.create_application` puts a `send_now(data) -> bool` on each WebSocket connection's input queue,
   which sends a binary message on that connection at once from synchronous code (False when the connection is not
@@ -32,11 +32,11 @@ import functools
 import time
 from typing import Any
 
-from worker_web import accelerator
+from transport import accelerator
 
 
 def install() -> None:
-    """Patch Daphne (idempotent; a no-op where Daphne is not installed, or where `worker_web.accelerator` says the
+    """Patch Daphne (idempotent; a no-op where Daphne is not installed, or where `transport.accelerator` says the
     server's fast path is off: switched off, or other versions than it was written for)."""
     if not accelerator.enabled("server"):
         return

@@ -1,4 +1,4 @@
-"""config/daphne_fast.py's write of a relayed frame, on a real socket: sent at once when nothing is buffered, and
+"""transport/daphne_fast.py's write of a relayed frame, on a real socket: sent at once when nothing is buffered, and
 whatever the socket does not take (a full buffer, a broken connection) handed to the transport's own buffer in
 order, never lost and never raised. The whole server path runs in tests/e2e on every hop of every job."""
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from config.daphne_fast import _write_now
+from transport.daphne_fast import _write_now
 
 
 class Transport:

@@ -11,12 +11,12 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-from worker_web import accelerator
+from transport import accelerator
 
 
 class InboxConsumerMixin:
     """Run a consumer from one queue: its socket's messages, its channel layer messages and whatever this process
-    puts there directly (`inbox_put`, see worker_web/relay.py) are handled one at a time, in arrival order.
+    puts there directly (`inbox_put`, see transport/relay.py) are handled one at a time, in arrival order.
 
     Channels' own loop waits on the socket and the layer with `asyncio.wait` and makes a new task for every message,
     and its dispatch runs `close_old_connections` through `sync_to_async` first, that is in the one shared sync
@@ -26,7 +26,7 @@ class InboxConsumerMixin:
     one wake-up; the channel layer is read by one task that feeds the same queue. The consumers touch the database
     only through `database_sync_to_async`, which closes stale connections around each call itself.
 
-    Taking the server's queue is part of the relay's fast path (`worker_web/accelerator.py`): with it off, the
+    Taking the server's queue is part of the relay's fast path (`transport/accelerator.py`): with it off, the
     consumer pumps `receive` into a queue of its own, as it does under any other server.
     """
 

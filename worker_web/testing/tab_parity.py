@@ -11,7 +11,7 @@ import numpy as np
 
 from inference.runtime import ShardRuntime
 from market.localstack import LocalMarket
-from worker_web.tab_driver import BrowserTab
+from worker_web.testing.tab_driver import BrowserTab
 
 # docs/tolerance.md: more than 10x over every honest difference measured between the tab (WASM) and native ORT.
 HIDDEN_RTOL, HIDDEN_ATOL = 1e-4, 1e-2  # hidden states and per-layer hidden states, against the tensor's largest value
