@@ -51,6 +51,12 @@ def total_minted() -> int:
     return -platform_balance(kind=Kind.MINT)
 
 
+def ledger_held() -> int:
+    """Every base unit the ledger holds: all balances outside the mint and the bridge (what the vault must back)."""
+    held = Account.objects.exclude(kind__in=[Kind.MINT, Kind.BRIDGE]).aggregate(total=Sum("balance"))["total"]
+    return int(held or 0)
+
+
 def _job_sum(*, owner: User, kind: str, job_ref: str) -> int:
     entries = Entry.objects.filter(account__owner=owner, account__kind=kind, transaction__job_ref=job_ref)
     return int(entries.aggregate(total=Coalesce(Sum("amount"), Value(0)))["total"])

@@ -7,6 +7,8 @@ from django.utils import timezone
 
 from config.celery import app
 from ledger import services
+from ledger.services import anchoring
+from ledger.services import chain as chain_services
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
@@ -28,9 +30,7 @@ def release_due_earnings(limit: int = 1000) -> int:
 def chain_sync() -> dict[str, object]:
     """Send the outbox's queued transactions, credit new deposits, refresh stakes (nothing without a chain). A
     chain that is down is reported in the result, not raised: the next beat tries again."""
-    from ledger.services import chain
-
-    return chain.chain_sync()
+    return chain_services.chain_sync()
 
 
 @app.task(
@@ -38,7 +38,5 @@ def chain_sync() -> dict[str, object]:
 )  # type: ignore[untyped-decorator]
 def chain_anchor() -> int | None:
     """Put settlements not anchored yet into the next batch and queue its anchor; the batch id or None."""
-    from ledger.services import anchoring
-
     batch = anchoring.anchor_pending()
     return batch.batch_id if batch else None

@@ -2,7 +2,9 @@
 
 `connect()` finds the contracts this database recorded for the node's chain id and checks their code is there; a
 chain that lacks them (a fresh node) gets them deployed and recorded, so a second start reuses them (idempotent
-deployment). It returns None when no chain is configured (CHAIN_RPC_URL empty).
+deployment). It returns None when no chain is configured (CHAIN_RPC_URL empty). A fresh chain starts a new epoch,
+and the ops it needs (the vault's backing of what the ledger already holds) are queued as rows (ops.py, below the
+bridge); sending them is the outbox's work, above it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from django.db import transaction
 from eth_account import Account
 
 from ledger.chain.client import Addresses, Chain, StakingParams
-from ledger.chain.models import ChainCursor, ChainDeployment
+from ledger.chain.models import ChainCursor, ChainDeployment, ChainOp
+from ledger.chain.ops import IN_FLIGHT, enqueue, ops_total
+from ledger.chain.ops import epoch as epoch  # which deployment this is: defined below the bridge, for ops_total
+from ledger.selectors import ledger_held
 
 log = logging.getLogger(__name__)
 _NAMES = {"token": "MarketToken", "vault": "MarketVault", "staking": "Staking", "anchor": "SettlementAnchor"}
@@ -82,17 +87,7 @@ def _ensure_deployed(chain: Chain) -> Addresses:
     return addresses
 
 
-def epoch() -> int:
-    """Which deployment the market's contracts are: 1 for the first, one more for each fresh chain under this
-    database. Mined ops and credited deposits carry it, so the checks compare the ledger with the chain it is on."""
-    return int(ChainCursor.objects.filter(name="chain:epoch").values_list("value", flat=True).first() or 0)
-
-
 def _backfill(addresses: Addresses) -> None:
-    from ledger.chain import outbox
-    from ledger.chain.models import ChainOp
-    from ledger.chain.reconcile import IN_FLIGHT, ledger_held, ops_total
-
     counter, _ = ChainCursor.objects.get_or_create(name="chain:epoch")
     ChainCursor.objects.filter(pk=counter.pk).update(value=counter.value + 1)
     unsent = {"raw_tx": "", "tx_hash": "", "nonce": None, "block_number": None, "gas_used": None, "mined_at": None}
@@ -103,7 +98,7 @@ def _backfill(addresses: Addresses) -> None:
     if held > 0:
         # A fresh node under the same operator key puts the vault at the same address: the key names this deployment.
         key = f"issue:backfill:{addresses.vault}:{uuid.uuid4().hex}"
-        outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=key, args={"amount": str(held)})
+        enqueue(kind=ChainOp.Kind.ISSUE, key=key, args={"amount": str(held)})
 
 
 def cursor_name(chain: Chain, what: str) -> str:

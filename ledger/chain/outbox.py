@@ -10,6 +10,10 @@
   withdrawal id, evidence hash or batch id, which the outbox reads as "already done".
 - One flusher at a time: a lease (a conditional UPDATE on a cursor row) that expires if its holder dies.
 - Chain down: the flush stops at the first op it cannot send and records why; the next flush goes on from there.
+
+Ops are queued as rows by ops.py (`enqueue`, also reachable here), below the outbox; what the ledger does when one
+ends (`on_finished`) is written by ledger/services/vault.py and stakes.py, below it too. The services that drive the
+flush (ledger/services/chain.py) sit above.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from ledger.chain import bridge
 from ledger.chain.client import Chain
 from ledger.chain.errors import AlreadyKnown, ChainError, ChainReverted, ChainUnavailable, NonceTooLow
 from ledger.chain.models import ChainCursor, ChainOp
+from ledger.chain.ops import enqueue as enqueue  # ops are queued as rows below the outbox (ops.py); here for callers
+from ledger.chain.ops import op_id
+from ledger.services.stakes import stakes_refresh_quietly
+from ledger.services.vault import withdrawal_return
 
 log = logging.getLogger(__name__)
 Kind, State = ChainOp.Kind, ChainOp.State
@@ -49,17 +57,6 @@ STAKING_SETTERS: dict[str, Callable[[str], Any]] = {
     "setChallengerShareBps": int,
     "setTreasury": to_checksum_address,
 }
-
-
-def op_id(key: str) -> bytes:
-    """The bytes32 an op names on chain (issue id, withdrawal id): keccak256 of its idempotency key."""
-    return keccak(text=key)
-
-
-def enqueue(*, kind: str, key: str, args: dict[str, Any], user: Any = None) -> ChainOp:
-    """Queue an op (inside the caller's atomic block, with the ledger change it belongs to); once per key."""
-    op, _ = ChainOp.objects.get_or_create(key=key, defaults={"kind": kind, "args": args, "user": user})
-    return op
 
 
 @dataclass
@@ -234,10 +231,9 @@ def _finish(op: ChainOp, *, state: str, error: str = "", block: int | None = Non
 
 
 def on_finished(op: ChainOp) -> None:
-    """What the ledger does when an op ends: a refused withdrawal returns its tokens to the user."""
-    from ledger.services import chain as chain_services  # the services import this module
-
+    """What the ledger does when an op ends: a refused withdrawal returns its tokens to the user; a mined slash is
+    read back into the provider's stake mirror once the transaction commits."""
     if op.kind == Kind.WITHDRAW and op.state == State.FAILED:
-        chain_services.withdrawal_return(op=op)
+        withdrawal_return(op=op)
     if op.kind == Kind.SLASH and op.state == State.MINED:
-        transaction.on_commit(lambda: chain_services.stakes_refresh_quietly(addresses=[op.args["provider"]]))
+        transaction.on_commit(lambda: stakes_refresh_quietly(addresses=[op.args["provider"]]))

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Q, Sum
+from django.conf import settings
+from django.db.models import Sum
 
 from ledger.chain import bridge
 from ledger.chain.client import Chain
 from ledger.chain.merkle import MerkleTree
 from ledger.chain.models import ChainDeposit, ChainOp, SettlementBatch, Wallet
-from ledger.models import Account
-from ledger.selectors import total_minted
+from ledger.chain.ops import IN_FLIGHT, ops_total
+from ledger.selectors import ledger_held, total_minted
+from ledger.services.anchoring import settlement_values, values_leaf
 
-Kind, OpKind, OpState = Account.Kind, ChainOp.Kind, ChainOp.State
-IN_FLIGHT = (OpState.QUEUED, OpState.SENT)
+OpKind, OpState = ChainOp.Kind, ChainOp.State
 
 
 @dataclass
@@ -50,23 +51,9 @@ class Reconciliation:
         return not self.problems
 
 
-def ops_total(kind: str, states: tuple[str, ...]) -> int:
-    """The amounts of ops of `kind` in `states`; mined ones only of the current deployment (bridge.epoch())."""
-    ops = ChainOp.objects.filter(kind=kind, state__in=states)
-    if OpState.MINED in states:
-        ops = ops.exclude(~Q(epoch=bridge.epoch()), state=OpState.MINED)
-    return sum(int(op.args["amount"]) for op in ops)
-
-
 def _logs_total(event: object, argument: str) -> tuple[int, int]:
     logs = event.get_logs(from_block=0)  # type: ignore[attr-defined]
     return sum(int(entry["args"][argument]) for entry in logs), len(logs)
-
-
-def ledger_held() -> int:
-    """Every base unit the ledger holds: all balances outside the mint and the bridge."""
-    held = Account.objects.exclude(kind__in=[Kind.MINT, Kind.BRIDGE]).aggregate(total=Sum("balance"))["total"]
-    return int(held or 0)
 
 
 def reconcile(chain: Chain) -> Reconciliation:
@@ -106,8 +93,6 @@ def reconcile(chain: Chain) -> Reconciliation:
 def parameter_problems(chain: Chain) -> list[str]:
     """Staking's deployed parameters against the market's settings: the unbonding period must outlast the challenge
     window plus a dispute on chain too, not only in the settings."""
-    from django.conf import settings
-
     period = int(chain.call(chain.staking.functions.unbondingPeriod()))
     needed = settings.CHALLENGE_WINDOW_SECONDS + settings.CHAIN_DISPUTE_SECONDS
     problems = []
@@ -148,8 +133,6 @@ def _stake_problems(chain: Chain, r: Reconciliation) -> list[str]:
 def anchor_problems(chain: Chain | None) -> tuple[int, list[str]]:
     """Recompute every batch from the ledger and compare with what was recorded and (when mined) anchored on
     chain. Returns (batches checked, problems)."""
-    from ledger.services.anchoring import settlement_values, values_leaf
-
     problems: list[str] = []
     batches = SettlementBatch.objects.select_related("op").prefetch_related("leaves__settlement__entries__account")
     for batch in batches:

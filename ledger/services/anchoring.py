@@ -14,9 +14,10 @@ from django.db import transaction
 from eth_abi import encode
 from eth_utils import keccak
 
-from ledger.chain import bridge, outbox
+from ledger.chain import bridge
 from ledger.chain.merkle import MerkleTree, leaf_hash
 from ledger.chain.models import ChainCursor, ChainOp, SettlementBatch, SettlementLeaf
+from ledger.chain.ops import enqueue
 from ledger.models import Account, Transaction
 
 LEAF_TYPES = ("string", "uint256", "uint256", "uint256", "uint256", "bytes32")
@@ -75,7 +76,7 @@ def anchor_pending(*, max_leaves: int | None = None) -> SettlementBatch | None:
             "count": len(pending),
             "total": str(total),
         }
-        op = outbox.enqueue(kind=ChainOp.Kind.ANCHOR, key=f"anchor:{batch_id}", args=args)
+        op = enqueue(kind=ChainOp.Kind.ANCHOR, key=f"anchor:{batch_id}", args=args)
         batch = SettlementBatch.objects.create(
             batch_id=batch_id, root=args["root"], count=len(pending), total=total, op=op
         )

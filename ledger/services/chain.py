@@ -3,6 +3,11 @@
 Money moves on the chain only through the outbox (ledger/chain/outbox.py), queued in the same database transaction
 as the ledger posting it belongs to. Users' own chain actions (stake, unbond, deposit) are theirs to sign; on the
 development chain the market holds a key per user (a dev wallet) and signs them here.
+
+The parts the outbox and the mints need lie below them, in their own modules, and are re-exported here: the stake
+mirror (stakes.py: the outbox refreshes a provider's stake once its slash is mined) and the vault's side of the
+ledger (vault.py: the mints queue a mint's backing with `issue_backing`, the outbox returns a refused withdrawal with
+`withdrawal_return`). This module sits above the outbox: `chain_sync` flushes it.
 """
 
 from __future__ import annotations
@@ -11,13 +16,11 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -28,8 +31,9 @@ from ledger.chain import bridge, outbox
 from ledger.chain.client import Chain
 from ledger.chain.errors import ChainError, chain_errors
 from ledger.chain.models import ChainCursor, ChainDeposit, ChainOp, Wallet
+from ledger.chain.ops import enqueue
+from ledger.chain.reconcile import staking_settings
 from ledger.errors import InsufficientFunds
-from ledger.models import Transaction
 from ledger.services.posting import (
     MAX_AMOUNT,
     Kind,
@@ -41,21 +45,14 @@ from ledger.services.posting import (
     replay,
     user_arg,
 )
+from ledger.services.stakes import INT64_MAX, no_chain, require_chain
+from ledger.services.stakes import stakes_refresh as stakes_refresh
+from ledger.services.stakes import stakes_refresh_quietly as stakes_refresh_quietly
+from ledger.services.vault import issue_backing as issue_backing
+from ledger.services.vault import withdrawal_return as withdrawal_return
 
 log = logging.getLogger(__name__)
-_INT64_MAX = 2**63 - 1
 LOG_CHUNK_BLOCKS = 2_000
-
-
-def _no_chain() -> Conflict:
-    return Conflict("this market runs without a chain (CHAIN_RPC_URL is not set)", code="chain_disabled")
-
-
-def _require_chain() -> Chain:
-    chain = bridge.connect()
-    if chain is None:
-        raise _no_chain()
-    return chain
 
 
 def address_arg(name: str, value: object) -> str:
@@ -79,7 +76,7 @@ def wallet_dev_create(*, user: User) -> Wallet:
     the dev chain. Idempotent: a user with a dev wallet keeps it."""
     if not settings.CHAIN_DEV_WALLETS:
         raise Conflict("dev wallets are off on this market: link your own address", code="dev_wallets_off")
-    chain = _require_chain()
+    chain = require_chain()
     wallet = wallet_for(user=user)
     if not wallet.dev_key:
         if wallet.address:
@@ -129,7 +126,7 @@ def wallet_link(*, user: User, address: str, signature: str) -> Wallet:
 def _dev_signer(user: User) -> Iterator[tuple[Chain, Wallet, LocalAccount]]:
     """The chain, the user's dev wallet and its key, with the wallet's row locked: one dev action per user at a time,
     so two requests never sign with the same nonce (development chains only; they wait on the node meanwhile)."""
-    chain = _require_chain()
+    chain = require_chain()
     wallet_for(user=user)
     with transaction.atomic():
         wallet = Wallet.objects.select_for_update().get(user=user)
@@ -175,46 +172,13 @@ def unbonded_withdraw_dev(*, user: User) -> Wallet:
     return stakes_refresh(addresses=[wallet.address or ""])[0]
 
 
-def stakes_refresh(*, addresses: Iterable[str] | None = None) -> list[Wallet]:
-    """Read the stakes of these wallets (all wallets with an address when None) from the chain into the mirror.
-    ChainUnavailable when the node does not answer: the mirror keeps its old read time and goes stale."""
-    chain = _require_chain()
-    wallets = Wallet.objects.exclude(address=None)
-    if addresses is not None:
-        wallets = wallets.filter(address__in=[to_checksum_address(a) for a in addresses])
-    now = timezone.now()
-    refreshed = []
-    for wallet in wallets:
-        active, unbonding, release_at, slashed = chain.call(chain.staking.functions.stakeOf(wallet.address))
-        fields = {
-            "stake_active": min(int(active), _INT64_MAX),
-            "stake_unbonding": min(int(unbonding), _INT64_MAX),
-            "unbond_release_at": datetime.fromtimestamp(int(release_at), tz=UTC) if release_at else None,
-            "stake_slashed": min(int(slashed), _INT64_MAX),
-            "stake_read_at": now,
-        }
-        Wallet.objects.filter(pk=wallet.pk).update(**fields)
-        wallet.refresh_from_db()
-        refreshed.append(wallet)
-    min_stake = int(chain.call(chain.staking.functions.minStake()))
-    ChainCursor.objects.update_or_create(name="staking:min_stake", defaults={"value": min(min_stake, _INT64_MAX)})
-    return refreshed
-
-
-def stakes_refresh_quietly(*, addresses: Iterable[str] | None = None) -> None:
-    try:
-        stakes_refresh(addresses=addresses)
-    except ChainError as exc:
-        log.warning("stake refresh failed: %s", exc)
-
-
 def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger: str | None = None) -> ChainOp:
     """Queue a slash of `provider`'s stake for the fraud `evidence_hash` (bytes32 hex) proves, with the challenger's
     share to `challenger` (an address, or None: all to the treasury). Once per evidence hash. For the verifier."""
     provider = user_arg("provider", provider)
     amount = amount_arg("amount", amount)
     if not bridge.enabled():
-        raise _no_chain()
+        raise no_chain()
     if not isinstance(evidence_hash, str) or not re.fullmatch(r"0x[0-9a-fA-F]{64}", evidence_hash):
         raise InvalidInput("evidence_hash must be 32 bytes as 0x and 64 hex digits")
     wallet = Wallet.objects.filter(user=provider).exclude(address=None).first()
@@ -227,18 +191,10 @@ def slash_request(*, provider: User, amount: int, evidence_hash: str, challenger
         "challenger": address_arg("challenger", challenger) if challenger else "",
     }
     with transaction.atomic():
-        return outbox.enqueue(kind=ChainOp.Kind.SLASH, key=f"slash:{evidence_hash.lower()}", args=args, user=provider)
+        return enqueue(kind=ChainOp.Kind.SLASH, key=f"slash:{evidence_hash.lower()}", args=args, user=provider)
 
 
 # --- issuance, deposits, withdrawals ------------------------------------------------------------------------------
-
-
-def issue_backing(*, mint_tx: Transaction, amount: int) -> ChainOp | None:
-    """Queue the vault's issue of `amount` tokens behind a ledger mint (call in the mint's atomic block)."""
-    if not bridge.enabled():
-        return None
-    args = {"amount": str(amount), "mint_tx": mint_tx.pk}
-    return outbox.enqueue(kind=ChainOp.Kind.ISSUE, key=f"issue:{mint_tx.idempotency_key}", args=args)
 
 
 def deposit_dev(*, user: User, amount: int) -> str:
@@ -258,7 +214,7 @@ def deposit_dev(*, user: User, amount: int) -> str:
 def deposits_watch(*, confirmations: int = 0) -> int:
     """Credit the vault's Deposited logs not credited yet, each once (key deposit:<tx hash>:<log index>). The
     cursor (last block scanned) only saves work: a rescan credits nothing twice. Returns how many were credited."""
-    chain = _require_chain()
+    chain = require_chain()
     cursor, _ = ChainCursor.objects.get_or_create(name=bridge.cursor_name(chain, f"deposits:{chain.vault.address}"))
     with chain_errors():
         head = int(chain.w3.eth.block_number) - confirmations
@@ -295,7 +251,7 @@ def deposit_credit(
                 "block_number": block_number,
                 "sender": sender,
                 "deposit_ref": deposit_ref,
-                "amount": min(amount, _INT64_MAX),
+                "amount": min(amount, INT64_MAX),
                 "epoch": bridge.epoch(),
             },
         )
@@ -327,7 +283,7 @@ def withdrawal_request(*, user: User, amount: int, to: str, key: str | None = No
     amount = amount_arg("amount", amount)
     to = address_arg("to", to)
     if not bridge.enabled():  # no node call: a withdrawal queues while the chain is down
-        raise _no_chain()
+        raise no_chain()
     key = f"withdraw:{user.pk}:{key or secrets.token_hex(16)}"
     available, earnings, bridge_account = accounts_for(
         (user, Kind.USER_AVAILABLE), (user, Kind.PROVIDER_AVAILABLE), (None, Kind.BRIDGE)
@@ -346,27 +302,13 @@ def withdrawal_request(*, user: User, amount: int, to: str, key: str | None = No
         lines = {pk: value for pk, value in lines.items() if value}
         tx = post_lines(kind=TxKind.WITHDRAWAL, key=key, lines=lines, intent=intent, locked=locked, memo=f"to {to}")
         args = {"to": to, "amount": str(amount), "ledger_tx": tx.pk}
-        return outbox.enqueue(kind=ChainOp.Kind.WITHDRAW, key=key, args=args, user=user)
-
-
-def withdrawal_return(*, op: ChainOp) -> Transaction:
-    """A withdrawal the vault refused goes back to the user's available balance, once."""
-    amount = int(op.args["amount"])
-    bridge_account, available = accounts_for((None, Kind.BRIDGE), (op.user, Kind.USER_AVAILABLE))
-    return post_lines(
-        kind=TxKind.WITHDRAWAL_RETURN,
-        key=f"withdraw-return:{op.key}",
-        lines={bridge_account.pk: -amount, available.pk: amount},
-        memo=f"withdrawal refused by the chain: {op.last_error[:200]}",
-    )
+        return enqueue(kind=ChainOp.Kind.WITHDRAW, key=key, args=args, user=user)
 
 
 def staking_params_sync() -> list[ChainOp]:
     """Queue a Staking setter for each deployed parameter that differs from the market's settings (the operator's
     `manage.py chain_params --apply`). Once per (deployment, parameter, change)."""
-    from ledger.chain.reconcile import staking_settings
-
-    chain = _require_chain()
+    chain = require_chain()
     setters = {
         "minStake": "setMinStake",
         "unbondingPeriod": "setUnbondingPeriod",
@@ -381,7 +323,7 @@ def staking_params_sync() -> list[ChainOp]:
                 continue
             key = f"admin:{bridge.epoch()}:{setters[name]}:{deployed}->{wanted}"
             args = {"function": setters[name], "value": str(wanted)}
-            ops.append(outbox.enqueue(kind=ChainOp.Kind.ADMIN, key=key, args=args))
+            ops.append(enqueue(kind=ChainOp.Kind.ADMIN, key=key, args=args))
     return ops
 
 

@@ -8,8 +8,8 @@ from django.db import transaction
 
 from ledger.errors import OperatorOnly
 from ledger.models import Transaction
-from ledger.services import chain as chain_services
 from ledger.services.posting import Kind, TxKind, account_for, amount_arg, post_lines, text_arg, user_arg
+from ledger.services.vault import issue_backing
 
 
 def mint(*, to_user: User, amount: int, key: str, by: User, memo: str = "") -> Transaction:
@@ -31,7 +31,7 @@ def mint_as_system(*, to_user: User, amount: int, key: str, memo: str = "") -> T
         tx = post_lines(kind=TxKind.MINT, key=key, lines={issuer.pk: -amount, available.pk: amount}, memo=memo)
         # With a chain, every base unit the ledger holds is a token in the vault: queue the vault's issue of these
         # (in this transaction, so a crash cannot leave the mint unbacked).
-        chain_services.issue_backing(mint_tx=tx, amount=amount)
+        issue_backing(mint_tx=tx, amount=amount)
     return tx
 
 

@@ -19,7 +19,6 @@ from config.errors import Conflict, InvalidInput
 from ledger import selectors
 from ledger.errors import InsufficientFunds
 from ledger.models import Account, PendingRelease, Transaction
-from ledger.services import chain as chain_services
 from ledger.services.posting import (
     Kind,
     TxKind,
@@ -31,6 +30,7 @@ from ledger.services.posting import (
     text_arg,
     user_arg,
 )
+from ledger.services.vault import issue_backing
 
 
 def challenge_window() -> timedelta:
@@ -189,7 +189,7 @@ def platform_pays(
         locked={**locked, **platform},
     )
     if total > from_fees:
-        chain_services.issue_backing(mint_tx=tx, amount=total - from_fees)
+        issue_backing(mint_tx=tx, amount=total - from_fees)
     release_after = timezone.now() + challenge_window()
     PendingRelease.objects.bulk_create(
         PendingRelease(settlement=tx, provider=user, job_ref=job_ref, amount=amount, release_after=release_after)
