@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from django.conf import settings
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -15,12 +15,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import Conflict, InvalidInput, NotFound
+from config.errors import Conflict, InvalidInput
 from config.schema import errors
 from ledger import selectors as ledger_selectors
 from ledger.chain import selectors as chain_selectors
-from ledger.models import PendingRelease
-from market import quotes, selectors, services
+from market import model_files, quotes, selectors, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
 from market.serializers import (
     AuctionRoundSerializer,
@@ -38,7 +37,9 @@ class ModelListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no 
     """Models that can be bought, with their shards."""
 
     serializer_class = ModelSerializer
-    queryset = LanguageModel.objects.prefetch_related("shards").order_by("name", "quant")
+
+    def get_queryset(self) -> QuerySet[LanguageModel]:
+        return selectors.models_listed()
 
 
 class ProviderListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -47,7 +48,7 @@ class ProviderListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships 
     serializer_class = ProviderSerializer
 
     def get_queryset(self) -> QuerySet[Provider]:
-        return selectors.providers_online().order_by(F("ns_per_layer_token").asc(nulls_last=True), "pk")
+        return selectors.providers_online_by_benchmark()
 
 
 class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -57,12 +58,11 @@ class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
         summary="Your jobs, newest first",
     )
     def get(self, request: Request) -> Response:
-        jobs: QuerySet[Job] = Job.objects.filter(buyer=request.user).select_related("model")
-        if (state := request.query_params.get("state")) is not None:
-            if state not in Job.State.values:
-                raise InvalidInput(f"state must be one of {', '.join(Job.State.values)}", code="bad_state")
-            jobs = jobs.filter(state=state)
-        return Response(JobSerializer(jobs[:100], many=True).data)
+        state = request.query_params.get("state")
+        if state is not None and state not in Job.State.values:
+            raise InvalidInput(f"state must be one of {', '.join(Job.State.values)}", code="bad_state")
+        jobs = selectors.jobs_of_buyer(buyer=request.user, state=state)
+        return Response(JobSerializer(jobs, many=True).data)
 
     @extend_schema(
         request=JobCreateSerializer,
@@ -73,7 +73,7 @@ class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        model = _model_named(data["model"], data.get("quant"))
+        model = selectors.model_available(name=data["model"], quant=data.get("quant"))
         job = services.job_create(
             buyer=request.user,
             model=model,
@@ -138,12 +138,12 @@ class QuoteApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
-        model = _model_named(str(params.get("model", "")), params.get("quant"))
+        model = selectors.model_available(name=str(params.get("model", "")), quant=params.get("quant"))
         max_new_tokens = _int_param(params.get("max_new_tokens", "64"), "max_new_tokens", 1, 4096)
         if "prompt" in params:
             messages = [{"role": "user", "content": params["prompt"]}]
             check_prompt_size(model=model, messages=messages, max_new_tokens=max_new_tokens)
-            prompt_tokens = len(selectors.model_tokenizer(model).encode_chat(messages))
+            prompt_tokens = len(model_files.model_tokenizer(model).encode_chat(messages))
         else:
             prompt_tokens = _int_param(params.get("prompt_tokens", ""), "prompt_tokens", 1, 1_000_000)
         tokens = prompt_tokens + max_new_tokens
@@ -198,7 +198,7 @@ class MyCapacityApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships no
     serializer_class = ProviderSerializer
 
     def get_queryset(self) -> QuerySet[Provider]:
-        return Provider.objects.filter(user=self.request.user).order_by("pk")
+        return selectors.providers_of_user(user=self.request.user)
 
 
 class MyAskApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -221,7 +221,7 @@ class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     )
     def get(self, request: Request) -> Response:
         balances = ledger_selectors.balances_of(user=request.user)
-        rows = PendingRelease.objects.filter(provider=request.user).order_by("-pk")[:100]
+        rows = selectors.provider_releases(provider=request.user)
         return Response(
             {
                 "pending": balances.pending,
@@ -237,16 +237,4 @@ class AuctionRoundListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF sh
     serializer_class = AuctionRoundSerializer
 
     def get_queryset(self) -> QuerySet[AuctionRound]:
-        return AuctionRound.objects.order_by("-pk")[:50]
-
-
-def _model_named(name: str, quant: str | None) -> LanguageModel:
-    models = LanguageModel.objects.filter(name=name)
-    if quant is not None:
-        models = models.filter(quant=quant)
-    model = models.order_by("-pk").first()
-    if model is None:
-        raise NotFound(
-            f"model {name}{f' ({quant})' if quant else ''} is not available; see /api/models/", code="unknown_model"
-        )
-    return model
+        return selectors.auction_rounds_latest()

@@ -1,4 +1,4 @@
-"""Reads of the market app."""
+"""Reads of the market app (the database only: loading stored shard and tokenizer files is market.model_files)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files.storage import default_storage
 from django.db.models import Case, F, Q, QuerySet, When
 from django.urls import reverse
 from django.utils import timezone
 
 from config.errors import NotFound
 from inference.config import parse_plan
-from inference.generate import LocalChain
-from inference.runtime import ShardRuntime
-from inference.tokenizer import ChatTokenizer
 from ledger.chain import selectors as chain_selectors
+from ledger.models import PendingRelease
 from market.auction.pricing import platform_ask
-from market.models import Assignment, Job, LanguageModel, Provider, Shard
+from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider, Shard
 
 
 def model_get(*, name: str, quant: str) -> LanguageModel:
@@ -31,6 +28,24 @@ def model_get(*, name: str, quant: str) -> LanguageModel:
             code="unknown_model",
         )
     return model
+
+
+def model_available(*, name: str, quant: str | None) -> LanguageModel:
+    """The newest import of the model a buyer names (of that quant when given); NotFound points to /api/models/."""
+    models = LanguageModel.objects.filter(name=name)
+    if quant is not None:
+        models = models.filter(quant=quant)
+    model = models.order_by("-pk").first()
+    if model is None:
+        raise NotFound(
+            f"model {name}{f' ({quant})' if quant else ''} is not available; see /api/models/", code="unknown_model"
+        )
+    return model
+
+
+def models_listed() -> QuerySet[LanguageModel]:
+    """Every imported model with its shards prefetched, by name then quant."""
+    return LanguageModel.objects.prefetch_related("shards").order_by("name", "quant")
 
 
 def shard_chain(*, model: LanguageModel, plan: str | None) -> list[Shard]:
@@ -60,33 +75,22 @@ def shard_chain(*, model: LanguageModel, plan: str | None) -> list[Shard]:
     return chain
 
 
-def shard_runtime(shard: Shard) -> ShardRuntime:
-    """Load a stored shard, refusing bytes that do not match its registered SHA-256."""
-    return ShardRuntime(default_storage.path(str(shard.file.name)), sha256=shard.sha256)
-
-
-def local_chain(shards: list[Shard]) -> LocalChain:
-    return LocalChain(shard_runtime(s) for s in shards)
-
-
-_TOKENIZERS: dict[str, ChatTokenizer] = {}  # by the SHA-256 of the stored file: content never changes under it
-
-
-def model_tokenizer(model: LanguageModel) -> ChatTokenizer:
-    if (cached := _TOKENIZERS.get(model.tokenizer_sha256)) is not None:
-        return cached
-    with default_storage.open(str(model.tokenizer_file.name), "rb") as handle:
-        tokenizer = ChatTokenizer.from_json(handle.read().decode())
-    _TOKENIZERS[model.tokenizer_sha256] = tokenizer
-    return tokenizer
-
-
 def providers_online() -> QuerySet[Provider]:
     """Providers connected now: online, and heard from within three heartbeats (a server that died cannot mark
     its providers offline, so an old `online` alone proves nothing). A provider proven to cheat is never one."""
     fresh = timezone.now() - timedelta(seconds=3 * settings.PROVIDER_HEARTBEAT_SECONDS)
     online = Provider.objects.filter(state=Provider.State.ONLINE, last_seen__gte=fresh, barred=False)
     return online.exclude(channel_name="")
+
+
+def providers_online_by_benchmark() -> QuerySet[Provider]:
+    """Providers online now, fastest benchmark first (not yet benchmarked last), then by pk."""
+    return providers_online().order_by(F("ns_per_layer_token").asc(nulls_last=True), "pk")
+
+
+def providers_of_user(*, user: User) -> QuerySet[Provider]:
+    """The user's provider agents, online or not, oldest first."""
+    return Provider.objects.filter(user=user).order_by("pk")
 
 
 def providers_free(
@@ -190,6 +194,14 @@ def job_for_buyer(*, buyer: User, job_id: int) -> Job:
     return job
 
 
+def jobs_of_buyer(*, buyer: User, state: str | None = None, limit: int = 100) -> QuerySet[Job]:
+    """The buyer's latest jobs (at most `limit`), newest first, optionally only those in one state; nobody else's."""
+    jobs = Job.objects.filter(buyer=buyer).select_related("model")
+    if state is not None:
+        jobs = jobs.filter(state=state)
+    return jobs[:limit]
+
+
 def first_hop_channel(job_id: int) -> str | None:
     """The connection whose slot the job's latest round claimed for its first hop (None when it has no placement)."""
     return (
@@ -235,3 +247,13 @@ def default_max_price(*, model: LanguageModel, prompt_tokens: int, max_new_token
     job run to its token limit."""
     layers = int(model.config["n_layers"])
     return settings.DEFAULT_BID_PER_LAYER_TOKEN * layers * (prompt_tokens + max_new_tokens)
+
+
+def auction_rounds_latest(*, limit: int = 50) -> QuerySet[AuctionRound]:
+    """The latest auction rounds, newest first."""
+    return AuctionRound.objects.order_by("-pk")[:limit]
+
+
+def provider_releases(*, provider: User, limit: int = 100) -> QuerySet[PendingRelease]:
+    """The provider's latest settlement payouts (pending inside the challenge window, or released), newest first."""
+    return PendingRelease.objects.filter(provider=provider).order_by("-pk")[:limit]

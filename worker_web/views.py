@@ -7,7 +7,6 @@ import math
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.templatetags.static import static
@@ -16,10 +15,10 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from config.errors import NotFound
 from config.throttling import FailureThrottle
-from market import selectors
-from market.models import Shard
+from market import model_files
+from market import selectors as market_selectors
+from worker_web import selectors
 
 
 class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
@@ -28,14 +27,12 @@ class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
         responses={200: OpenApiResponse(description="the ONNX file"), 304: OpenApiResponse(description="cached")},
     )
     def get(self, request: Request, sha256: str) -> HttpResponseBase:
-        shard = Shard.objects.filter(sha256=sha256.lower()).first()
-        if shard is None:
-            raise NotFound(f"no shard has SHA-256 {sha256}", code="shard_unavailable")
+        shard = selectors.shard_by_sha256(sha256=sha256)
         etag = f'"{shard.sha256}"'
         if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
             response: HttpResponseBase = HttpResponse(status=304)
         else:
-            response = FileResponse(default_storage.open(str(shard.file.name), "rb"), content_type="application/onnx")
+            response = FileResponse(model_files.shard_file_open(shard), content_type="application/onnx")
             response["Content-Length"] = str(shard.size_bytes)
         response["ETag"] = etag
         response["X-Shard-SHA256"] = shard.sha256
@@ -46,7 +43,7 @@ class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
 @login_required
 def provider_page(request: HttpRequest) -> HttpResponse:
     """The provider tab: sign-in is required; the socket and the shard downloads authenticate by the session."""
-    shard = selectors.benchmark_shard()
+    shard = market_selectors.benchmark_shard()
     config = {
         "socketPath": "/ws/provider/",
         "ortBase": static("onnxruntime-web/"),
@@ -54,7 +51,7 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "earningsUrl": reverse("api-provider-earnings"),
         "chainUrl": reverse("api-account-chain"),
         "auditsUrl": reverse("api-provider-audits"),
-        "benchmarkShard": selectors.shard_descriptor(shard) if shard is not None else None,
+        "benchmarkShard": market_selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }
     return render(request, "worker_web/provide.html", {"config": config})
