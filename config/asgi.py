@@ -21,8 +21,7 @@ import market.routing  # noqa: E402
 import worker_web.routing  # noqa: E402
 from config.static import IsolatedStaticFilesHandler  # noqa: E402
 from config.ws_auth import TokenAuthMiddleware  # noqa: E402
-from market import clock  # noqa: E402
-from market.launch import remember_server_loop  # noqa: E402
+from market import clock, launch, scheduling  # noqa: E402
 from transport import daphne_fast  # noqa: E402
 
 daphne_fast.install()
@@ -42,7 +41,7 @@ router = ProtocolTypeRouter(
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     # The embedded profile runs job runners and auction rounds on this server's event loop: note it, and start the
     # market's clock, on the first request of any kind.
-    remember_server_loop()
+    scheduling.serve_here(launch.launch_here)
     if settings.ORCHESTRATOR == "server":
         clock.start()
     await router(scope, receive, send)

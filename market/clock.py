@@ -1,8 +1,8 @@
 """The embedded profile's beat: on the ASGI server's loop, an auction round every AUCTION_EVERY_SECONDS while bids
 wait in the book (sooner after a nudge, debounced by AUCTION_NUDGE_SECONDS), every AUCTION_IDLE_SECONDS while the
 book is empty after a round, and the release of providers' earnings whose challenge window closed. Rounds and
-releases are database work, so they run in a thread; runners start on the loop itself
-(`market.launch.launch_in_server`).
+releases are database work, so they run in a thread; runners start on the loop itself (market/scheduling.py holds
+the loop, how to start a runner on it, and the events that wake the clock).
 
 An empty book has nothing to match, and everything that fills it nudges a round (a new bid, a job requeued); the
 idle rounds only expire, reclaim and settle, which can wait. Rounds every two seconds in the server that relays
@@ -21,53 +21,38 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from ledger import services as ledger_services
+from ledger.services import anchoring
+from ledger.services import chain as chain_services
+from market import launch, scheduling, selectors, services
+from verification import tasks as verification_tasks
+
 log = logging.getLogger(__name__)
 _LOOP: asyncio.AbstractEventLoop | None = None
-_WAKE: asyncio.Event | None = None
 _TASK: asyncio.Task[None] | None = None
-_VERIFY: asyncio.Event | None = None
 
 
 def start() -> None:
     """Start the clock on the running loop, once per loop (called when the server handles its first request)."""
-    global _LOOP, _WAKE, _TASK, _VERIFY
+    global _LOOP, _TASK
     if not settings.MARKET_CLOCK:
         return
     loop = asyncio.get_running_loop()
     if _LOOP is loop and _TASK is not None and not _TASK.done():
         return
-    _LOOP, _WAKE = loop, asyncio.Event()
-    _TASK = loop.create_task(_run(_WAKE))
+    server = scheduling.serve_here(launch.launch_here)
+    _LOOP = loop
+    _TASK = loop.create_task(_run(server.auction))
     loop.create_task(_orphans())
-    _VERIFY = asyncio.Event()
-    loop.create_task(_verify(_VERIFY))
+    loop.create_task(_verify(server.disputes))
     if settings.CHAIN_RPC_URL:
         loop.create_task(_chain())
-
-
-def nudge() -> None:
-    """From any thread: clear soon. Without a running clock (no server in this process) the book simply waits
-    for the server's next round."""
-    loop, wake = _LOOP, _WAKE
-    if loop is None or wake is None or loop.is_closed():
-        log.debug("no market clock in this process; the server's next round will see the book")
-        return
-    loop.call_soon_threadsafe(wake.set)
-
-
-def verify_soon() -> None:
-    """From any thread: advance the open disputes now (a challenge or a reveal arrived)."""
-    loop, wake = _LOOP, _VERIFY
-    if loop is not None and wake is not None and not loop.is_closed():
-        loop.call_soon_threadsafe(wake.set)
 
 
 async def _verify(wake: asyncio.Event) -> None:
     """Disputes: every VERIFY_EVERY_SECONDS, or at once when woken, one turn of each open one (the referee's work
     runs in a thread), and transcripts past their time dropped."""
-    from verification import tasks
-
-    advance = sync_to_async(tasks.advance, thread_sensitive=False)
+    advance = sync_to_async(verification_tasks.advance, thread_sensitive=False)
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), settings.VERIFY_EVERY_SECONDS)
@@ -83,8 +68,6 @@ async def _orphans() -> None:
     did, without waking a whole round: an idle book waits AUCTION_IDLE_SECONDS between rounds, and rounds every few
     seconds cost the relay in this process (see above). One small query on running jobs; resumed jobs' runners
     start on this loop."""
-    from market import launch, services
-
     take = sync_to_async(services.jobs_orphaned, thread_sensitive=False)
     while True:
         await asyncio.sleep(max(1.0, settings.RUNNER_LEASE_SECONDS / 3))
@@ -98,9 +81,6 @@ async def _orphans() -> None:
 async def _chain() -> None:
     """The bridge's beat: every CHAIN_SYNC_SECONDS send queued operator transactions, credit deposits and refresh
     stakes; every CHAIN_ANCHOR_EVERY_SECONDS anchor a batch of settlements. In a thread: it is I/O and database work."""
-    from ledger.services import anchoring
-    from ledger.services import chain as chain_services
-
     sync = sync_to_async(chain_services.chain_sync, thread_sensitive=False)
     anchor = sync_to_async(anchoring.anchor_pending, thread_sensitive=False)
     anchored_at = time.monotonic()
@@ -116,9 +96,6 @@ async def _chain() -> None:
 
 
 async def _run(wake: asyncio.Event) -> None:
-    from ledger import services as ledger_services
-    from market import selectors, services
-
     clear = sync_to_async(services.clear_market, thread_sensitive=False)
     book_empty = sync_to_async(selectors.book_empty, thread_sensitive=False)
     release = sync_to_async(ledger_services.release_due_earnings, thread_sensitive=False)

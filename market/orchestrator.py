@@ -30,12 +30,27 @@ from django.conf import settings
 
 from inference import wire
 from inference.generate import Sampler, SamplingParams
-from market import selectors, services
+from market import model_files, selectors, services
 from market.models import Job, Provider
 from market.placement import AuctionPlacement, FastestFreePlacement, Placement
 from market.streaming import TokenStream
 from transport import relay
+from transport.messages import (
+    Forward,
+    Message,
+    ProviderClose,
+    ProviderOpen,
+    ProviderRoute,
+    ProviderStep,
+    RunnerError,
+    RunnerLost,
+    RunnerOpened,
+    RunnerOutput,
+    job_ends,
+    parse,
+)
 from transport.protocol import HEAD_ARGMAX, HEAD_LOGITS
+from verification.services import audits, transcripts
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +132,7 @@ class JobRunner:
         self.stream.epoch = self.epoch
         self.tokens = self.stream.tokens  # the generated ids, in order (the stream owns the list)
         self.timings: dict[str, Any] = {}
-        self.inbox: dict[str, list[dict[str, Any]]] = {}  # session -> messages that arrived while awaiting another
+        self.inbox: dict[str, list[Message]] = {}  # session -> messages that arrived while awaiting another
         self.steps_done = 0  # steps that went through every hop
         self.head_answers: list[Any] = []  # the head's answer per step, for the transcript
         # How each step input reached its provider's consumer: "now" (on the socket in the callback that had it),
@@ -210,7 +225,7 @@ class JobRunner:
 
     def _load_model(self) -> tuple[list[dict[str, Any]], Any]:
         shards = selectors.shard_chain(model=self.job.model, plan=None)
-        return [selectors.shard_descriptor(s) for s in shards], selectors.model_tokenizer(self.job.model)
+        return [selectors.shard_descriptor(s) for s in shards], model_files.model_tokenizer(self.job.model)
 
     async def _place(self, hop: Hop, *, from_step: int) -> None:
         """Claim a provider for the hop (with a fresh session id) and record the placement; `_open` opens it."""
@@ -243,20 +258,25 @@ class JobRunner:
             job_id=self.job.pk, epoch=self.epoch, tokens=self.tokens, text=self.stream.text, pipeline=self.record
         )
 
-    def _next_address(self, hop: Hop) -> dict[str, Any] | None:
+    def _next_address(self, hop: Hop) -> Forward | None:
         """Where the consumer of `hop` sends its outputs on to: the next hop's provider and session. The head of a
-        greedy job sends its argmax on to hop 0 as the next step's input, unless it is a stop token or the token
-        limit is reached: the same decision `_generate` makes, made without a turn through the runner."""
+        greedy job sends its argmax on to hop 0 as the next step's input, unless `job_ends` there: the same rule
+        `_generate` applies, applied without a turn through the runner."""
         last = hop.index + 1 == len(self.hops)
         if last and (not self._greedy or self.replaying):  # a replay sends every step's input itself
             return None
         after = self.hops[0 if last else hop.index + 1]
         assert after.provider is not None
-        address = {"channel": after.provider.channel_name, "session": str(after.session), "hop": after.index}
+        address = Forward(channel=after.provider.channel_name, session=str(after.session), hop=after.index)
         if last:
-            address |= {"next_token": True, "stop_ids": sorted(self.tokenizer.stop_ids)}
-            address["last_step"] = self.job.max_new_tokens - 1  # step s answers token s + 1
+            address = dataclasses.replace(
+                address, next_token=True, stop_ids=tuple(sorted(self.tokenizer.stop_ids)), last_step=self._last_step
+            )
         return address
+
+    @property
+    def _last_step(self) -> int:
+        return int(self.job.max_new_tokens) - 1  # step s answers token s + 1
 
     @property
     def _greedy(self) -> bool:
@@ -268,16 +288,15 @@ class JobRunner:
         await relay.deliver(
             self.layer,
             hop.provider.channel_name,
-            {
-                "type": "provider.open",
-                "session": str(hop.session),
-                "hop": hop.index,
-                "shard": hop.shard,
-                "reply_to": self.channel,
-                "forward": self._next_address(hop),
+            ProviderOpen(
+                session=str(hop.session),
+                hop=hop.index,
+                shard=hop.shard,
+                reply_to=self.channel,
+                forward=self._next_address(hop),
                 # A greedy job needs only the argmax of the logits: 8 bytes back from the head instead of 4 × vocab.
-                "head_output": HEAD_ARGMAX if self._greedy else HEAD_LOGITS,
-            },
+                head_output=HEAD_ARGMAX if self._greedy else HEAD_LOGITS,
+            ),
         )
 
     async def _reroute(self, hop: Hop) -> None:
@@ -290,11 +309,11 @@ class JobRunner:
         await relay.deliver(
             self.layer,
             before.provider.channel_name,
-            {"type": "provider.route", "session": str(before.session), "forward": self._next_address(before)},
+            ProviderRoute(session=str(before.session), forward=self._next_address(before)),
         )
 
     async def _await_opened(self, hop: Hop) -> None:
-        await self._await(hop, "runner.opened", None, settings.SESSION_OPEN_DEADLINE_SECONDS)
+        await self._await(hop, RunnerOpened, None, settings.SESSION_OPEN_DEADLINE_SECONDS)
 
     # --- the generation loop ----------------------------------------------------------------------------------
 
@@ -320,13 +339,15 @@ class JobRunner:
         while True:
             # The head returns logits, or for a greedy job their argmax (the same token the sampler would pick).
             token = int(head[0, 0]) if head.dtype == np.int64 else sampler(head[0])
-            if token in stops:
+            # The head's consumer applies the same rule to a greedy job's token before sending it on to hop 0.
+            ending = job_ends(token, len(self.tokens), stop_ids=stops, last_step=self._last_step)
+            if ending == "stop":
                 reason = "stop"
                 break
             self.stream.add(token)
             if self.stream.cancelled:
                 raise Cancelled()
-            if len(self.tokens) >= self.job.max_new_tokens:
+            if ending == "length":
                 break
             step += 1
             step_started = time.perf_counter()
@@ -380,7 +401,7 @@ class JobRunner:
             asked_again = False
             while True:
                 try:
-                    out: np.ndarray = await self._await(hop, "runner.output", step, settings.STEP_DEADLINE_SECONDS)
+                    out: np.ndarray = await self._await(hop, RunnerOutput, step, settings.STEP_DEADLINE_SECONDS)
                     break
                 except HopFailed as failure:
                     if failure.code == "deadline" and not asked_again:
@@ -409,18 +430,15 @@ class JobRunner:
         delivered = await relay.deliver(
             self.layer,
             hop.provider.channel_name,
-            {
-                "type": "provider.step",
-                "session": str(hop.session),
-                "step": step,
-                "tokens": int(tensor.shape[1]),
-                "frame": frame,
-                "forward": forward,
-            },
+            ProviderStep(
+                session=str(hop.session), step=step, tokens=int(tensor.shape[1]), frame=frame, forward=forward
+            ),
         )
         self.relayed[delivered] += 1
 
-    async def _await(self, hop: Hop, kind: str, step: int | None, deadline: float) -> Any:
+    async def _await(
+        self, hop: Hop, kind: type[RunnerOpened] | type[RunnerOutput], step: int | None, deadline: float
+    ) -> Any:
         """Wait for the hop's answer; its provider's failure raises HopFailed, and so does the deadline.
 
         One receiver reads the runner's channel: messages of the job's other current sessions wait in the inbox
@@ -431,34 +449,35 @@ class JobRunner:
         while True:
             queued = self.inbox.get(session)
             message = queued.pop(0) if queued else await self._receive(until, deadline)
-            if message.get("session") != session:
-                if any(str(h.session) == message.get("session") for h in self.hops):
-                    self.inbox.setdefault(message["session"], []).append(message)
+            answer_session = getattr(message, "session", None)
+            if answer_session != session:
+                if any(str(h.session) == answer_session for h in self.hops):
+                    self.inbox.setdefault(str(answer_session), []).append(message)
                 continue
-            if message["type"] == "runner.lost":
+            if isinstance(message, RunnerLost):
                 raise HopFailed("provider_lost", "the provider disconnected")
-            if message["type"] == "runner.error":
-                raise HopFailed(message["code"], message["message"])
-            if message["type"] == kind == "runner.opened":
+            if isinstance(message, RunnerError):
+                raise HopFailed(message.code, message.message)
+            if isinstance(message, RunnerOpened) and kind is RunnerOpened:
                 return None
-            if message["type"] == kind == "runner.output" and message["step"] == step:
-                if message.get("relayed"):
-                    self.relayed[message["relayed"]] += 1
+            if isinstance(message, RunnerOutput) and kind is RunnerOutput and message.step == step:
+                if message.relayed:
+                    self.relayed[message.relayed] += 1
                     if hop is self.hops[-1]:
-                        self.sent_ahead = message["step"] + 1
-                return wire.decode(message["frame"]).tensor
+                        self.sent_ahead = message.step + 1
+                return wire.decode(message.frame).tensor
 
-    async def _receive(self, until: float, deadline: float) -> dict[str, Any]:
+    async def _receive(self, until: float, deadline: float) -> Message:
         remaining = until - time.monotonic()
         if remaining <= 0:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s")
         try:
             # A timeout scope, not wait_for: that would run each wait (three per token) as a task of its own.
             async with asyncio.timeout(remaining):
-                message: dict[str, Any] = await self.answers.get()
+                event = await self.answers.get()
         except TimeoutError:
             raise HopFailed("deadline", f"no answer within {deadline:.0f} s") from None
-        return message
+        return parse(event)
 
     async def _replace(self, hop: Hop, step: int, failure: HopFailed) -> None:
         """Put another provider on the hop and rebuild its KV cache by replaying steps 0..step-1 into a fresh
@@ -481,7 +500,7 @@ class JobRunner:
                 for earlier in range(step):  # pipelined: all sent, then collected in order; nothing goes on
                     await self._send_step(hop, earlier, hop.inputs[earlier], forward=False)
                 for earlier in range(step):
-                    await self._await(hop, "runner.output", earlier, settings.STEP_DEADLINE_SECONDS)
+                    await self._await(hop, RunnerOutput, earlier, settings.STEP_DEADLINE_SECONDS)
                 return
             except HopFailed as again:
                 failure = again
@@ -494,7 +513,7 @@ class JobRunner:
         self.record[self._record_index(hop)].update(until_step=step, ended=f"{failure.code}: {failure}")
         hop.failed.add(lost.pk)
         self.inbox.pop(str(hop.session), None)
-        await relay.deliver(self.layer, lost.channel_name, {"type": "provider.close", "session": str(hop.session)})
+        await relay.deliver(self.layer, lost.channel_name, ProviderClose(session=str(hop.session)))
         await sync_to_async(services.provider_release)(provider_id=lost.pk, channel_name=lost.channel_name)
         await sync_to_async(services.provider_record_failure)(provider_id=lost.pk)
         hop.provider = None
@@ -518,8 +537,6 @@ class JobRunner:
     def _record_transcript(self) -> None:
         """Keep what every hop was fed and the head answered, for audits and challenges (after the job, so the
         steps never wait for it)."""
-        from verification.services import transcripts
-
         if self.steps_done == 0:
             return
         try:
@@ -533,8 +550,6 @@ class JobRunner:
             log.exception("job %s: its transcript could not be stored", self.job.pk)
 
     def _draw_audit(self) -> None:
-        from verification.services import audits
-
         try:
             audits.job_audit_draw(job_id=self.job.pk)
         except Exception:
@@ -553,9 +568,7 @@ class JobRunner:
         for hop in self.hops:
             if hop.provider is None:
                 continue
-            await relay.deliver(
-                self.layer, hop.provider.channel_name, {"type": "provider.close", "session": str(hop.session)}
-            )
+            await relay.deliver(self.layer, hop.provider.channel_name, ProviderClose(session=str(hop.session)))
             if str(hop.session) in freed:
                 continue
             await sync_to_async(services.provider_release)(

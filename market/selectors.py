@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -200,6 +201,11 @@ def jobs_of_buyer(*, buyer: User, state: str | None = None, limit: int = 100) ->
     if state is not None:
         jobs = jobs.filter(state=state)
     return jobs[:limit]
+
+
+def session_is_live(*, session: uuid.UUID) -> bool:
+    """Whether a running job uses this session id (on whichever provider): the runner records it in the pipeline."""
+    return Job.objects.filter(state=Job.State.RUNNING, pipeline__icontains=str(session)).exists()
 
 
 def first_hop_channel(job_id: int) -> str | None:

@@ -29,6 +29,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from transport.inbox import PUMP_FAILED, pump
+from transport.messages import Message
 
 Delivered = Literal["now", "queued", "layer"]
 
@@ -69,8 +70,9 @@ def deliver_here(channel: str, event: dict[str, Any]) -> Delivered:
     return "queued"
 
 
-async def deliver(layer: BaseChannelLayer, channel: str, event: dict[str, Any]) -> Delivered:
-    """Send `event` to `channel`: to its consumer directly when that is here, else through the layer."""
+async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> Delivered:
+    """Send `message` to `channel`: to its consumer directly when that is here, else through the layer."""
+    event = message.event()
     if is_here(channel):
         return deliver_here(channel, event)
     await layer.send(channel, event)

@@ -21,12 +21,25 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from inference import wire
-from market import selectors, services
-from market.models import Job
+from market import launch, selectors, services
 from transport import protocol as p
 from transport import relay
 from transport.inbox import InboxConsumerMixin
+from transport.messages import (
+    Forward,
+    ProviderClose,
+    ProviderOpen,
+    ProviderReveal,
+    ProviderRoute,
+    ProviderStep,
+    RunnerError,
+    RunnerLaunch,
+    RunnerLost,
+    RunnerOpened,
+    RunnerOutput,
+)
 from transport.relay import RelayMixin
+from verification.services import commitments, disputes
 from worker_web import shutdown
 from worker_web.benchmark import BenchmarkMixin
 
@@ -44,9 +57,8 @@ class Route:
     has_head: bool
     hidden: int
     vocab: int
-    # The next hop {channel, session, hop}; for a greedy job's head, hop 0 with next_token, stop_ids and last_step;
-    # None for the last hop of a sampled job.
-    forward: dict[str, Any] | None = None
+    # The next hop; for a greedy job's head, hop 0 for the next step's token; None for the last hop of a sampled job.
+    forward: Forward | None = None
     head_output: str = p.HEAD_LOGITS  # what a head shard returns: its logits, or their argmax (greedy jobs)
     pending: dict[int, tuple[int, bool]] = dataclasses.field(default_factory=dict)  # step -> (tokens, go on?)
 
@@ -129,7 +141,7 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
             await relay.deliver(
                 self.channel_layer,
                 route.reply_to,
-                {"type": "runner.lost", "session": str(session), "provider": self.provider_id},
+                RunnerLost(session=str(session), provider=self.provider_id),
             )
         log.info("provider %s disconnected (code %s) with %d session(s)", self.provider_id, code, len(self.routes))
 
@@ -212,7 +224,7 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
         await relay.deliver(
             self.channel_layer,
             route.reply_to,
-            {"type": "runner.opened", "session": str(session), "load_ms": message.get("load_ms")},
+            RunnerOpened(session=str(session), load_ms=message.get("load_ms")),
         )
 
     async def _provider_error(self, message: dict[str, Any]) -> None:
@@ -227,12 +239,11 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
         await relay.deliver(
             self.channel_layer,
             route.reply_to,
-            {
-                "type": "runner.error",
-                "session": str(session),
-                "code": str(message.get("code", "error"))[:64],
-                "message": str(message.get("message", ""))[:500],
-            },
+            RunnerError(
+                session=str(session),
+                code=str(message.get("code", "error"))[:64],
+                message=str(message.get("message", ""))[:500],
+            ),
         )
 
     # --- commitments and reveals (verification) -----------------------------------------------------------------
@@ -266,13 +277,13 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
 
     async def provider_reveal(self, event: dict[str, Any]) -> None:
         """A referee asks this provider to open one layer's committed states over a range of steps."""
-        request = event["request"]
-        self.reveals[request] = Reveal(
-            request=request,
-            session=uuid.UUID(event["session"]),
-            layer=int(event["layer"]),
-            first_step=int(event["first_step"]),
-            last_step=int(event["last_step"]),
+        asked = ProviderReveal.of(event)
+        self.reveals[asked.request] = Reveal(
+            request=asked.request,
+            session=uuid.UUID(asked.session),
+            layer=int(asked.layer),
+            first_step=int(asked.first_step),
+            last_step=int(asked.last_step),
         )
         fields = {k: event[k] for k in ("request", "session", "layer", "first_step", "last_step")}
         await self.send(text_data=p.dumps(p.REVEAL, **fields))
@@ -304,7 +315,7 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
             raise p.ProtocolError(f"{session_text!r} is not a session id") from None
         route = self.routes.get(session)
         if route is None:
-            if await database_sync_to_async(_session_is_live)(session):
+            if await database_sync_to_async(selectors.session_is_live)(session=session):
                 raise p.ProtocolError(f"session {session} is not yours", code=p.NOT_YOUR_SESSION)
             raise p.ProtocolError(f"session {session} is not open", code=p.UNKNOWN_SESSION)
         return session, route
@@ -330,7 +341,7 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
             await relay.deliver(
                 self.channel_layer,
                 route.reply_to,
-                {"type": "runner.error", "session": str(session), "code": p.BAD_FRAME, "message": str(exc)},
+                RunnerError(session=str(session), code=p.BAD_FRAME, message=str(exc)),
             )
             raise
         onward = _onward(route, frame.step, data, _token(frame))
@@ -346,7 +357,7 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
         route = self.routes.get(uuid.UUID(bytes=data[8:24]))
         if route is None:
             return False
-        targets = [route.reply_to, route.forward["channel"]] if route.forward else [route.reply_to]
+        targets = [route.reply_to, route.forward.channel] if route.forward else [route.reply_to]
         if not all(relay.is_here(t) and relay.has_room(t) for t in targets):
             return False  # the usual path: through the layer, or a full inbox's ChannelFull, in `_frame`
         plain = route.plain_output(data)
@@ -362,68 +373,71 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
                 return False
             step, token = frame.step, _token(frame)
         onward = _onward(route, step, data, token)
-        delivered = relay.deliver_here(*onward) if onward else None
-        relay.deliver_here(route.reply_to, _runner_copy(route, step, data, delivered))
+        delivered = relay.deliver_here(onward[0], onward[1].event()) if onward else None
+        relay.deliver_here(route.reply_to, _runner_copy(route, step, data, delivered).event())
         return True
 
     # --- events from runners (channel layer) --------------------------------------------------------------------
 
     async def provider_open(self, event: dict[str, Any]) -> None:
-        shard = event["shard"]
-        session = uuid.UUID(event["session"])
+        opened = ProviderOpen.of(event)
+        shard = opened.shard
+        session = uuid.UUID(opened.session)
         self.routes[session] = route = Route(
             session=session,
-            reply_to=event["reply_to"],
-            forward=event.get("forward"),
-            hop=event["hop"],
+            reply_to=opened.reply_to,
+            forward=opened.forward,
+            hop=opened.hop,
             has_head=shard["has_head"],
             hidden=shard["hidden"],
             vocab=shard["vocab"],
-            head_output=event.get("head_output", p.HEAD_LOGITS),
+            head_output=opened.head_output,
         )
         await self.send(
             text_data=p.dumps(
-                p.OPEN_SESSION, session=str(session), hop=event["hop"], shard=shard, head_output=route.head_output
+                p.OPEN_SESSION, session=str(session), hop=opened.hop, shard=shard, head_output=route.head_output
             )
         )
 
     async def provider_step(self, event: dict[str, Any]) -> None:
-        if self._expect(event):
-            await self.send(bytes_data=event["frame"])
+        step = ProviderStep.of(event)
+        if self._expect(step):
+            await self.send(bytes_data=step.frame)
 
     def take_event_now(self, event: dict[str, Any]) -> bool:
         """A step input relayed while this consumer is idle goes onto the socket at once."""
-        if event["type"] != "provider.step" or not self.idle():
+        if event["type"] != ProviderStep.TYPE or not self.idle():
             return False
-        return not self._expect(event) or self.send_now(event["frame"])
+        step = ProviderStep.of(event)
+        return not self._expect(step) or self.send_now(step.frame)
 
-    def _expect(self, event: dict[str, Any]) -> bool:
+    def _expect(self, step: ProviderStep) -> bool:
         """Record the step the provider is about to be asked; False when its session was closed meanwhile (the
         runner has moved on and ignores it: nothing is sent)."""
-        route = self.routes.get(uuid.UUID(event["session"]))
+        route = self.routes.get(uuid.UUID(step.session))
         if route is None:
             return False
-        route.pending[event["step"]] = (event["tokens"], bool(event.get("forward", False)))
+        route.pending[step.step] = (step.tokens, step.forward)
         return True
 
     async def provider_route(self, event: dict[str, Any]) -> None:
-        route = self.routes.get(uuid.UUID(event["session"]))
+        routed = ProviderRoute.of(event)
+        route = self.routes.get(uuid.UUID(routed.session))
         if route is not None:
-            route.forward = event["forward"]
+            route.forward = routed.forward
 
     async def runner_launch(self, event: dict[str, Any]) -> None:
         """A round placed a job whose first hop is this provider: its runner runs in this process (JOB_RUNNERS)."""
-        from market.launch import launch_here  # the orchestrator imports this app's relay
-
-        launch_here(int(event["job"]))
+        launch.launch_here(int(RunnerLaunch.of(event).job))
 
     async def provider_close(self, event: dict[str, Any]) -> None:
-        session = uuid.UUID(event["session"])
+        closing = ProviderClose.of(event)
+        session = uuid.UUID(closing.session)
         if self.routes.pop(session, None) is not None:
             self.closed[session] = time.monotonic()
             while len(self.closed) > 1024:
                 self.closed.pop(next(iter(self.closed)))
-            await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=event["session"]))
+            await self.send(text_data=p.dumps(p.CLOSE_SESSION, session=closing.session))
             await self._store_commits()
 
 
@@ -447,13 +461,11 @@ def _session_id(text: object) -> uuid.UUID:
 
 
 def _commitments_record(provider_id: int, commits: list[tuple[uuid.UUID, int, str]]) -> None:
-    from verification.services import commitments
 
     commitments.commitments_record(provider_id=provider_id, commits=commits)
 
 
 def _reveal_record(provider_id: int | None, asked: Reveal, proofs: list[Any]) -> None:
-    from verification.services import disputes
 
     assert provider_id is not None
     disputes.reveal_record(
@@ -471,38 +483,32 @@ def _token(frame: wire.Frame) -> int | None:
     return int(frame.tensor[0, 0]) if frame.tensor.dtype == np.int64 else None
 
 
-def _onward(route: Route, step: int, data: bytes, token: int | None) -> tuple[str, dict[str, Any]] | None:
+def _onward(route: Route, step: int, data: bytes, token: int | None) -> tuple[str, ProviderStep] | None:
     """Take a checked output off the route's pending steps; the next hop's step input, unless this is the last hop
     or a replayed step (which goes no further). A greedy job's head sends its token on to hop 0 as the next step's
-    input, unless it is a stop token or the last step: the runner's own decision, without a turn through it."""
+    input unless the job ends there (`Forward.carries_on`: the rule the runner applies, without a turn through it)."""
     tokens, go_on = route.pending.pop(step)
     forward = route.forward
     if not go_on or forward is None:
         return None
-    following = uuid.UUID(forward["session"])
-    if forward.get("next_token"):  # a greedy job's head: its argmax is hop 0's input for the next step
-        if token is None or token in forward["stop_ids"] or step + 1 > forward["last_step"]:
+    following = uuid.UUID(forward.session)
+    if forward.next_token:  # a greedy job's head: its argmax is hop 0's input for the next step
+        if not forward.carries_on(token, step):
             return None  # the runner ends the job here (or samples, for logits)
+        assert token is not None
         step, tokens = step + 1, 1
-        onward = wire.encode_token(wire.MessageType.STEP_INPUT, following, step, forward["hop"], token)
+        onward = wire.encode_token(wire.MessageType.STEP_INPUT, following, step, forward.hop, token)
     else:
-        onward = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=forward["hop"])
-    event = {"type": "provider.step", "session": forward["session"], "step": step, "tokens": tokens}
-    return forward["channel"], event | {"frame": onward, "forward": True}
+        onward = wire.readdress(data, kind=wire.MessageType.STEP_INPUT, session=following, shard=forward.hop)
+    return forward.channel, ProviderStep(session=forward.session, step=step, tokens=tokens, frame=onward, forward=True)
 
 
-def _runner_copy(route: Route, step: int, data: bytes, delivered: str | None) -> dict[str, Any]:
+def _runner_copy(route: Route, step: int, data: bytes, delivered: str | None) -> RunnerOutput:
     """The runner's copy of an output (the next hop's recorded input, or the head's answer), with how it went on:
     "now" (on the next provider's socket at once), "queued", "layer" or None (nowhere)."""
-    event = {"type": "runner.output", "session": str(route.session), "step": step, "frame": data}
-    return event | {"relayed": delivered}
+    return RunnerOutput(session=str(route.session), step=step, frame=data, relayed=delivered)
 
 
 def _benchmark_descriptor() -> dict[str, Any] | None:
     shard = selectors.benchmark_shard()
     return selectors.shard_descriptor(shard) if shard is not None else None
-
-
-def _session_is_live(session: uuid.UUID) -> bool:
-    """Whether a running job uses this session id (on some other provider): the runner records it in the pipeline."""
-    return Job.objects.filter(state=Job.State.RUNNING, pipeline__icontains=str(session)).exists()

@@ -12,6 +12,10 @@ import logging
 import sys
 from typing import Any
 
+from django.db import close_old_connections
+
+from market.services import provider_disconnect
+
 log = logging.getLogger(__name__)
 _live: dict[str, int] = {}  # channel name -> provider id, for the providers connected to this process
 _installed = False
@@ -48,10 +52,6 @@ def _on_shutdown() -> Any:
 
 
 def mark_offline(live: dict[str, int]) -> None:
-    from django.db import close_old_connections
-
-    from market.services import provider_disconnect
-
     try:
         for channel_name, provider_id in live.items():
             provider_disconnect(provider_id=provider_id, channel_name=channel_name)

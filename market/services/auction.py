@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from market import quotes, selectors
+from market import quotes, scheduling, selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
 from market.services.jobs import assignments_release, job_publish_end
@@ -297,14 +297,10 @@ def _place(
 
 
 def _resume_all(jobs: list[tuple[int, int]]) -> None:
-    from market.tasks import job_resume  # the task module imports the orchestrator, which imports these services
-
     for job_id, epoch in jobs:
-        job_resume(job_id, epoch)
+        scheduling.job_resume(job_id, epoch)
 
 
 def _launch_all(job_ids: list[int]) -> None:
-    from market.tasks import job_launch  # the task module imports the orchestrator, which imports these services
-
     for job_id in job_ids:
-        job_launch(job_id)
+        scheduling.job_launch(job_id)

@@ -19,7 +19,7 @@ from inference import wire
 from inference.errors import InferenceError
 from inference.tokenizer import validate_messages
 from ledger import services as ledger_services
-from market import quotes, selectors
+from market import model_files, quotes, scheduling, selectors
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.services.settlement import job_settle
 
@@ -54,7 +54,7 @@ def job_create(
     selectors.shard_chain(model=model, plan=None)  # NotFound (shard_unavailable) when the model cannot run
     check_prompt_size(model=model, messages=messages, max_new_tokens=max_new_tokens)
     try:
-        prompt_ids = selectors.model_tokenizer(model).encode_chat(messages)
+        prompt_ids = model_files.model_tokenizer(model).encode_chat(messages)
     except (ValueError, InferenceError) as exc:
         raise InvalidInput(str(exc), code="bad_messages") from None
     context = int(model.config["max_context"])
@@ -102,7 +102,7 @@ def check_prompt_size(*, model: LanguageModel, messages: list[dict[str, Any]], m
     most `max_token_bytes` bytes, so more bytes than that times the room left cannot fit. Tokenising costs time in
     proportion to the text (megabytes took seconds), so an oversized prompt must cost next to nothing."""
     room = int(model.config["max_context"]) - max_new_tokens
-    most = max(room, 0) * selectors.model_tokenizer(model).max_token_bytes
+    most = max(room, 0) * model_files.model_tokenizer(model).max_token_bytes
     size = sum(len(str(message.get("content", "")).encode()) for message in messages)
     if size > most:
         raise InvalidInput(
@@ -127,9 +127,7 @@ def prefill_limit(model: LanguageModel) -> int:
 
 
 def _nudge() -> None:
-    from market.tasks import auction_nudge  # the task module imports the orchestrator, which imports these services
-
-    auction_nudge()
+    scheduling.auction_nudge()
 
 
 def job_claim(*, job_id: int) -> Job | None:

@@ -7,7 +7,7 @@ closes the dead runner's placements at the tokens the buyer got (the stored toke
 cleared prices, the step in flight is not), frees their slots and closes their sessions. Then:
 
 - **resume**: once providers are free for every shard, the job's `runner_epoch` is raised and a new runner starts
-  (`market.tasks.job_resume`): it places a fresh pipeline, replays the prompt and the stored tokens through it to
+  (`market.scheduling.job_resume`): it places a fresh pipeline, replays the prompt and the stored tokens through it to
   rebuild every hop's KV cache (as after a provider failover; the replay is not charged), and generates on from
   the next token. The buyer's stream goes on where it stopped. The epoch fences the old runner: were it only slow,
   its lease, stores and finish no longer match, and it stops.
@@ -35,6 +35,7 @@ from market import quotes, selectors
 from market.models import Job, Provider
 from market.services.jobs import job_publish_end, provider_release
 from market.services.settlement import RUNNER_LOST, job_settle
+from transport.messages import ProviderClose
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def job_resume_claim(*, job_id: int, epoch: int) -> Job | None:
 
 def jobs_orphaned(*, now: datetime) -> list[tuple[int, int]]:
     """Take over or end every job whose runner's lease ran out; the (job, epoch) pairs to resume, for
-    `market.tasks.job_resume` once the transaction that took them over has committed."""
+    `market.scheduling.job_resume` once the transaction that took them over has committed."""
     stale = now - timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
     lost = Q(runner_seen_at__lt=stale) | Q(runner_seen_at__isnull=True, started_at__lt=stale)
     running = Q(state=Job.State.RUNNING) | Q(state=Job.State.CANCELLED, started_at__isnull=False, finished_at=None)
@@ -148,4 +149,4 @@ def _close_sessions(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         channel = channels.get(entry["provider"])
         if channel and channel == entry.get("channel"):
-            async_to_sync(layer.send)(channel, {"type": "provider.close", "session": entry["session"]})
+            async_to_sync(layer.send)(channel, ProviderClose(session=entry["session"]).event())

@@ -39,7 +39,7 @@ def carol() -> User:
 @pytest.fixture
 def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    monkeypatch.setattr("market.tasks.job_launch", calls.append)
-    monkeypatch.setattr("market.tasks.job_resume", lambda job_id, epoch: calls.append(-job_id))  # negative: resumed
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    monkeypatch.setattr("market.scheduling.job_launch", calls.append)
+    monkeypatch.setattr("market.scheduling.job_resume", lambda job_id, epoch: calls.append(-job_id))  # negative: resume
+    monkeypatch.setattr("market.scheduling.auction_nudge", lambda: None)
     return calls

@@ -21,7 +21,7 @@ from inference import wire
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
 from ledger.models import PendingRelease
-from market import selectors, services
+from market import model_files, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
 
 pytestmark = pytest.mark.django_db
@@ -53,7 +53,7 @@ def api(user: User | None = None) -> APIClient:
 def nudged(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     """Nudges of the auction; no round runs in these tests unless one calls services.clear_market."""
     calls: list[None] = []
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: calls.append(None))
+    monkeypatch.setattr("market.scheduling.auction_nudge", lambda: calls.append(None))
     return calls
 
 
@@ -163,7 +163,7 @@ def test_a_prompt_becomes_an_escrowed_bid_and_the_auction_is_nudged_after_commit
     job = Job.objects.get()
     assert (job.pk, job.buyer, job.state, job.max_new_tokens, job.seed) == (body["id"], alice, "queued", 64, None)
     assert job.messages == [{"role": "user", "content": "hello there"}]
-    expected = selectors.model_tokenizer(model).encode_chat(job.messages)
+    expected = model_files.model_tokenizer(model).encode_chat(job.messages)
     assert body["prompt_tokens"] == job.prompt_tokens == len(expected)
     # The default bid: DEFAULT_BID_PER_LAYER_TOKEN (50) for each of 4 layers × (prompt + 64 new tokens).
     assert body["max_price"] == job.max_price == 50 * 4 * (len(expected) + 64)
@@ -224,7 +224,7 @@ def test_the_context_limit_counts_the_prompt_and_the_new_tokens(
     model: LanguageModel, alice: User, nudged: list[None]
 ) -> None:
     prompt = "hello there " * 4
-    room = CONTEXT - len(selectors.model_tokenizer(model).encode_chat([{"role": "user", "content": prompt}]))
+    room = CONTEXT - len(model_files.model_tokenizer(model).encode_chat([{"role": "user", "content": prompt}]))
     over = api(alice).post("/api/jobs/", {"model": "tiny", "prompt": prompt, "max_new_tokens": room + 1}, format="json")
     assert over.status_code == 400 and over.json()["code"] == "context_overflow"
     assert f"model's context of {CONTEXT}" in over.json()["message"]
@@ -239,7 +239,7 @@ def test_a_prompt_whose_prefill_does_not_fit_in_one_frame_is_refused(
     """The prompt's hidden states ([1, S, hidden] float16) cross between shards in one frame; the tiny model's would
     need 65,535 tokens, so the frame limit is lowered to make this prompt the longest that fits."""
     prompt = "hello there"
-    tokens = len(selectors.model_tokenizer(model).encode_chat([{"role": "user", "content": prompt}]))
+    tokens = len(model_files.model_tokenizer(model).encode_chat([{"role": "user", "content": prompt}]))
     frame = wire.HEADER_BYTES + 3 * 4 + tokens * 2 * model.config["hidden"]
     hidden = np.zeros((1, tokens, model.config["hidden"]), np.float16)
     assert len(wire.encode(wire.MessageType.STEP_INPUT, uuid.uuid4(), 0, 1, hidden)) == frame
@@ -462,10 +462,11 @@ def test_messages_too_big_for_the_context_are_refused_before_they_are_tokenised(
 ) -> None:
     """24 messages of 100,000 characters once took seconds each to tokenise before context_overflow: the bytes alone
     now show that they cannot fit (one token stands for at most `max_token_bytes` bytes)."""
-    tokenizer = selectors.model_tokenizer(model)
+    tokenizer = model_files.model_tokenizer(model)
     most = (CONTEXT - 1) * tokenizer.max_token_bytes
     tokenised: list[int] = []
     real = type(tokenizer).encode_chat
+
     def counting(self: Any, messages: Any) -> Any:
         tokenised.append(1)
         return real(self, messages)

@@ -18,10 +18,11 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from config.celery import app as celery_app
 from config.errors import Conflict
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
-from market import clock, selectors, services, tasks
+from market import clock, scheduling, selectors, services, tasks
 from market.auction.pricing import platform_ask
 from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider
 from market.placement import AuctionPlacement
@@ -372,7 +373,7 @@ def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch
         watch = ClockWatch(monkeypatch)
         clock.start()
         assert await watch.next_wait() == 60  # the next round is a minute away...
-        clock.nudge()
+        scheduling.auction_nudge()
         assert await watch.next_round() == 0  # ...but a nudge brings it within WAIT
         assert watch.rounds.empty()
 
@@ -394,11 +395,11 @@ def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
         assert await watch.next_round() == 0  # which runs out on an empty book
         assert await watch.next_wait() == 60, "the clock kept its short interval over an empty book"
         watch.bids = 1  # a bid that the next round places
-        clock.nudge()
+        scheduling.auction_nudge()
         assert await watch.next_round() == 1
         assert await watch.next_wait() == 60, "the clock kept its short interval after a round that placed every bid"
         watch.bids = 2  # bids that stay in the book, unmatched
-        clock.nudge()
+        scheduling.auction_nudge()
         assert await watch.next_round() == 2
         assert await watch.next_wait() == 0.05, "a nudge did not bring the short interval back while bids wait"
         assert await watch.next_round() == 2  # and it runs out: a round with no nudge while the bids wait
@@ -408,19 +409,19 @@ def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
 
 def test_nudges_within_the_window_start_one_celery_round(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.ORCHESTRATOR, settings.REDIS_URL, settings.AUCTION_NUDGE_SECONDS = "celery", "redis://127.0.0.1:6379/9", 1
-    redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)
+    redis.Redis.from_url(settings.REDIS_URL).delete(scheduling.NUDGE_KEY)
     scheduled: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.clear_market, "apply_async", lambda **kw: scheduled.append(kw))
+    monkeypatch.setattr(celery_app, "send_task", lambda name, **kw: scheduled.append({"task": name, **kw}))
     for _ in range(5):
-        tasks.auction_nudge()
-    assert scheduled == [{"countdown": 1}]
-    redis.Redis.from_url(settings.REDIS_URL).delete(tasks.NUDGE_KEY)  # the window has passed
-    tasks.auction_nudge()
+        scheduling.auction_nudge()
+    assert scheduled == [{"task": tasks.clear_market.name, "countdown": 1}]
+    redis.Redis.from_url(settings.REDIS_URL).delete(scheduling.NUDGE_KEY)  # the window has passed
+    scheduling.auction_nudge()
     assert len(scheduled) == 2
     # Within the window, but the round it scheduled has begun: a bid nudging now is not in that round's book.
     monkeypatch.setattr(services, "clear_market", lambda: None)
     tasks.clear_market()
-    tasks.auction_nudge()
+    scheduling.auction_nudge()
     assert len(scheduled) == 3
 
 

@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 
 from inference.errors import ShardIntegrityError
 from inference.tiny import write_tiny_gguf
-from market import selectors
+from market import model_files
 from market.models import LanguageModel, Shard
 
 pytestmark = pytest.mark.django_db
@@ -105,4 +105,4 @@ def test_a_corrupted_stored_shard_is_refused(media: Path, tiny_gguf: Path) -> No
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ShardIntegrityError, match="will not be loaded"):
-        selectors.shard_runtime(shard)
+        model_files.shard_runtime(shard)

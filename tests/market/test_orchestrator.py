@@ -25,10 +25,10 @@ from inference import challenge, wire
 from inference.generate import SamplingParams, generate
 from inference.runtime import ShardRuntime
 from ledger import selectors as ledger_selectors
-from market import selectors, services
+from market import model_files, selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
-from market.tasks import job_launch
+from market.scheduling import job_launch
 from tests.waiting import until
 from transport import protocol as p
 
@@ -148,8 +148,8 @@ async def serving(providers: Sequence[ScriptedProvider]) -> AsyncIterator[None]:
 
 
 def expected_tokens(model: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
-    chain = selectors.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
-    tokenizer = selectors.model_tokenizer(model)
+    chain = model_files.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
+    tokenizer = model_files.model_tokenizer(model)
     ids = tokenizer.encode_chat(messages)
     return generate(chain, ids, max_new_tokens=MAX_NEW, stop_ids=tokenizer.stop_ids, sampling=SamplingParams()).tokens
 
@@ -178,8 +178,8 @@ async def run_with(providers: list[ScriptedProvider], job_id: int, *, leave_befo
 def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Jobs a round hands to a runner: recorded, not started (each test runs its job itself)."""
     calls: list[int] = []
-    monkeypatch.setattr("market.tasks.job_launch", calls.append)
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)  # each test clears the market itself
+    monkeypatch.setattr("market.scheduling.job_launch", calls.append)
+    monkeypatch.setattr("market.scheduling.auction_nudge", lambda: None)  # each test clears the market itself
     return calls
 
 
@@ -255,7 +255,7 @@ def test_on_the_full_profile_the_runner_starts_where_the_first_provider_is_conne
     the first hop's connection through the channel layer, and that consumer's process runs the job; nothing else
     starts it here."""
     settings.ORCHESTRATOR, settings.JOB_RUNNERS = "celery", "server"
-    monkeypatch.setattr("market.tasks.job_launch", job_launch)
+    monkeypatch.setattr("market.scheduling.job_launch", job_launch)
     messages = [{"role": "user", "content": "hello there"}]
     job, token = queued_job(model, messages)
     providers = [ScriptedProvider(token, f"p{i}", ns=500_000 + 100_000 * i) for i in range(2)]

@@ -20,7 +20,7 @@ from django.utils import timezone
 from inference import wire
 from inference.generate import SamplingParams, generate
 from ledger import selectors as ledger_selectors
-from market import selectors, services
+from market import model_files, selectors, services
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.orchestrator import run_job
 from market.services.settlement import RUNNER_LOST
@@ -37,8 +37,8 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 @pytest.fixture(autouse=True)
 def rounds_only(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.STEP_DEADLINE_SECONDS = 5
-    monkeypatch.setattr("market.tasks.job_launch", lambda job_id: None)  # the test plays the runners itself
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    monkeypatch.setattr("market.scheduling.job_launch", lambda job_id: None)  # the test plays the runners itself
+    monkeypatch.setattr("market.scheduling.auction_nudge", lambda: None)
 
 
 class HeldProvider(ScriptedProvider):
@@ -82,8 +82,8 @@ async def place(providers: Sequence[ScriptedProvider]) -> None:
 
 
 def uninterrupted(model: LanguageModel, sampling: SamplingParams) -> list[int]:
-    chain = selectors.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
-    tokenizer = selectors.model_tokenizer(model)
+    chain = model_files.local_chain(selectors.shard_chain(model=model, plan="0-2,2-4"))
+    tokenizer = model_files.model_tokenizer(model)
     ids = tokenizer.encode_chat(MESSAGES)
     return generate(chain, ids, max_new_tokens=MAX_NEW, stop_ids=tokenizer.stop_ids, sampling=sampling).tokens
 
@@ -109,7 +109,7 @@ def lose_runner(job: Job, tokens: list[int]) -> None:
     ]
     for term in terms:
         services.provider_release(provider_id=term.provider_id, channel_name=term.channel_name)
-    text = selectors.model_tokenizer(job.model).decode(tokens)
+    text = model_files.model_tokenizer(job.model).decode(tokens)
     now = timezone.now()
     Job.objects.filter(pk=job.pk).update(
         state=Job.State.RUNNING,

@@ -156,8 +156,8 @@ def test_an_open_bids_stream_says_why_a_round_did_not_place_it(model: LanguageMo
 
     from market import services
 
-    monkeypatch.setattr("market.tasks.job_launch", lambda job_id: None)
-    monkeypatch.setattr("market.tasks.auction_nudge", lambda: None)
+    monkeypatch.setattr("market.scheduling.job_launch", lambda job_id: None)
+    monkeypatch.setattr("market.scheduling.auction_nudge", lambda: None)
     buyer, _ = services.account_open(username="bidder")
     token = Token.objects.get(user=buyer).key
     job = services.job_create(

@@ -20,6 +20,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
 from transport import accelerator, relay
+from transport.messages import Message, ProviderClose, ProviderRoute, ProviderStep
 from worker_web.agent.provider import _connection_class
 from worker_web.agent.step_connection import StepConnection
 
@@ -81,6 +82,15 @@ def test_daphne_is_patched_only_when_the_fast_path_is_on(switch: str, patched: s
     assert out.stdout.strip() == patched
 
 
+def _message(kind: type[Message], n: int) -> Message:
+    """A control message or a step of session `n`."""
+    if kind is ProviderStep:
+        return ProviderStep(session=str(n), step=0, tokens=1, frame=b"")
+    if kind is ProviderRoute:
+        return ProviderRoute(session=str(n), forward=None)
+    return ProviderClose(session=str(n))
+
+
 class _Consumer(relay.RelayMixin):
     def __init__(self, layer: InMemoryChannelLayer, name: str) -> None:
         self.channel_layer, self.channel_name = layer, name
@@ -106,20 +116,20 @@ async def _order_and_capacity() -> None:
     try:
         # The consumer is busy: everything queues, in the order sent, whatever its type.
         consumer.idle = False
-        for n, kind in enumerate(["provider.open", "provider.step", "provider.close"]):
-            event = {"type": kind, "n": n}
-            assert await relay.deliver(layer, consumer.channel_name, event) == "queued"
+        for n, kind in enumerate([ProviderRoute, ProviderStep, ProviderClose]):
+            assert await relay.deliver(layer, consumer.channel_name, _message(kind, n)) == "queued"
         consumer.idle = True  # idle again, but events wait: a step must not overtake them
-        assert await relay.deliver(layer, consumer.channel_name, {"type": "provider.step", "n": 3}) == "queued"
-        assert [consumer.inbox.get_nowait()["n"] for _ in range(4)] == [0, 1, 2, 3] and consumer.taken == []
-        assert await relay.deliver(layer, consumer.channel_name, {"type": "provider.step", "n": 4}) == "now"
+        assert await relay.deliver(layer, consumer.channel_name, _message(ProviderStep, 3)) == "queued"
+        assert [consumer.inbox.get_nowait()["session"] for _ in range(4)] == ["0", "1", "2", "3"]
+        assert consumer.taken == []
+        assert await relay.deliver(layer, consumer.channel_name, _message(ProviderStep, 4)) == "now"
         consumer.idle = False
         for n in range(5):  # the layer's capacity
             assert relay.has_room(consumer.channel_name)
-            relay.deliver_here(consumer.channel_name, {"type": "provider.step", "n": n})
+            relay.deliver_here(consumer.channel_name, _message(ProviderStep, n).event())
         assert not relay.has_room(consumer.channel_name)
         with pytest.raises(ChannelFull):
-            await relay.deliver(layer, consumer.channel_name, {"type": "provider.close"})
+            await relay.deliver(layer, consumer.channel_name, _message(ProviderClose, 5))
         assert consumer.inbox.qsize() == 5
     finally:
         consumer.inbox_closed()

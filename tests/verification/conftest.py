@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from inference import commitment
 from inference.tiny import write_tiny_gguf
+from market import model_files
 from market import selectors as market_selectors
 from market import services as market_services
 from market.models import Assignment, AuctionRound, Job, LanguageModel, Provider, Shard
@@ -135,7 +136,7 @@ def serve(model: LanguageModel, providers: list[Provider]) -> Serve:
             seed=None,
             max_price=MAX_PRICE,
         )
-        prompt = market_selectors.model_tokenizer(model).encode_chat(MESSAGES)
+        prompt = model_files.model_tokenizer(model).encode_chat(MESSAGES)
         lie = None if lie_at is None else Lie(step=lie_at, layer=lie_layer)
         inputs, states, heads = _run(shards, prompt, steps=steps, lie=lie)
         sessions = [uuid.uuid4() for _ in shards]
@@ -165,7 +166,7 @@ def _run(
 ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]], list[np.ndarray]]:
     """The pipeline, greedy, on the real shards: per hop what it was fed and the states it committed to, and the
     head's answer per step (its argmax token, int64 [1, 1], as the orchestrator records it)."""
-    runtimes = [market_selectors.shard_runtime(s) for s in shards]
+    runtimes = [model_files.shard_runtime(s) for s in shards]
     for runtime in runtimes:
         runtime.open("job")
     inputs: list[list[np.ndarray]] = [[] for _ in shards]

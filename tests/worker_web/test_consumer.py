@@ -27,6 +27,7 @@ from inference import wire
 from market.models import Job, LanguageModel, Provider, Shard
 from transport import protocol as p
 from transport import relay
+from transport.messages import ProviderClose, ProviderStep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -430,9 +431,7 @@ async def test_a_hops_output_reaches_the_next_hop_in_this_process_without_the_ch
     monkeypatch.setattr(layer, "send", recording)
     step = wire.encode(wire.MessageType.STEP_INPUT, one, 0, 0, np.ones((1, 2, 8), dtype=np.float16))
     await relay.deliver(
-        layer,
-        rows[0].channel_name,
-        {"type": "provider.step", "session": str(one), "step": 0, "tokens": 2, "frame": step, "forward": True},
+        layer, rows[0].channel_name, ProviderStep(session=str(one), step=0, tokens=2, frame=step, forward=True)
     )
     assert await first.receive_from(timeout=WAIT) == step
     hidden = np.full((1, 2, 8), 0.25, dtype=np.float16)
@@ -445,5 +444,5 @@ async def test_a_hops_output_reaches_the_next_hop_in_this_process_without_the_ch
     assert sent == [runner], "the step went to the next hop's consumer through the layer, not its inbox"
     await first.disconnect()
     await second.disconnect()
-    await relay.deliver(layer, rows[1].channel_name, {"type": "provider.close", "session": str(two)})
+    await relay.deliver(layer, rows[1].channel_name, ProviderClose(session=str(two)))
     assert sent[-1] == rows[1].channel_name, "a consumer that has gone is reached through the layer again"

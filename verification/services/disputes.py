@@ -30,8 +30,10 @@ from inference import commitment
 from inference.runtime import StepOutput
 from ledger import services as ledger_services
 from ledger.services import disputes as money
+from market import scheduling
 from market import selectors as market_selectors
 from market.models import Job, Provider
+from transport.messages import ProviderReveal
 from verification import layers, referee, tolerance
 from verification.models import Commitment, Dispute, Reveal, Transcript
 from verification.services import transcripts, verdicts
@@ -82,9 +84,7 @@ def _hold(job: Job) -> None:
 
 
 def _nudge(dispute_id: int) -> None:
-    from verification import tasks  # the task module imports this one
-
-    tasks.advance_soon(dispute_id)
+    scheduling.disputes_soon(dispute_id)
 
 
 # --- the state machine -----------------------------------------------------------------------------------------
@@ -267,16 +267,11 @@ def _ask_or_default(dispute: Dispute, layer: int) -> None:
     provider = Provider.objects.get(pk=dispute.provider.pk)
     if provider.state != Provider.State.ONLINE or not provider.channel_name or provider.channel_name == reveal.sent_to:
         return
-    event = {
-        "type": "provider.reveal",
-        "request": reveal.request,
-        "session": str(dispute.session),
-        "layer": layer,
-        "first_step": 0,
-        "last_step": dispute.step,
-    }
+    asked = ProviderReveal(
+        request=reveal.request, session=str(dispute.session), layer=layer, first_step=0, last_step=dispute.step
+    )
     Reveal.objects.filter(pk=reveal.pk).update(sent_to=provider.channel_name)
-    async_to_sync(get_channel_layer().send)(provider.channel_name, event)
+    async_to_sync(get_channel_layer().send)(provider.channel_name, asked.event())
 
 
 def _judge_layer(dispute: Dispute, work: referee.HopWork, index: int, transcript: Transcript) -> bool:

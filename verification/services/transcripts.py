@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from market import selectors as market_selectors
+from market import model_files
 from market.models import Job, Shard
 from verification import referee
 from verification.models import Commitment, Dispute, Transcript
@@ -77,7 +77,7 @@ def _loader(sha256: str):  # type: ignore[no-untyped-def]
         shard = Shard.objects.filter(sha256=sha256).first()
         if shard is None:
             raise LookupError(f"the shard with SHA-256 {sha256[:12]}… is no longer stored")
-        return market_selectors.shard_runtime(shard)
+        return model_files.shard_runtime(shard)
 
     return load
 

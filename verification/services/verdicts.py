@@ -24,12 +24,13 @@ from config.errors import MarketError
 from ledger import services as ledger_services
 from ledger.chain import bridge
 from ledger.chain.models import Wallet
+from ledger.services import chain as chain_services
 from ledger.services import disputes as money
 from ledger.services import issuance
 from market import selectors as market_selectors
 from market.models import Job, Provider
 from market.services import jobs as market_jobs
-from verification import tolerance
+from verification import selectors, tolerance
 from verification.models import Dispute
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,6 @@ def _slash(dispute: Dispute, cheater: Provider) -> None:
         mine = Wallet.objects.filter(user=dispute.challenger).exclude(address=None).first()
         challenger = mine.address if mine is not None else None
     try:
-        from ledger.services import chain as chain_services
-
         chain_services.slash_request(
             provider=cheater.user, amount=amount, evidence_hash=dispute.evidence_hash, challenger=challenger
         )
@@ -172,6 +171,4 @@ def _slash(dispute: Dispute, cheater: Provider) -> None:
 
 def publish(dispute: Dispute) -> None:
     """The job's stream hears the verdict (its watchers see the verification state change)."""
-    from verification import selectors
-
     transaction.on_commit(lambda: selectors.publish_verification(dispute.job_id))

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.errors import MarketError
 from inference.errors import InferenceError
-from market import selectors
+from market import model_files, selectors
 from market.management.commands._common import (
     add_generation_arguments,
     parse_messages,
@@ -46,8 +46,8 @@ class Command(BaseCommand):
             model = selectors.model_get(name=options["model"], quant=options["quant"])
             plan = "whole" if options["shards"] is None else (options["shards"] or None)
             shards = selectors.shard_chain(model=model, plan=plan)
-            chain = selectors.local_chain(shards)
-            tokenizer = selectors.model_tokenizer(model)
+            chain = model_files.local_chain(shards)
+            tokenizer = model_files.model_tokenizer(model)
         except (MarketError, InferenceError) as error:
             raise CommandError(f"{error.code}: {error}") from error
         self.stdout.write(shard_table(shards))
