@@ -18,10 +18,15 @@ Three steps, because at most 64 MiB travels with one call and the browser alone 
     .venv/bin/python bench/webgpu.py finish DIR   # here: DIR/webgpu.json -> bench/results/webgpu.json and .png
 
 Models that travel: the tiny random Llama (4 layers, hidden 64; shards 0-2 and 2-4, f32 and q4), whose greedy tokens
-are generated through the tab's chain and natively; and SmolLM2-135M's middle shard 10-20 in q4 (MatMulNBits) and
-10-12 in f32 (the f32 10-20 is 141 MB, too large to carry in this session's device time), on hidden states the
-native chain of layers 0-10 gave here for real prompts (float16, as the server relays them), with one-layer shards
-of each of their layers for the referee's layer check.
+are generated through the tab's chain and natively; and SmolLM2-135M's middle shards (`pack --real`, by default 10-20
+in q4, MatMulNBits, and 10-12 in f32), on hidden states the native chain of the layers before them gave here for real
+prompts (float16, as the server relays them), with one-layer shards of each of their layers for the referee's layer
+check (`--no-layer-shards` leaves those out: they weigh as much as the shards). A large shard gets a run of its own,
+added to the earlier results with `finish --merge`: the f32 10-20 (141 MB) was measured so, with
+
+    .venv/bin/python bench/webgpu.py pack --real f32:10-20 --no-layer-shards
+    python3 bench/webgpu.py run --backends webgpu,wasm   # after staging the parts
+    .venv/bin/python bench/webgpu.py finish DIR --merge
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ EGL_VENDOR = "/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json"
 # name: (the browser offers WebGPU, the tab keeps the KV cache on the GPU); "webgpu-kv-readback" is the tab's
 # path before the cache stayed there, kept to show what it costs.
 BACKENDS = {"webgpu": (True, True), "webgpu-kv-readback": (True, False), "wasm": (False, True)}
-REAL_SHARDS = (("q4", 10, 20), ("f32", 10, 12))
+REAL_SHARDS = "q4:10-20,f32:10-12"  # quant:first-end, the real model's shards that travel by default
 TINY_PLAN = ((0, 2), (2, 4))
 PROMPTS = [
     "What is the capital of France? The capital of France is Paris, a city on the Seine.",
@@ -93,7 +98,8 @@ def pack(args: argparse.Namespace) -> None:
     bundle = PACK / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     (bundle / "shards").mkdir(parents=True)
-    manifest = {"tiny": _pack_tiny(bundle), "real": _pack_real(bundle)}
+    real = [(quant, *map(int, layers.split("-"))) for quant, layers in (s.split(":") for s in args.real.split(","))]
+    manifest = {"tiny": _pack_tiny(bundle), "real": _pack_real(bundle, real, layer_shards=args.layer_shards)}
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=1))
     ort = bundle / "onnxruntime-web"
     ort.mkdir()
@@ -154,8 +160,9 @@ def _pack_tiny(bundle: Path) -> dict[str, Any]:
     return {"chains": chains, "prompts": prompts}
 
 
-def _pack_real(bundle: Path) -> dict[str, Any]:
-    """The middle shards, and the float16 hidden states the native chain of layers 0-10 gives them."""
+def _pack_real(bundle: Path, real: list[tuple[str, int, int]], *, layer_shards: bool) -> dict[str, Any]:
+    """The middle shards, and the float16 hidden states the native chain of the layers before them gives them; with
+    `layer_shards`, one-layer shards of each of their layers for the referee's layer check."""
     from inference.config import ShardSpec
     from inference.gguf_model import GGUFModel, smollm2_path
     from inference.shard_builder import build_shard
@@ -165,7 +172,7 @@ def _pack_real(bundle: Path) -> dict[str, Any]:
     tokenizer = ChatTokenizer.from_gguf(model)
     prompts = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     shards = []
-    for quant, first, end in REAL_SHARDS:
+    for quant, first, end in real:
         head = ShardRuntime(build_shard(model, ShardSpec("smollm2-135m", quant, 0, first, 30)).SerializeToString())
         spec = ShardSpec("smollm2-135m", quant, first, end, 30)
         descriptor = _save_shard(bundle, build_shard(model, spec), spec, model.config)
@@ -179,7 +186,7 @@ def _pack_real(bundle: Path) -> dict[str, Any]:
         arrays: dict[str, Any] = {f"p{p}s{s}": x for p, steps in enumerate(inputs) for s, x in enumerate(steps)}
         np.savez(bundle / name, **arrays)
         one_layer = []  # what the referee re-executes for its layer check (verification/layers.py)
-        for layer in range(first, end):
+        for layer in range(first, end) if layer_shards else ():
             single = ShardSpec("smollm2-135m", quant, layer, layer + 1, 30)
             saved = _save_shard(bundle, build_shard(model, single), single, model.config)
             one_layer.append({"layer": layer, "sha256": saved["sha256"]})
@@ -346,10 +353,32 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 def finish(args: argparse.Namespace) -> None:
     results = json.loads((Path(args.folder) / "webgpu.json").read_text())
+    if args.merge:
+        results = merge(json.loads((RESULTS / "webgpu.json").read_text()), results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "webgpu.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, RESULTS / "webgpu.png")
     print(json.dumps(summary(results), indent=1))
+
+
+def merge(before: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A run of other shards added to an earlier one (at most 64 MiB travel per call, so a large shard gets a run of
+    its own): each shard's figures from the run that measured it, the tiny model's and the page's from the new one.
+    Every run is listed under "runs" with what it measured."""
+    merged = dict(new)
+    merged["native_ms_per_layer_token"] = before["native_ms_per_layer_token"] | new["native_ms_per_layer_token"]
+    merged["backends"] = {}
+    for name in before["backends"].keys() | new["backends"].keys():
+        old, fresh = before["backends"].get(name, {}), new["backends"].get(name, {})
+        if "error" in fresh or not fresh:
+            merged["backends"][name] = old
+            continue
+        merged["backends"][name] = fresh | {"real": old.get("real", {}) | fresh["real"]}
+    runs = before.get("runs") or [
+        {"seconds": before.get("seconds"), "shards": list(before["native_ms_per_layer_token"])}
+    ]
+    merged["runs"] = runs + [{"seconds": new.get("seconds"), "shards": list(new["native_ms_per_layer_token"])}]
+    return merged
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -364,7 +393,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     x, width = np.arange(len(shards)), 0.8 / (len(backends) + 1)
     bars = {"native ORT": [statistics.median(results["native_ms_per_layer_token"][s]) for s in shards]}
     bars |= {
-        name: [statistics.median(b["real"][s]["ms_per_layer_token"]) for s in shards] for name, b in backends.items()
+        name: [statistics.median(b["real"][s]["ms_per_layer_token"]) if s in b["real"] else 0 for s in shards]
+        for name, b in backends.items()
     }
     for i, (label, values) in enumerate(bars.items()):
         speed.bar(x + (i - len(bars) / 2 + 0.5) * width, values, width, label=label)
@@ -374,13 +404,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     speed.set_title(f"Decode speed: the tab's benchmark; native ORT, {results['native_threads']} threads")
     speed.legend(fontsize="small")
     for name, b in backends.items():
-        for shard in shards:
+        for shard in (s for s in shards if s in b["real"]):
             layers = b["real"][shard]["deviation"]["layers"]
+            referee = "referee_layer_excess" in layers[0]  # carried without one-layer shards: the states' drift
             dev.plot(
                 [la["layer"] for la in layers],
                 [la.get("referee_layer_excess", la["layer_excess"]) for la in layers],
                 marker="o",
-                label=f"{name} {shard}",
+                linestyle="-" if referee else ":",
+                label=f"{name} {shard}" + ("" if referee else " (states over the shard)"),
             )
     dev.axhline(1 / 8, color="grey", linestyle="--", label="1/8: the margin docs/tolerance.md keeps")
     dev.set_xlabel("layer")
@@ -403,6 +435,13 @@ def main() -> None:
         default=str(next(iter((PACK / "dl").glob("chromium-headless-shell_*.deb")), "")),
         help="Debian's chromium-headless-shell .deb (apt-get download chromium-headless-shell)",
     )
+    packing.add_argument("--real", default=REAL_SHARDS, help="the real model's shards that travel, quant:first-end,...")
+    packing.add_argument(
+        "--layer-shards",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one-layer shards of every layer, for the referee's layer check (as large again as the shards)",
+    )
     staging = commands.add_parser("stage", help="there: keep one carried part in /tmp until the last call")
     staging.add_argument("folder")
     running = commands.add_parser("run", help="there: join, unpack, measure; writes $OUT/webgpu.json")
@@ -413,6 +452,7 @@ def main() -> None:
     running.add_argument("--bundle", default=str(PACK / "bundle"), help="with --chromium: the packed bundle")
     finishing = commands.add_parser("finish", help="here: the device's webgpu.json into bench/results/, with a plot")
     finishing.add_argument("folder")
+    finishing.add_argument("--merge", action="store_true", help="add this run's shards to bench/results/webgpu.json")
     args = parser.parse_args()
     {"pack": pack, "stage": stage, "run": run, "finish": finish}[args.command](args)
 

@@ -31,3 +31,16 @@ def test_the_tab_generates_the_native_greedy_tokens_inside_the_tolerance(tmp_pat
 
 def test_the_files_it_carries_are_the_ones_the_tab_loads() -> None:
     assert webgpu.ORT_FILES == finders.FILES  # written out there: worker_web.finders needs Django
+
+
+def test_a_run_of_other_shards_is_added_to_the_earlier_results() -> None:
+    def result(shards: list[str], seconds: float, backends: dict[str, object]) -> dict[str, object]:
+        return {"native_ms_per_layer_token": {s: [1.0] for s in shards}, "seconds": seconds, "backends": backends}
+
+    before = result(["q4", "f32-small"], 10, {"webgpu": {"real": {"q4": 1, "f32-small": 2}, "tiny": "old"}, "slow": {}})
+    new = result(["f32-big"], 20, {"webgpu": {"real": {"f32-big": 3}, "tiny": "new"}, "slow": {"error": "no"}})
+    merged = webgpu.merge(before, new)
+    assert list(merged["native_ms_per_layer_token"]) == ["q4", "f32-small", "f32-big"]
+    assert merged["backends"]["webgpu"] == {"real": {"q4": 1, "f32-small": 2, "f32-big": 3}, "tiny": "new"}
+    assert merged["backends"]["slow"] == {}, "a backend that failed this time keeps what it had"
+    assert merged["runs"] == [{"seconds": 10, "shards": ["q4", "f32-small"]}, {"seconds": 20, "shards": ["f32-big"]}]
