@@ -9,6 +9,16 @@ Python serves the static files and the shards over loopback (with the COOP/COEP 
 threads) and hands the page its jobs through /job and /result, so no Django, Playwright or network is needed there
 (the page, the server and the measurements: bench/webgpu_tab.py).
 
+Then the protocol run (bench/webgpu_protocol.py; `run --no-protocol` leaves it out): the page presses Start and the
+tab serves a WebSocket server on loopback that plays docs/protocol.md's server side for it, so the tab's protocol
+code runs on the backend too: hello and welcome, the benchmark challenge (its answer checked against native ONNX
+Runtime as worker_web/benchmark.py does), greedy jobs on the tiny model's whole-model shards 0-4, f32 and q4
+(open_session with head_output "argmax", step 0 the prompt's ids, then each step's token; the tokens against the
+native greedy ones), the first real middle shard fed its float16 hidden states as binary frames (outputs against
+native), close_session, every step's commitment, and one layer revealed per session with its proofs verified.
+Per-step round trips (frame out to frame in, ms) go under backends[name]["protocol"]. The server is the pure-Python
+`websockets` package, carried in the bundle (bundle/python/) for a machine that lacks it.
+
 Three steps, because at most 64 MiB travels with one call and the browser alone is 61 MiB:
 
     .venv/bin/python bench/webgpu.py pack         # here: shards, inputs, browser, libraries -> .webgpu/carry<N>/
@@ -17,21 +27,28 @@ Three steps, because at most 64 MiB travels with one call and the browser alone 
     python3 bench/webgpu.py run                   # joins, unpacks, measures; writes $OUT/webgpu.json
     .venv/bin/python bench/webgpu.py finish DIR   # here: DIR/webgpu.json -> bench/results/webgpu.json and .png
 
-Models that travel: the tiny random Llama (4 layers, hidden 64; shards 0-2 and 2-4, f32 and q4), whose greedy tokens
-are generated through the tab's chain and natively; and SmolLM2-135M's middle shards (`pack --real`, by default 10-20
-in q4, MatMulNBits, and 10-12 in f32), on hidden states the native chain of the layers before them gave here for real
-prompts (float16, as the server relays them), with one-layer shards of each of their layers for the referee's layer
-check (`--no-layer-shards` leaves those out: they weigh as much as the shards). A large shard gets a run of its own,
-added to the earlier results with `finish --merge`: the f32 10-20 (141 MB) was measured so, with
+Models that travel: the tiny random Llama (4 layers, hidden 64; shards 0-2 and 2-4, and the whole model 0-4 for the
+protocol run, f32 and q4), whose greedy tokens are generated through the tab's chain and natively; and SmolLM2-135M's
+middle shards (`pack --real`, by default 10-20 in q4, MatMulNBits, and 10-12 in f32), on hidden states the native
+chain of the layers before them gave here for real prompts (float16, as the server relays them), with one-layer
+shards of each of their layers for the referee's layer check (`--no-layer-shards` leaves those out: they weigh as
+much as the shards). A large shard gets a run of its own, added to the earlier results with `finish --merge`: the
+f32 10-20 (141 MB) was measured so, with
 
     .venv/bin/python bench/webgpu.py pack --real f32:10-20 --no-layer-shards
     python3 bench/webgpu.py run --backends webgpu,wasm   # after staging the parts
     .venv/bin/python bench/webgpu.py finish DIR --merge
+
+`finish --merge` keeps each backend's protocol run from the new run (or the earlier one's, when the new run has
+none). Here, without a GPU, the same run on WASM with Debian's Chromium checks the harness:
+
+    .venv/bin/python bench/webgpu.py run --chromium /usr/lib/chromium/chromium --backends wasm
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -47,7 +64,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webgpu_tab import browser, measure_backend, time_decode  # noqa: E402
+from bench import webgpu_protocol  # noqa: E402
+from bench.webgpu_tab import Tab, browser, measure_backend, time_decode  # noqa: E402
 from inference.runtime import ShardRuntime, configure_threads  # noqa: E402
 
 PACK = ROOT / ".webgpu"  # git-ignored (.git/info/exclude): what travels, and the scratch it is made from
@@ -106,6 +124,9 @@ def pack(args: argparse.Namespace) -> None:
     for name in ORT_FILES:
         shutil.copy(ROOT / "node_modules" / "onnxruntime-web" / "dist" / name, ort / name)
     _pack_browser(bundle, Path(args.deb))
+    # The protocol run's WebSocket server: pure Python (its C speedups need not load there), put on sys.path by `run`.
+    websockets = Path(importlib.util.find_spec("websockets").origin or "").parent  # type: ignore[union-attr]
+    shutil.copytree(websockets, bundle / "python" / "websockets", ignore=shutil.ignore_patterns("__pycache__"))
     archive = PACK / "bundle.tar"
     subprocess.run(["tar", "-C", str(PACK), "-I", "xz -T0 -6", "-cf", str(archive), "bundle"], check=True)
     for old in PACK.glob("carry*"):
@@ -120,6 +141,8 @@ def pack(args: argparse.Namespace) -> None:
     for n in range(1, index):
         print(f"  python3 bench/webgpu.py stage .webgpu/carry{n}")
     print(f"  python3 bench/webgpu.py stage .webgpu/carry{index} && python3 bench/webgpu.py run  (carry .gl too)")
+    print("  (the run serves the tab through the protocol too, with the websockets carried in the bundle;")
+    print("   --no-protocol leaves that out; then, here: .venv/bin/python bench/webgpu.py finish DIR [--merge])")
 
 
 def _save_shard(bundle: Path, proto: Any, spec: Any, config: Any) -> dict[str, Any]:
@@ -155,9 +178,13 @@ def _pack_tiny(bundle: Path) -> dict[str, Any]:
     for quant in ("f32", "q4"):
         specs = [ShardSpec("tiny", quant, a, b, model.config.n_layers) for a, b in TINY_PLAN]
         chains[quant] = [_save_shard(bundle, build_shard(model, s), s, model.config) for s in specs]
+    whole = {}  # one shard of every layer, embedding to head, for the protocol run's greedy jobs
+    for quant in ("f32", "q4"):
+        spec = ShardSpec("tiny", quant, 0, model.config.n_layers, model.config.n_layers)
+        whole[quant] = _save_shard(bundle, build_shard(model, spec), spec, model.config)
     rng = np.random.default_rng(19)
     prompts = [rng.integers(3, model.config.vocab, size=n).tolist() for n in (5, 17, 40)]
-    return {"chains": chains, "prompts": prompts}
+    return {"chains": chains, "whole": whole, "prompts": prompts}
 
 
 def _pack_real(bundle: Path, real: list[tuple[str, int, int]], *, layer_shards: bool) -> dict[str, Any]:
@@ -227,10 +254,12 @@ def run(args: argparse.Namespace) -> None:
     started = time.time()
     bundle, chromium = (Path(args.bundle), Path(args.chromium)) if args.chromium else unpack()
     manifest = json.loads((bundle / "manifest.json").read_text())
+    sys.path.insert(0, str(bundle / "python"))  # websockets, carried: the machine may lack it
     threads = configure_threads(args.threads)
     shards = [e["shard"] for e in manifest["real"]["shards"]] + [
         s for chain in manifest["tiny"]["chains"].values() for s in chain
     ]
+    shards += list(manifest["tiny"].get("whole", {}).values())  # bundles packed before the protocol run lack them
     shards += [single for e in manifest["real"]["shards"] for single in e.get("one_layer", [])]
     natives = {s["sha256"]: ShardRuntime(bundle / "shards" / f"{s['sha256']}.onnx", sha256=s["sha256"]) for s in shards}
     native_speed = {
@@ -245,12 +274,23 @@ def run(args: argparse.Namespace) -> None:
         "backends": {},
     }
     log = out / "chromium.log"
+    plan = webgpu_protocol.plan(manifest, natives, bundle) if args.protocol else None
     for name in args.backends.split(","):
         print(f"{name}:", file=sys.stderr, flush=True)
         try:
             webgpu, kv_on_gpu = BACKENDS[name]
-            with browser(chromium, bundle, webgpu=webgpu, log=log, kv_on_gpu=kv_on_gpu) as (tab, hello):
-                results["backends"][name] = measure_backend(tab, hello, bundle, manifest, natives, args.rounds)
+            with (
+                webgpu_protocol.server() as server,
+                browser(chromium, bundle, webgpu=webgpu, log=log, kv_on_gpu=kv_on_gpu, socket=server.url) as (
+                    tab,
+                    hello,
+                ),
+            ):
+                results["backends"][name] = backend = measure_backend(
+                    tab, hello, bundle, manifest, natives, args.rounds
+                )
+                if plan is not None:
+                    backend["protocol"] = _protocol(server, tab, plan)
         except Exception as error:  # record what happened, and measure the other backend anyway
             results["backends"][name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"  failed: {error}", file=sys.stderr, flush=True)
@@ -258,6 +298,15 @@ def run(args: argparse.Namespace) -> None:
     results["seconds"] = round(time.time() - started, 1)
     (out / "webgpu.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(summary(results), indent=1))
+
+
+def _protocol(server: webgpu_protocol.Server, tab: Tab, plan: webgpu_protocol.Plan) -> dict[str, Any]:
+    """The protocol run on this backend; its failure recorded beside the page commands' figures, not over them."""
+    try:
+        return server.run(tab, plan)
+    except Exception as error:
+        print(f"  protocol run failed: {error}", file=sys.stderr, flush=True)
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def _machine() -> dict[str, Any]:
@@ -348,6 +397,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             }
         for quant, runs in backend["tiny"].items():
             brief[name][f"tiny {quant} greedy agrees"] = all(r["native"] == r["tab"] for r in runs)
+        if "protocol" in backend:
+            brief[name]["protocol"] = webgpu_protocol.summary(backend["protocol"])
     return brief
 
 
@@ -374,6 +425,8 @@ def merge(before: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             merged["backends"][name] = old
             continue
         merged["backends"][name] = fresh | {"real": old.get("real", {}) | fresh["real"]}
+        if "protocol" not in fresh and "protocol" in old:  # a run without the protocol keeps the earlier one's
+            merged["backends"][name]["protocol"] = old["protocol"]
     runs = before.get("runs") or [
         {"seconds": before.get("seconds"), "shards": list(before["native_ms_per_layer_token"])}
     ]
@@ -450,6 +503,12 @@ def main() -> None:
     running.add_argument("--backends", default=",".join(BACKENDS), help=f"some of {', '.join(BACKENDS)}")
     running.add_argument("--chromium", help="a headless shell already here (a test on this machine, WASM only)")
     running.add_argument("--bundle", default=str(PACK / "bundle"), help="with --chromium: the packed bundle")
+    running.add_argument(
+        "--protocol",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve the tab through docs/protocol.md (bench/webgpu_protocol.py)",
+    )
     finishing = commands.add_parser("finish", help="here: the device's webgpu.json into bench/results/, with a plot")
     finishing.add_argument("folder")
     finishing.add_argument("--merge", action="store_true", help="add this run's shards to bench/results/webgpu.json")

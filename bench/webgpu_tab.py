@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,9 +85,11 @@ try {
       device: i.device, description: i.description, isFallbackAdapter: i.isFallbackAdapter } : null,
       maxBufferSize: a.limits.maxBufferSize, maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize };
   }
-  const kvOnGpu = new URLSearchParams(location.search).get("kvOnGpu") !== "0";
+  const query = new URLSearchParams(location.search);
+  const kvOnGpu = query.get("kvOnGpu") !== "0";
+  const socketPath = query.get("socket") || "/ws/provider/"; // the protocol run's server (bench/webgpu_protocol.py)
   const ortBase = "/static/onnxruntime-web/";
-  await call("init", { ortBase, socketPath: "/ws/provider/", benchmarkShard: null, kvOnGpu });
+  await call("init", { ortBase, socketPath, benchmarkShard: null, kvOnGpu });
   await post("/hello", { device, gpu, isolated: self.crossOriginIsolated, userAgent: navigator.userAgent });
   for (;;) {
     const job = await (await fetch("/job", { cache: "no-store" })).json();
@@ -125,7 +128,7 @@ class Tab:
         answer = self.answers.get(timeout=timeout)
         if "error" in answer:
             raise RuntimeError(f"the tab's {command} failed: {answer['error']}")
-        return _decode(answer["result"])
+        return _decode(answer.get("result"))  # a command that answers nothing ("start") posts no result
 
     def hello(self, timeout: float = 120) -> dict[str, Any]:
         answer = self.answers.get(timeout=timeout)
@@ -200,16 +203,18 @@ def _b64(data: bytes) -> dict[str, str]:
 
 @contextlib.contextmanager
 def browser(
-    chromium: Path, bundle: Path, *, webgpu: bool, log: Path, kv_on_gpu: bool = True
+    chromium: Path, bundle: Path, *, webgpu: bool, log: Path, kv_on_gpu: bool = True, socket: str | None = None
 ) -> Iterator[tuple[Tab, dict[str, Any]]]:
-    """A headless shell with a fresh profile on the page; the page's hello (device, adapter) comes with it."""
+    """A headless shell with a fresh profile on the page; the page's hello (device, adapter) comes with it. `socket`:
+    the ws:// URL the tab connects to when told to start serving (bench/webgpu_protocol.py's server)."""
     tab = Tab(bundle)
     profile = Path(f"/tmp/webgpu-profile-{uuid.uuid4().hex}")
     flags = [*FLAGS, *(WEBGPU_FLAGS if webgpu else WASM_FLAGS), f"--user-data-dir={profile}", "--headless"]
     with log.open("a") as out:
         out.write(f"\n--- {' '.join(flags)}\n")
         out.flush()
-        url = tab.url + ("" if kv_on_gpu else "?kvOnGpu=0")
+        query = ({} if kv_on_gpu else {"kvOnGpu": "0"}) | ({"socket": socket} if socket else {})
+        url = tab.url + (f"?{urllib.parse.urlencode(query)}" if query else "")
         process = subprocess.Popen([str(chromium), *flags, url], stdout=out, stderr=subprocess.STDOUT)
         try:
             yield tab, tab.hello()
