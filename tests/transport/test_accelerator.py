@@ -1,8 +1,8 @@
 """The relay's fast path as an accelerator (transport/accelerator.py), and the in-process relay's rules.
 
-The fast path is on only for the exact library versions it was written against and never when RELAY_FAST_PATH is
-off; off, Daphne and websockets run as they ship. The relay keeps a session's control messages and steps in one
-order and holds no more than the channel layer's capacity.
+The server's fast path is on only for the exact library versions it was written against, the agent's (public API
+only) wherever it runs, and neither when RELAY_FAST_PATH is off; off, Daphne and websockets run as they ship. The
+relay keeps a session's control messages and steps in one order and holds no more than the channel layer's capacity.
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection, serve
 
 from transport import accelerator, relay
 from transport.messages import Message, ProviderClose, ProviderRoute, ProviderStep
-from worker_web.agent.provider import _connection_class
+from worker_web.agent.provider import ProviderAgent
 from worker_web.agent.step_connection import StepConnection
 
 
@@ -37,7 +40,7 @@ def test_the_pins_are_the_installed_versions() -> None:
     for side, pins in accelerator.PINNED.items():
         assert {name: accelerator._installed(name) for name in pins} == pins, side
     assert accelerator.enabled("server") and accelerator.enabled("agent")
-    assert _connection_class() is StepConnection
+    assert accelerator.PINNED["agent"] == {}  # the agent's connection uses websockets' public API only
 
 
 @pytest.mark.parametrize("value", ["off", "0", "false", "No"])
@@ -49,18 +52,37 @@ def test_the_switch_turns_both_sides_off(
         assert not accelerator.enabled("server") and not accelerator.enabled("agent")
         assert not accelerator.enabled("server")  # decided once: one line per side
     assert len(caplog.records) == 2 and all(accelerator.SWITCH in r.getMessage() for r in caplog.records)
-    assert _connection_class().__name__ == "ClientConnection"
+
+
+@pytest.mark.parametrize(("switch", "kind"), [("on", StepConnection), ("off", ClientConnection)])
+def test_the_agent_connects_with_step_connection_unless_the_switch_is_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, switch: str, kind: type
+) -> None:
+    monkeypatch.setenv(accelerator.SWITCH, switch)
+    agent = ProviderAgent(server="http://127.0.0.1:1", token="t", name="n", slots=1, cache_dir=tmp_path)
+    agent.executor.shutdown()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async def scenario() -> type:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            agent.server = f"http://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+            async with agent._connect() as ws:
+                return type(ws)
+
+    assert asyncio.run(scenario()) is kind
 
 
 def test_another_version_turns_its_side_off_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(accelerator.PINNED, "agent", {"websockets": "13.0"})
+    monkeypatch.setitem(accelerator.PINNED, "server", {**accelerator.PINNED["server"], "daphne": "3.0"})
     with caplog.at_level(logging.WARNING, logger=accelerator.__name__):
-        assert not accelerator.enabled("agent")
-        assert accelerator.enabled("server")
+        assert not accelerator.enabled("server")
+        assert accelerator.enabled("agent")  # nothing pinned there
     [record] = caplog.records
-    assert "websockets 13.0 (found" in record.getMessage()
+    assert "daphne 3.0 (found" in record.getMessage()
 
 
 PATCHED = """

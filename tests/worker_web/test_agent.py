@@ -1,4 +1,5 @@
-"""The headless provider agent: reconnect backoff, the shard cache keyed by SHA-256, and the decode benchmark."""
+"""The headless provider agent: reconnect backoff, the shard cache keyed by SHA-256, the decode benchmark, and its
+connection to a real WebSocket server with the fast path (StepConnection) on and off."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from inference import commitment, wire
 from inference.config import ShardSpec
@@ -22,12 +23,22 @@ from inference.gguf_model import GGUFModel
 from inference.runtime import ShardRuntime
 from inference.shard_builder import build_shard
 from inference.tiny import write_tiny_gguf
+from transport import accelerator
 from transport import protocol as p
 from worker_web.agent.provider import AuthRefused, ProviderAgent, ShardCache, time_decode
 
 
 class Stop(Exception):
     """Raised by the fake sleep to end run_forever after enough attempts."""
+
+
+@pytest.fixture(params=["on", "off"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """RELAY_FAST_PATH on (the agent connects with StepConnection) or off (websockets' asyncio client)."""
+    monkeypatch.setenv(accelerator.SWITCH, request.param)
+    accelerator.enabled.cache_clear()
+    yield request.param
+    accelerator.enabled.cache_clear()
 
 
 @pytest.fixture
@@ -101,8 +112,14 @@ def test_a_welcomed_connection_resets_the_backoff(agent: ProviderAgent, monkeypa
 
 @pytest.mark.parametrize(
     "error",
-    [TimeoutError("slow"), OSError("refused"), ConnectionClosed(None, None), p.ProtocolError("not JSON")],
-    ids=["timeout", "os-error", "closed", "protocol"],
+    [
+        TimeoutError("slow"),
+        OSError("refused"),
+        ConnectionClosed(None, None),
+        p.ProtocolError("not JSON"),
+        InvalidMessage("did not receive a valid HTTP response"),  # a server that stops while it answers
+    ],
+    ids=["timeout", "os-error", "closed", "protocol", "no-handshake"],
 )
 def test_connection_failures_are_retried(
     agent: ProviderAgent, monkeypatch: pytest.MonkeyPatch, error: Exception
@@ -280,7 +297,7 @@ def test_each_connection_answers_its_own_challenge_with_the_shards_output(
     assert answers[11]["answer"] != answers[2**53 - 1]["answer"]
 
 
-def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: ProviderAgent) -> None:
+def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: ProviderAgent, fast_path: str) -> None:
     """A restarting server closes with 1001: serve_once reports Disconnected, which run_forever retries."""
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -303,6 +320,39 @@ def test_a_server_that_closes_cleanly_is_a_reconnect_not_a_crash(agent: Provider
         assert agent.welcomed
 
     asyncio.run(scenario())
+
+
+def test_a_close_with_4401_is_a_refused_token_not_a_reconnect(agent: ProviderAgent, fast_path: str) -> None:
+    """The server closes an unauthenticated provider with 4401 (worker_web/consumers.py): serve_once raises
+    AuthRefused, which run_forever does not retry, whichever connection reads it."""
+    from websockets.asyncio.server import ServerConnection
+
+    async def server(ws: ServerConnection) -> None:
+        await ws.send(p.dumps(p.ERROR, code="unauthorized", message="send a valid API token"))
+        await ws.close(p.CLOSE_UNAUTHORIZED)
+
+    _serve_once(agent, server, ends_with=AuthRefused)
+    assert not agent.welcomed
+
+
+def test_a_refused_handshake_raises_what_run_forever_retries(agent: ProviderAgent, fast_path: str) -> None:
+    """A 403 to the opening handshake (the token's header and the origin were sent) raises websockets'
+    InvalidStatus, with either connection."""
+    import http
+
+    from websockets.asyncio.server import ServerConnection
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        seen.append((request.headers.get("Authorization"), request.headers.get("Origin")))
+        return connection.respond(http.HTTPStatus.FORBIDDEN, "forbidden\n")
+
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("the handshake was refused")
+
+    _serve_once(agent, never, ends_with=InvalidStatus, process_request=refuse)
+    assert seen == [("Token t", agent.server)]
 
 
 # --- the head shard's answer -----------------------------------------------------------------------------------
@@ -375,12 +425,13 @@ def _layer_states(data: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [runtime.step("states", tensor).layer_hidden for tensor in inputs]
 
 
-def _serve_once(agent: ProviderAgent, server: Any, *, ends_with: type[BaseException]) -> None:
-    """Run `server` as a real WebSocket server on loopback and the agent's connection to it until it ends."""
+def _serve_once(agent: ProviderAgent, server: Any, *, ends_with: type[BaseException], **options: Any) -> None:
+    """Run `server` as a real WebSocket server on loopback (with websockets' `serve` options) and the agent's
+    connection to it until it ends."""
     from websockets.asyncio.server import serve
 
     async def scenario() -> None:
-        async with serve(server, "127.0.0.1", 0, max_size=None) as running:
+        async with serve(server, "127.0.0.1", 0, max_size=None, **options) as running:
             agent.server = f"http://127.0.0.1:{next(iter(running.sockets)).getsockname()[1]}"
             with pytest.raises(ends_with):
                 await agent.serve_once()
@@ -392,7 +443,7 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     agent: ProviderAgent, tiny_model: GGUFModel
 ) -> None:
     """Against a real WebSocket server: the prefill goes through the reader's queue (it may take seconds), each
-    decode step is run as soon as its frame is parsed (StepConnection.take_now), a step asked again gets the same
+    decode step is run as soon as its message is read (StepConnection.take_now), a step asked again gets the same
     answer without running twice, and a bad frame is still reported. Every answer equals the shard's own."""
     import uuid
 
@@ -437,9 +488,9 @@ def test_decode_steps_are_answered_in_the_connections_callback_and_prefills_by_t
     assert len(answers) == 4 and errors == [p.BAD_FRAME]
     for got, want in zip(answers, [*expected, expected[-1]], strict=True):
         assert np.array_equal(got, want.astype(np.float16))
-    # Three steps ran (the repeat did not run again); answered at once: the two decode steps and the repeat, each
-    # read whole without websockets' parser. The prefill (18 tokens) went through the reader.
-    assert agent.steps_served == 3 and agent.steps_at_once == 3 and agent.steps_unparsed == 3
+    # Three steps ran (the repeat did not run again); answered at once, in the read callback: the two decode steps
+    # and the repeat. The prefill (18 tokens) went through the reader.
+    assert agent.steps_served == 3 and agent.steps_at_once == 3
     # One commitment per step served (the repeat is not committed again), in one batch: the Merkle root of that
     # step's per-layer hidden states, as the reference computes them; and the states are kept to answer reveals.
     roots = [commitment.commit(reference_states) for reference_states in _layer_states(data, inputs)]
@@ -453,8 +504,8 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
 ) -> None:
     """The server writes the raw bytes: a decode frame split across two reads (its first bytes behind the prefill),
     two frames in one read, one whole frame, then a masked frame (which a server must never send). The agent answers
-    each step as the shard does; only the whole frame skips websockets' parser, and the masked one still closes the
-    connection as a protocol error."""
+    each step as the shard does, the decode steps in the read callback however their bytes arrived, and the masked
+    one closes the connection as a protocol error."""
     import uuid
 
     from websockets.asyncio.server import ServerConnection
@@ -508,5 +559,5 @@ def test_a_step_frame_reads_the_same_whole_split_or_coalesced_and_a_bad_frame_st
     for got, want in zip(answers, expected, strict=True):
         assert np.array_equal(got, want)
     assert closed == [1002]  # protocol error
-    # Steps 1 to 4 ran at once; only step 4 arrived as a whole frame on its own.
-    assert agent.steps_served == 5 and agent.steps_at_once == 4 and agent.steps_unparsed == 1
+    # Steps 1 to 4 (the decode steps) ran at once, split, coalesced or whole.
+    assert agent.steps_served == 5 and agent.steps_at_once == 4

@@ -22,13 +22,15 @@ import statistics
 import time
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Origin
 
 from inference import challenge, commitment, wire
@@ -44,6 +46,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
 INLINE_TOKENS = 16  # steps of at most this many tokens run on the event loop itself (milliseconds each)
+
+
+class Connection(Protocol):
+    """What the agent uses of its WebSocket: websockets' own asyncio connection and StepConnection both offer it."""
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: str | bytes) -> None: ...
 
 
 class AuthRefused(Exception):
@@ -136,7 +152,6 @@ class ProviderAgent:
         self.benchmark_shard: dict[str, Any] | None = None  # this connection's, once loaded and announced
         self.steps_served = 0
         self.steps_at_once = 0  # of those, run in the connection's callback (StepConnection.take_now)
-        self.steps_unparsed = 0  # of those, read without websockets' frame parser (whole-frame reads)
         self.welcomed = False
         self._working = False  # the worker is handling a message (the reader then queues the next one behind it)
         self.heartbeat_seconds = 15.0
@@ -155,7 +170,9 @@ class ProviderAgent:
             self.welcomed = False
             try:
                 await self.serve_once()
-            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus, Disconnected, p.ProtocolError) as exc:
+            # InvalidHandshake: a refused handshake (InvalidStatus) or a reply that is none, as from a server that
+            # stops while it answers: both worth another try later.
+            except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake, Disconnected, p.ProtocolError) as exc:
                 if self.welcomed:
                     delay = BACKOFF_FIRST  # it was a working connection: start the backoff again
                 log.warning("connection to %s lost (%s); retrying in %.1f s", self.server, exc, delay)
@@ -164,65 +181,82 @@ class ProviderAgent:
 
     async def serve_once(self) -> None:
         """One connection, served until it closes (then Disconnected or ConnectionClosed, or AuthRefused)."""
-        async with connect(
-            self.ws_url,
-            origin=Origin(self.server),
-            additional_headers={"Authorization": f"Token {self.token}"},
-            max_size=wire.MAX_FRAME_BYTES + 4096,
-            compression=None,
-            proxy=None,
-            create_connection=_connection_class(),
-        ) as ws:
-            for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
-                session.runtime.close(str(session_id))
-                await self._in_thread(self.states.close, session_id)  # what it committed to stays revealable
-            self.sessions.clear()
-            self.benchmark_shard = None  # each connection answers its own challenge
-            self._uncommitted.clear()  # their commitments could not reach the server: nothing to stand behind
-            if self._commit_scheduled is not None:
-                self._commit_scheduled.cancel()
-                self._commit_scheduled = None
-            await ws.send(
-                p.dumps(
-                    p.HELLO,
-                    protocol=p.PROTOCOL_VERSION,
-                    name=self.name,
-                    kind="headless",
-                    backend="cpu",
-                    slots=self.slots,
-                    memory_bytes=self.memory_bytes,
-                    ask=self.ask,
-                )
-            )
-            queue: asyncio.Queue[str | bytes] = asyncio.Queue()
-            worker = asyncio.create_task(self._work(ws, queue))
-            beat = asyncio.create_task(self._heartbeat(ws))
-            if hasattr(ws, "take_now"):  # a StepConnection
-                fast = cast("StepConnection", ws)
-                fast.take_now = lambda data: self._take_now(fast, queue, data)
+        async with self._connect() as ws:
             try:
-                async for message in ws:
-                    if isinstance(message, str) and await self._control(ws, message):
-                        continue
-                    if not self._working and queue.empty() and _decode_step(message):
-                        # Nothing is queued before it: run it here, without the hand-off to the worker (a loop turn
-                        # per hop). Larger steps still go to the worker, which keeps this loop reading meanwhile.
-                        self._working = True
-                        try:
-                            await self._handle(ws, message)
-                        finally:
-                            self._working = False
-                        continue
-                    queue.put_nowait(message)
-            finally:
-                worker.cancel()
-                beat.cancel()
-                self.steps_unparsed += getattr(ws, "unparsed", 0)
+                await self._serve(ws)
+            except ConnectionClosed:
+                if ws.close_code != p.CLOSE_UNAUTHORIZED:
+                    raise
+            # 4401 is not a normal close, so it usually arrives as ConnectionClosedError, from the reader or from a
+            # send (the hello may race the server's close): no retry can help.
             if ws.close_code == p.CLOSE_UNAUTHORIZED:
                 raise AuthRefused(f"the server refused the token: {ws.close_reason or 'unauthorized'}")
             raise Disconnected(f"the server closed the connection ({ws.close_code} {ws.close_reason or ''})".strip())
 
-    async def _control(self, ws: ClientConnection, text: str) -> bool:
+    async def _serve(self, ws: Connection) -> None:
+        """Say hello and handle the server's messages until the connection closes normally (ConnectionClosed
+        otherwise)."""
+        for session_id, session in self.sessions.items():  # the server forgot them when the connection dropped
+            session.runtime.close(str(session_id))
+            await self._in_thread(self.states.close, session_id)  # what it committed to stays revealable
+        self.sessions.clear()
+        self.benchmark_shard = None  # each connection answers its own challenge
+        self._uncommitted.clear()  # their commitments could not reach the server: nothing to stand behind
+        if self._commit_scheduled is not None:
+            self._commit_scheduled.cancel()
+            self._commit_scheduled = None
+        await ws.send(
+            p.dumps(
+                p.HELLO,
+                protocol=p.PROTOCOL_VERSION,
+                name=self.name,
+                kind="headless",
+                backend="cpu",
+                slots=self.slots,
+                memory_bytes=self.memory_bytes,
+                ask=self.ask,
+            )
+        )
+        queue: asyncio.Queue[str | bytes] = asyncio.Queue()
+        worker = asyncio.create_task(self._work(ws, queue))
+        beat = asyncio.create_task(self._heartbeat(ws))
+        if hasattr(ws, "take_now"):  # a StepConnection
+            fast = cast("StepConnection", ws)
+            fast.take_now = lambda data: self._take_now(fast, queue, data)
+        try:
+            async for message in ws:
+                if isinstance(message, str) and await self._control(ws, message):
+                    continue
+                if not self._working and queue.empty() and _decode_step(message):
+                    # Nothing is queued before it: run it here, without the hand-off to the worker (a loop turn
+                    # per hop). Larger steps still go to the worker, which keeps this loop reading meanwhile.
+                    self._working = True
+                    try:
+                        await self._handle(ws, message)
+                    finally:
+                        self._working = False
+                    continue
+                queue.put_nowait(message)
+        finally:
+            worker.cancel()
+            beat.cancel()
+
+    def _connect(self) -> AbstractAsyncContextManager[Connection]:
+        """StepConnection, which answers decode steps in its read callback (websockets' public Sans-I/O API only),
+        unless RELAY_FAST_PATH is off (`transport.accelerator`): then websockets' asyncio client as it ships."""
+        options: dict[str, Any] = {
+            "origin": Origin(self.server),
+            "additional_headers": {"Authorization": f"Token {self.token}"},
+            "max_size": wire.MAX_FRAME_BYTES + 4096,
+        }
+        if accelerator.enabled("agent"):
+            # Imported where it is chosen: with the switch off the agent runs without loading it at all.
+            from worker_web.agent import step_connection
+
+            return step_connection.connect(self.ws_url, **options)
+        return connect(self.ws_url, compression=None, proxy=None, **options)
+
+    async def _control(self, ws: Connection, text: str) -> bool:
         """Handle the welcome and the server's errors at once (True); session messages are queued in order."""
         message = p.loads(text)
         if message["type"] == p.WELCOME:
@@ -245,12 +279,12 @@ class ProviderAgent:
             return True
         return False
 
-    async def _heartbeat(self, ws: ClientConnection) -> None:
+    async def _heartbeat(self, ws: Connection) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             await ws.send(p.dumps(p.HEARTBEAT, sessions=len(self.sessions), steps_served=self.steps_served))
 
-    async def _work(self, ws: ClientConnection, queue: asyncio.Queue[str | bytes]) -> None:
+    async def _work(self, ws: Connection, queue: asyncio.Queue[str | bytes]) -> None:
         """Queued messages one at a time, in arrival order: a session is open before its first frame runs."""
         while True:
             message = await queue.get()
@@ -275,7 +309,7 @@ class ProviderAgent:
         self._commit_soon(ws)
         return True
 
-    async def _handle(self, ws: ClientConnection, message: str | bytes) -> None:
+    async def _handle(self, ws: Connection, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes):
                 await self._step(ws, message)
@@ -287,7 +321,7 @@ class ProviderAgent:
             log.warning("%s: %s", code, exc)
             await ws.send(p.dumps(p.ERROR, code=code, message=str(exc), **({"session": session} if session else {})))
 
-    async def _session_message(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+    async def _session_message(self, ws: Connection, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == p.OPEN_SESSION:
             session = message["session"]
@@ -318,7 +352,7 @@ class ProviderAgent:
         else:
             raise p.ProtocolError(f"unknown message type {kind!r}")
 
-    async def _step(self, ws: ClientConnection, data: bytes) -> None:
+    async def _step(self, ws: Connection, data: bytes) -> None:
         if _decode_step(data):  # a decode step: a thread handoff would cost more than it saves
             answer = self._answer(data)
         else:  # a prefill may take seconds: keep the connection's loop free meanwhile
@@ -326,7 +360,7 @@ class ProviderAgent:
         await ws.send(answer)
         self._commit_soon(ws)
 
-    def _commit_soon(self, ws: ClientConnection) -> None:
+    def _commit_soon(self, ws: Connection) -> None:
         """Send the commitments of the steps answered, in batches and off the step's path: a full batch on the next
         turn of the loop, a partial one after COMMIT_IDLE_SECONDS (docs/protocol.md)."""
         if not self._uncommitted or self._commit_scheduled is not None:
@@ -337,7 +371,7 @@ class ProviderAgent:
         else:
             self._commit_scheduled = loop.call_later(p.COMMIT_IDLE_SECONDS, self._send_commits, ws)
 
-    def _send_commits(self, ws: ClientConnection) -> None:
+    def _send_commits(self, ws: Connection) -> None:
         """Hash and send every step answered and not yet committed, and keep their states to answer reveals."""
         if self._commit_scheduled is not None:
             self._commit_scheduled.cancel()
@@ -387,7 +421,7 @@ class ProviderAgent:
             return result.output
         return result.output.astype(np.float16)
 
-    async def _reveal(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+    async def _reveal(self, ws: Connection, message: dict[str, Any]) -> None:
         """Open one layer's committed states for a range of steps: a frame per step, then the proofs."""
         request = str(message.get("request", ""))[:64]
         session = uuid.UUID(p.field(message, "session", str))
@@ -423,14 +457,14 @@ class ProviderAgent:
                         raise
         return self.runtimes[sha]
 
-    async def _benchmark_ready(self, ws: ClientConnection, shard: dict[str, Any]) -> None:
+    async def _benchmark_ready(self, ws: Connection, shard: dict[str, Any]) -> None:
         """Load the welcome's benchmark shard (fetched once, kept across reconnects) and say so: the server's
         challenge follows, and its clock runs from then on."""
         await self._runtime(shard)
         self.benchmark_shard = shard
         await ws.send(p.dumps(p.BENCHMARK_READY, shard_id=shard["id"]))
 
-    async def _answer_challenge(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+    async def _answer_challenge(self, ws: Connection, message: dict[str, Any]) -> None:
         """Run the server's challenge on the benchmark shard and answer with the last step's output and its own
         timing (its claim: the server prices what it timed itself)."""
         shard = self.benchmark_shard
@@ -476,7 +510,7 @@ def time_decode(runtime: ShardRuntime, *, prompt: int = 32, steps: int = 32) -> 
     return max(1, int(statistics.median(times) / len(runtime.layers)))
 
 
-async def _send_quietly(ws: ClientConnection, text: str) -> None:
+async def _send_quietly(ws: Connection, text: str) -> None:
     """Send a message whose loss only the connection's end explains (the reader reports that)."""
     with contextlib.suppress(ConnectionClosed):
         await ws.send(text)
@@ -491,13 +525,3 @@ def _decode_step(message: str | bytes) -> bool:
 def _for_session(exc: Exception, session: uuid.UUID | str) -> Exception:
     exc.session = str(session)  # type: ignore[attr-defined]  # read back where the error is reported
     return exc
-
-
-def _connection_class() -> type[ClientConnection]:
-    """StepConnection, the fast path through websockets' internals, where `accelerator` allows it (imported only
-    then: it reaches into modules another websockets version may not have); websockets' own connection else."""
-    if accelerator.enabled("agent"):
-        from worker_web.agent.step_connection import StepConnection
-
-        return StepConnection
-    return ClientConnection
