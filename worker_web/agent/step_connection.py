@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import Event, State
+from websockets.protocol import State
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
@@ -183,7 +183,7 @@ class StepConnection(asyncio.Protocol):
             self.opened.set_exception(exc)
             self.opened.exception()  # retrieved: `open_connection` raises it, unless it gave up waiting already
 
-    def _event(self, event: Event) -> bool:
+    def _event(self, event: object) -> bool:
         """Handle what the protocol read; False when the connection failed and the events after it must be dropped."""
         if not isinstance(event, Frame):  # the handshake's response (a failed handshake sets handshake_exc)
             # Not the state: the frames read with the response, a close among them, may have moved it on already.
