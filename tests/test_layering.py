@@ -13,9 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("config", "inference", "ledger", "market", "transport", "verification", "worker_web")
-# Imports inside functions that stay there on purpose: the agent's fast-path connection reads websockets' internals
-# and is imported only when the accelerator is on at the pinned version (transport/accelerator.py).
-LAZY_ALLOWED = {("worker_web.agent.provider", "worker_web.agent.step_connection")}
 
 
 def _modules() -> dict[str, Path]:
@@ -118,7 +115,7 @@ def test_the_graph_is_read() -> None:
     """The reader finds what is there (a reader that found nothing would pass every test below)."""
     assert len(MODULES) > 80
     assert ("transport.relay", False) in GRAPH["market.orchestrator"]
-    assert ("worker_web.agent.step_connection", True) in GRAPH["worker_web.agent.provider"]
+    assert ("worker_web.agent.step_connection", False) in GRAPH["worker_web.agent.provider"]
 
 
 def test_no_module_imports_itself_through_others() -> None:
@@ -126,9 +123,9 @@ def test_no_module_imports_itself_through_others() -> None:
 
 
 def test_project_imports_sit_at_the_top_of_modules() -> None:
-    """An import inside a function is how a cycle hides; only the listed lazy imports remain."""
+    """An import inside a function is how a cycle hides."""
     lazy = {(module, target) for module, imports in GRAPH.items() for target, inside in imports if inside}
-    assert lazy == LAZY_ALLOWED
+    assert lazy == set()
 
 
 @pytest.mark.parametrize(

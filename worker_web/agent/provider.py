@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -38,10 +38,9 @@ from inference.errors import InferenceError, ShardIntegrityError
 from inference.runtime import ShardRuntime, StepOutput
 from transport import accelerator
 from transport import protocol as p
+from worker_web.agent import step_connection
 from worker_web.agent.state_store import StateStore
-
-if TYPE_CHECKING:
-    from worker_web.agent.step_connection import StepConnection
+from worker_web.agent.step_connection import StepConnection
 
 log = logging.getLogger("provider")
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 30.0
@@ -250,9 +249,6 @@ class ProviderAgent:
             "max_size": wire.MAX_FRAME_BYTES + 4096,
         }
         if accelerator.enabled("agent"):
-            # Imported where it is chosen: with the switch off the agent runs without loading it at all.
-            from worker_web.agent import step_connection
-
             return step_connection.connect(self.ws_url, **options)
         return connect(self.ws_url, compression=None, proxy=None, **options)
 
