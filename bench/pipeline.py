@@ -156,7 +156,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ):
         values = [results["profiles"][p][key] for p in profiles]
         left.bar([i + offset * width for i in range(len(profiles))], values, width, label=label)
-    left.set_xticks([i + width / 2 for i in range(len(profiles))], [f"{p} layer" for p in profiles])
+    left.set_xticks([i + width / 2 for i in range(len(profiles))], profiles, fontsize="small")
     left.set_ylabel("decode tokens/s (median)")
     left.set_ylim(0, 1.3 * max(results["profiles"][p]["whole_tokens_per_s_median"] for p in profiles))
     left.legend(loc="upper center", ncols=2, fontsize="small")
