@@ -109,7 +109,8 @@ class Server:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
         self.connections: asyncio.Queue[Connection] = self._call(self._queue(), 10)
         server = self._call(self._listen(), 10)
         self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws/provider/"
@@ -143,8 +144,15 @@ class Server:
             tab.call("stop", {})
 
     def close(self) -> None:
-        self._server.close()
+        """Close the server on its own loop and wait for it, then stop the loop and its thread: nothing of it runs
+        (or logs) after this returns."""
+        self._call(self._close(), 10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
 
 
 @contextlib.contextmanager

@@ -368,6 +368,7 @@ class _Timed:
 
 def test_the_embedded_clock_clears_soon_after_a_nudge(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.MARKET_CLOCK, settings.AUCTION_EVERY_SECONDS, settings.AUCTION_NUDGE_SECONDS = True, 60, 0.05
+    settings.ORCHESTRATOR = "server"  # the embedded profile's clock, whichever profile the suite runs on
 
     async def nudged() -> None:
         watch = ClockWatch(monkeypatch)
@@ -385,7 +386,7 @@ def test_the_embedded_clock_waits_longer_while_the_book_is_empty(
 ) -> None:
     """Rounds every AUCTION_EVERY_SECONDS while bids wait; after a round that left the book empty (it placed every
     bid, or there was none), the next waits AUCTION_IDLE_SECONDS unless a nudge (a new bid) comes first."""
-    settings.MARKET_CLOCK, settings.AUCTION_NUDGE_SECONDS = True, 0.01
+    settings.MARKET_CLOCK, settings.AUCTION_NUDGE_SECONDS, settings.ORCHESTRATOR = True, 0.01, "server"
     settings.AUCTION_EVERY_SECONDS, settings.AUCTION_IDLE_SECONDS = 0.05, 60
 
     async def scenario() -> None:
