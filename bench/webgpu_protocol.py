@@ -300,11 +300,8 @@ async def _greedy(tab: Connection, shard: dict[str, Any], prompt: list[int], nat
         tokens.append(int(output[0, 0]))
         ms.append(took)
         value = np.array([[tokens[-1]]], dtype=np.int64)
-    await tab.send(p.dumps(p.CLOSE_SESSION, session=str(session)))
-    commits = await tab.committed(str(session), len(inputs))
-    reveal = await _reveal(tab, session, commits, native, inputs)
     record = {"prompt_tokens": len(prompt), "native": expected, "tab": tokens, "load_ms": load_ms}
-    return record | _record(ms, commits, reveal)
+    return record | await _close(tab, session, native, inputs, ms)
 
 
 async def _middle(
@@ -327,11 +324,18 @@ async def _middle(
             ms.append(took)
     finally:
         native.close("protocol")
+    record = {"steps": len(inputs), "load_ms": load_ms, "max_abs": max_abs, "hop_excess": excess}
+    return record | await _close(tab, session, native, inputs, ms)
+
+
+async def _close(
+    tab: Connection, session: uuid.UUID, native: ShardRuntime, inputs: list[np.ndarray], ms: list[float]
+) -> dict[str, Any]:
+    """Close the session, collect its commitments, reveal its last layer: the timings, commitments and reveal."""
     await tab.send(p.dumps(p.CLOSE_SESSION, session=str(session)))
     commits = await tab.committed(str(session), len(inputs))
     reveal = await _reveal(tab, session, commits, native, inputs)
-    record = {"steps": len(inputs), "load_ms": load_ms, "max_abs": max_abs, "hop_excess": excess}
-    return record | _record(ms, commits, reveal)
+    return _record(ms, commits, reveal)
 
 
 async def _reveal(
