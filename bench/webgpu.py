@@ -73,7 +73,7 @@ RESULTS = ROOT / "bench" / "results"
 STAGE = Path("/tmp/webgpu-stage")  # on the GPU machine: the parts, kept while the machine stays warm
 UNPACKED = Path("/tmp/webgpu")
 PART_BYTES = 52 * 2**20  # each part plus the working tree stays under the 64 MiB a call carries
-# worker_web/finders.py's FILES, written out: that module needs Django, which the GPU machine does not have.
+# config/finders.py's OnnxRuntimeWebFinder.files, written out: that module needs Django, which the GPU machine lacks.
 ORT_FILES = (
     "ort.wasm.min.mjs",
     "ort-wasm-simd-threaded.mjs",

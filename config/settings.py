@@ -137,19 +137,22 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-# The provider tab's onnxruntime-web comes from npm (node_modules, `npm ci`): only the files it loads.
+# onnxruntime-web (the provider tab) and uPlot (the charts) come from npm (node_modules, `npm ci`): only the files
+# the pages load (config/finders.py).
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    "worker_web.finders.OnnxRuntimeWebFinder",
+    "config.finders.OnnxRuntimeWebFinder",
+    "config.finders.UPlotFinder",
 ]
-LOGIN_URL = "provider-login"
+LOGIN_URL = "sign-in"
+LOGIN_REDIRECT_URL = "dashboard"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
 # Rate limits (config/throttling.py): "N/second|minute|hour|day", "off" for none. Per account for API use (token or
-# session), per address for anonymous requests, failed token lookups, and failed sign-ins to the provider tab (also
-# per user name). Over the rate: 429 with Retry-After.
+# session), per address for anonymous requests, failed token lookups, failed sign-ins (also per user name), and
+# accounts made on the sign-up page (each gets the signup grant). Over the rate: 429 with Retry-After.
 THROTTLE_RATES = {
     scope: None if rate.lower() == "off" else rate
     for scope, rate in {
@@ -157,6 +160,7 @@ THROTTLE_RATES = {
         "anon": env_str("THROTTLE_ANON_RATE", "120/minute"),
         "auth_failure": env_str("THROTTLE_AUTH_FAILURE_RATE", "20/minute"),
         "sign_in": env_str("THROTTLE_SIGN_IN_RATE", "10/minute"),
+        "sign_up": env_str("THROTTLE_SIGN_UP_RATE", "10/hour"),
     }.items()
 }
 

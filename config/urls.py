@@ -35,6 +35,7 @@ urlpatterns = [
     ),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("worker_web.urls")),
+    path("", include("market.page_urls")),
 ]
 
 # Errors no view answered: JSON `{code, message}` under /api/, Django's pages elsewhere (config/api.py).

@@ -3,9 +3,6 @@ the provider tab, the page people open to lend their browser's compute."""
 
 from __future__ import annotations
 
-import math
-
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
@@ -15,7 +12,6 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from config.throttling import FailureThrottle
 from market import model_files
 from market import selectors as market_selectors
 from worker_web import selectors
@@ -54,29 +50,4 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "benchmarkShard": market_selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }
-    return render(request, "worker_web/provide.html", {"config": config})
-
-
-class ProviderLoginView(auth_views.LoginView):
-    """Sign-in to the provider tab, with failed attempts limited (THROTTLE_RATES["sign_in"]) per client address and
-    per user name, so neither one address trying many passwords nor many addresses trying one account get far.
-    Over the limit the page answers 429 with Retry-After, before the password is checked."""
-
-    template_name = "worker_web/login.html"
-    next_page = "provide"
-
-    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
-        failures = FailureThrottle("sign_in")
-        keys = [f"address:{failures.client(request)}", f"user:{request.POST.get('username', '').strip().lower()}"]
-        waits = [wait for key in keys if (wait := failures.blocked(key)) is not None]
-        if waits:
-            retry = math.ceil(max(waits))
-            context = self.get_context_data(throttled=f"Too many failed sign-ins: try again in {retry} s.")
-            refused: HttpResponse = self.render_to_response(context, status=429)
-            refused["Retry-After"] = str(retry)
-            return refused
-        response: HttpResponse = super().post(request, *args, **kwargs)
-        if response.status_code != 302:  # the form came back: the user name and password did not match
-            for key in keys:
-                failures.record(key)
-        return response
+    return render(request, "worker_web/provide.html", {"config": config, "nav": "provide"})

@@ -2,7 +2,7 @@
 and their slots on providers (jobs.py), runners' leases (runners.py), auction rounds (auction.py), settlement
 (settlement.py). Callers use `from market import services` and `services.<name>(...)`."""
 
-from market.services.accounts import account_open
+from market.services.accounts import account_open, account_sign_up
 from market.services.auction import bids_expire, clear_market
 from market.services.jobs import (
     job_cancel,
@@ -33,6 +33,7 @@ from market.services.settlement import job_settle
 __all__ = [
     "ImportReport",
     "account_open",
+    "account_sign_up",
     "bids_expire",
     "clear_market",
     "job_cancel",

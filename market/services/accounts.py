@@ -19,3 +19,12 @@ def account_open(*, username: str) -> tuple[User, str]:
             ledger_services.grant_signup_bonus(user=user)
         token, _ = Token.objects.get_or_create(user=user)
     return user, token.key
+
+
+def account_sign_up(*, username: str, password: str) -> User:
+    """A new user who signed up on the site: its password, its API token and the signup grant, all or nothing."""
+    with transaction.atomic():
+        user = User.objects.create_user(username=username, password=password)
+        ledger_services.grant_signup_bonus(user=user)
+        Token.objects.create(user=user)
+    return user

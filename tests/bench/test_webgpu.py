@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bench import webgpu, webgpu_protocol, webgpu_tab
+from config import finders
 from inference.runtime import ShardRuntime
-from worker_web import finders
 from worker_web.testing.tab_driver import CHROMIUM
 
 
@@ -71,7 +71,7 @@ def test_the_tab_serves_greedy_jobs_through_the_protocol(
 
 
 def test_the_files_it_carries_are_the_ones_the_tab_loads() -> None:
-    assert webgpu.ORT_FILES == finders.FILES  # written out there: worker_web.finders needs Django
+    assert finders.OnnxRuntimeWebFinder.files == webgpu.ORT_FILES  # written out there: config.finders needs Django
 
 
 def test_a_run_of_other_shards_is_added_to_the_earlier_results() -> None:

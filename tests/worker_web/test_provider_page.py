@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils.module_loading import import_string
 
+from config import finders
 from config.asgi import application
-from worker_web import finders
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,7 +69,7 @@ def test_every_middleware_is_async_capable() -> None:
 
 def test_anonymous_visitor_is_sent_to_sign_in() -> None:
     response = Client().get("/provide/")
-    assert response.status_code == 302 and response["Location"].startswith("/provide/login/")
+    assert response.status_code == 302 and response["Location"] == "/signin/?next=/provide/"
 
 
 def test_signed_in_provider_gets_the_page_cross_origin_isolated() -> None:
@@ -118,7 +118,13 @@ def test_only_the_needed_onnxruntime_web_files_are_served() -> None:
     assert asgi_get("/static/onnxruntime-web/ort.all.min.js")[0] == 404
     assert asgi_get("/static/onnxruntime-web/ort.wasm.min.mjs.map")[0] == 404
     finder = finders.OnnxRuntimeWebFinder()
-    assert sorted(name for name, _ in finder.list([])) == sorted(finders.FILES)
+    assert sorted(name for name, _ in finder.list([])) == sorted(finders.OnnxRuntimeWebFinder.files)
     assert finder.find("onnxruntime-web/ort-wasm-simd-threaded.wasm")
     assert finder.find("onnxruntime-web/ort.min.js") == []
     assert finder.check() == []
+
+
+def test_the_charts_come_from_the_pinned_uplot() -> None:
+    assert asgi_get("/static/uplot/uPlot.esm.js")[0] == 200
+    assert asgi_get("/static/uplot/uPlot.iife.js")[0] == 404
+    assert finders.UPlotFinder().check() == []

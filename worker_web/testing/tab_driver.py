@@ -71,7 +71,7 @@ class BrowserTab:
 
     def sign_in(self, username: str, password: str) -> None:
         self.open()
-        if "/provide/login/" in self.page.url:
+        if "/signin/" in self.page.url or "/provide/login/" in self.page.url:
             self.page.fill("#id_username", username)
             self.page.fill("#id_password", password)
             self.page.click("#sign-in")
