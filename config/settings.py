@@ -166,7 +166,7 @@ THROTTLE_RATES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "config.throttling.TokenAuthentication",
+        "market.auth.TokenAuthentication",  # the default token and named ones (config/throttling.py counts failures)
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

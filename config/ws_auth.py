@@ -1,5 +1,6 @@
 """WebSocket authentication by API token: `Authorization: Token <key>` or `?token=<key>` (browsers cannot set
-headers on a WebSocket). A valid token sets scope["user"]; a wrong one sets None (the consumers close), and so does
+headers on a WebSocket), the account's default token or a named one (market/auth.py). A valid token sets
+scope["user"]; a wrong one (unknown, revoked, or of a deactivated user) sets None (the consumers close), and so does
 any token from an address that sent too many wrong ones (the API's auth_failure rate, config/throttling.py)."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from config.throttling import FailureThrottle
+from market.auth import token_user
 
 
 def _token_from(scope: dict[str, Any]) -> str | None:
@@ -31,12 +32,11 @@ def _user_for(key: str, address: str) -> User | None:
     failures = FailureThrottle("auth_failure")
     if failures.blocked(address) is not None:
         return None
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
+    found = token_user(key)
+    if found is None:
         failures.record(address)
         return None
-    user: User = token.user
-    return user
+    return found[0]
 
 
 class TokenAuthMiddleware:

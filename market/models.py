@@ -290,3 +290,26 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} hop {self.hop} on provider {self.provider_id} at {self.unit_price}"
+
+
+class ApiToken(models.Model):
+    """A named API token a user made on the account page, besides the account's default token (DRF's authtoken).
+
+    Only the SHA-256 of the key is stored (a leak of the database reveals no key): the key is shown once, when it
+    is made, and looked up by its hash. A revoked token keeps its row (revoked_at set) so the page can list it.
+    `last_used_at` is updated at most once a minute (market/auth.py), not on every request.
+    """
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_sha256 = models.CharField(max_length=64, unique=True, help_text="SHA-256 (hex) of the key; never the key.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["pk"]
+        indexes = [models.Index(fields=["user", "revoked_at"], name="market_apitoken_user_live_idx")]
+
+    def __str__(self) -> str:
+        return f"API token {self.pk} ({self.name}) of user {self.user_id}"

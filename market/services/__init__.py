@@ -2,7 +2,14 @@
 and their slots on providers (jobs.py), runners' leases (runners.py), auction rounds (auction.py), settlement
 (settlement.py). Callers use `from market import services` and `services.<name>(...)`."""
 
-from market.services.accounts import account_open, account_sign_up
+from market.services.accounts import (
+    account_open,
+    account_sign_up,
+    api_token_create,
+    api_token_revoke,
+    default_token_create,
+    default_token_revoke,
+)
 from market.services.auction import bids_expire, clear_market
 from market.services.jobs import (
     job_cancel,
@@ -34,8 +41,12 @@ __all__ = [
     "ImportReport",
     "account_open",
     "account_sign_up",
+    "api_token_create",
+    "api_token_revoke",
     "bids_expire",
     "clear_market",
+    "default_token_create",
+    "default_token_revoke",
     "job_cancel",
     "job_claim",
     "job_create",

@@ -1,12 +1,22 @@
-"""Opening a market account: the user, its API token, and the signup grant (unless CONTRIBUTE_TO_USE is on)."""
+"""Opening a market account: the user, its API token, and the signup grant (unless CONTRIBUTE_TO_USE is on); the
+account's API tokens: named ones made and revoked on the account page, and the default one revoked or made again."""
 
 from __future__ import annotations
 
+import secrets
+
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from config.errors import Conflict, InvalidInput, NotFound
 from ledger import services as ledger_services
+from market.auth import key_sha256
+from market.models import ApiToken
+
+MAX_LIVE_TOKENS = 20  # named tokens not revoked, per user (the default token is not counted)
+KEY_PREFIX = "cmk_"  # tells a named token's key apart from a default one (40 hex digits) when people see it
 
 
 def account_open(*, username: str) -> tuple[User, str]:
@@ -28,3 +38,51 @@ def account_sign_up(*, username: str, password: str) -> User:
         ledger_services.grant_signup_bonus(user=user)
         Token.objects.create(user=user)
     return user
+
+
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
+    """A new named token and its key, which exists only in this return value: the row keeps its SHA-256."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("name the token (1 to 100 characters)", code="invalid_token_name")
+    key = KEY_PREFIX + secrets.token_hex(24)
+    with transaction.atomic():
+        # The user's row lock serializes concurrent creations, so the count below cannot be passed by a race.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if ApiToken.objects.filter(user=user, revoked_at__isnull=True).count() >= MAX_LIVE_TOKENS:
+            raise Conflict(
+                f"you have {MAX_LIVE_TOKENS} live tokens, the most an account may have: revoke one first",
+                code="too_many_tokens",
+            )
+        token = ApiToken.objects.create(user=user, name=name, key_sha256=key_sha256(key))
+    return token, key
+
+
+def api_token_revoke(*, user: User, token_id: int) -> ApiToken:
+    """Revoke one of the user's named tokens (refused from its next request on); another user's is NotFound."""
+    with transaction.atomic():
+        token = ApiToken.objects.select_for_update().filter(pk=token_id, user=user).first()
+        if token is None:
+            raise NotFound(f"token {token_id} not found", code="token_not_found")
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+    return token
+
+
+def default_token_revoke(*, user: User) -> None:
+    """Revoke the account's default token (the one `manage.py issue_token` prints); agents using it get refused."""
+    deleted, _ = Token.objects.filter(user=user).delete()
+    if not deleted:
+        raise NotFound("the default token is already revoked", code="token_not_found")
+
+
+def default_token_create(*, user: User) -> str:
+    """A new default token after the old one was revoked; its key is returned once (DRF's authtoken keeps it)."""
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if Token.objects.filter(user=user).exists():
+            raise Conflict("the account has a default token: revoke it first", code="default_token_exists")
+        token = Token.objects.create(user=user)
+    key: str = token.key
+    return key
