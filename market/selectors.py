@@ -195,12 +195,27 @@ def job_for_buyer(*, buyer: User, job_id: int) -> Job:
     return job
 
 
-def jobs_of_buyer(*, buyer: User, state: str | None = None, limit: int = 100) -> QuerySet[Job]:
-    """The buyer's latest jobs (at most `limit`), newest first, optionally only those in one state; nobody else's."""
+def jobs_of_buyer(
+    *,
+    buyer: User,
+    state: str | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    before: datetime | None = None,
+    limit: int = 100,
+) -> QuerySet[Job]:
+    """The buyer's latest jobs (at most `limit`), newest first; nobody else's. Optionally only those in one state,
+    of one model (by name, any quant), or created in [since, before)."""
     jobs = Job.objects.filter(buyer=buyer).select_related("model")
     if state is not None:
         jobs = jobs.filter(state=state)
-    return jobs[:limit]
+    if model is not None:
+        jobs = jobs.filter(model__name=model)
+    if since is not None:
+        jobs = jobs.filter(created_at__gte=since)
+    if before is not None:
+        jobs = jobs.filter(created_at__lt=before)
+    return jobs.order_by("-pk")[:limit]
 
 
 def session_is_live(*, session: uuid.UUID) -> bool:
@@ -263,3 +278,16 @@ def auction_rounds_latest(*, limit: int = 50) -> QuerySet[AuctionRound]:
 def provider_releases(*, provider: User, limit: int = 100) -> QuerySet[PendingRelease]:
     """The provider's latest settlement payouts (pending inside the challenge window, or released), newest first."""
     return PendingRelease.objects.filter(provider=provider).order_by("-pk")[:limit]
+
+
+def provider_earnings_series(*, provider: User, days: int = 90) -> list[dict[str, int]]:
+    """What the provider earned per UTC day of settlement over the last `days` days, oldest first:
+    [{"day": Unix seconds of the day's start, "amount": base units}] (pending and released alike; days without a
+    settlement are left out)."""
+    since = timezone.now() - timedelta(days=days)
+    rows = PendingRelease.objects.filter(provider=provider, settlement__created_at__gte=since)
+    per_day: dict[int, int] = {}
+    for settled_at, amount in rows.values_list("settlement__created_at", "amount"):
+        day = int(settled_at.timestamp()) // 86400 * 86400
+        per_day[day] = per_day.get(day, 0) + amount
+    return [{"day": day, "amount": per_day[day]} for day in sorted(per_day)]
