@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv lock test demo lint
+.PHONY: venv lock test demo lint screens
 
 # The Python environment, the front-end packages from npm (onnxruntime-web for the provider tab) and Debian's
 # Chromium, which the browser tests drive through Playwright (we run as root, CI too).
@@ -59,3 +59,8 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+
+# The marketplace's pages at desktop and phone width, full page, into docs/screens/ (shown in the README): the
+# browser tests of tests/e2e/test_marketplace.py take them on the end-to-end stack as they go.
+screens: venv
+	SCREENS=docs/screens $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_marketplace.py
