@@ -1,6 +1,7 @@
 """The market's REST API. Buyers: post bids (jobs), list, read and cancel them, read a settled job's cost, read
 their balances. Providers: their capacity and asks, their earnings. Everyone signed in: models, providers online,
-auction rounds. Views stay thin: one service or selector each."""
+auction rounds. Anyone: the market's overview (the dashboard's figures). Views stay thin: one service or selector
+each."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,7 +21,7 @@ from config.errors import Conflict, InvalidInput
 from config.schema import errors
 from ledger import selectors as ledger_selectors
 from ledger.chain import selectors as chain_selectors
-from market import model_files, quotes, selectors, services
+from market import model_files, overview, quotes, selectors, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
 from market.serializers import (
     AuctionRoundSerializer,
@@ -238,3 +240,17 @@ class AuctionRoundListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF sh
 
     def get_queryset(self) -> QuerySet[AuctionRound]:
         return selectors.auction_rounds_latest()
+
+
+class MarketOverviewApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    """The market dashboard's figures (market.overview): public, like the page at /, and aggregates only."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="The market now: providers online by backend, free slots, the book, tokens per second served, "
+        "audits and verdicts, and the latest rounds with their clearing prices",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(overview.market_overview())

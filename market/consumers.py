@@ -4,6 +4,8 @@ On connect the consumer joins the job's group first and reads the stored tokens 
 between the two; a token that arrives both ways is sent once (events carry their index). The `done` event carries
 the job's verification state (its challenge window, audits and challenges); with `?follow=verification` the stream
 stays open after `done` and sends a `verification` event whenever that changes, until a verdict is in.
+
+/ws/market/ (MarketConsumer): anyone watches the market's rounds and figures, as the dashboard does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from config.errors import NotFound
-from market import selectors
+from market import overview, selectors
 from market.models import Job
 from transport.inbox import InboxConsumerMixin
 from verification import selectors as verification_selectors
@@ -84,3 +86,24 @@ DECIDED = ("verified", "fraud")
 
 def _verification(job_id: int) -> dict[str, Any]:
     return dict(verification_selectors.jsonable(verification_selectors.job_verification(Job.objects.get(pk=job_id))))
+
+
+class MarketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+    """/ws/market/: the dashboard's live feed, open to anyone (it carries only market.overview's public figures).
+
+    It only listens: each event of the `market` group arrives as ready JSON text, built once for every viewer, and
+    goes out as it is. Nothing a client sends is read or changes anything.
+    """
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add(overview.MARKET_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(overview.MARKET_GROUP, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Input is ignored: this socket only sends."""
+
+    async def market_message(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])

@@ -19,5 +19,6 @@ urlpatterns = [
     path("provider/capacity/", apis.MyCapacityApi.as_view(), name="api-provider-capacity"),
     path("provider/capacity/<int:provider_id>/ask/", apis.MyAskApi.as_view(), name="api-provider-ask"),
     path("provider/earnings/", apis.MyEarningsApi.as_view(), name="api-provider-earnings"),
+    path("market/", apis.MarketOverviewApi.as_view(), name="api-market"),
     path("auction/rounds/", apis.AuctionRoundListApi.as_view(), name="api-auction-rounds"),
 ]

@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from market import quotes, scheduling, selectors
+from market import overview, quotes, scheduling, selectors
 from market.auction import Allocation, Book, JobBid, ProviderOffer, ShardDemand, Trade, solve
 from market.models import Assignment, AuctionRound, Job, Provider, Shard
 from market.services.jobs import assignments_release, job_publish_end
@@ -153,6 +153,8 @@ def _round(*, solver: str, expired: int) -> AuctionRound | None:
         AuctionRound.objects.filter(pk=round_.pk).update(n_placed=len(placed))
         round_.n_placed = len(placed)
         transaction.on_commit(lambda: _launch_all(placed))
+        # Every dashboard hears of the round once it is visible (built once for all; a failure only logs).
+        transaction.on_commit(functools.partial(overview.publish_round, round_.pk), robust=True)
     if allocation.winners or expired:
         log.info("round %s: %d/%d bids placed by %s", round_.pk, len(placed), len(bids), allocation.solver)
     return round_

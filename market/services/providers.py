@@ -12,6 +12,7 @@ from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from config.errors import InvalidInput, NotFound
+from market import overview
 from market.models import Provider
 
 RELIABILITY_PENALTY = 100  # permille lost for each dropped step or missed deadline
@@ -37,6 +38,7 @@ def provider_connect(*, user: User, channel_name: str, capacity: dict[str, Any])
         provider.save(
             update_fields=[*capacity, "state", "channel_name", "busy_slots", "ns_per_layer_token", "last_seen"]
         )
+    _figures_changed()
     return provider
 
 
@@ -55,11 +57,12 @@ def provider_benchmark(
 ) -> None:
     """A benchmark passed (its answer checked): the speed the server timed prices and places the provider from now
     on; what the provider timed itself is kept beside it, for show."""
-    Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
+    if Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
         ns_per_layer_token=ns_per_layer_token,
         claimed_ns_per_layer_token=claimed_ns_per_layer_token,
         last_seen=timezone.now(),
-    )
+    ):
+        _figures_changed()
 
 
 def provider_benchmark_fail(*, provider_id: int, channel_name: str) -> None:
@@ -78,9 +81,15 @@ def provider_heartbeat(*, provider_id: int, channel_name: str) -> None:
 
 def provider_disconnect(*, provider_id: int, channel_name: str) -> None:
     """Offline, unless the same provider has meanwhile reconnected on another channel (then that one stands)."""
-    Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
+    if Provider.objects.filter(pk=provider_id, channel_name=channel_name).update(
         state=Provider.State.OFFLINE, channel_name="", busy_slots=0, last_seen=timezone.now()
-    )
+    ):
+        _figures_changed()
+
+
+def _figures_changed() -> None:
+    """The dashboards' figures changed (a provider came, went or was benchmarked): they hear it after commit."""
+    transaction.on_commit(overview.publish_figures, robust=True)
 
 
 def provider_record_failure(*, provider_id: int) -> None:
