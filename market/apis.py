@@ -219,7 +219,8 @@ class MyAskApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
 class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         responses=OpenApiTypes.OBJECT,
-        summary="What you earned by providing: pending (inside the challenge window), released, and per job",
+        summary="What you earned by providing: pending (inside the challenge window), released, per job, and per "
+        "day of settlement over 90 days (series: [{day: Unix seconds, amount}])",
     )
     def get(self, request: Request) -> Response:
         balances = ledger_selectors.balances_of(user=request.user)
@@ -229,6 +230,7 @@ class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
                 "pending": balances.pending,
                 "earnings": balances.earnings,
                 "settlements": PendingReleaseSerializer(rows, many=True).data,
+                "series": selectors.provider_earnings_series(provider=request.user),
             }
         )
 

@@ -1,5 +1,6 @@
-"""Shard distribution (providers download shard files by SHA-256, with an ETag so a cached copy costs nothing) and
-the provider tab, the page people open to lend their browser's compute."""
+"""Shard distribution (providers download shard files by SHA-256, with an ETag so a cached copy costs nothing), the
+provider tab, the page people open to lend their browser's compute, with its console of the account's agents, and
+that console's figures as JSON (GET /api/provider/console/)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBas
 from django.shortcuts import render
 from django.templatetags.static import static
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from market import model_files
@@ -36,6 +39,15 @@ class ShardDownloadApi(APIView):  # type: ignore[misc]  # DRF ships no type hint
         return response
 
 
+class ProviderConsoleApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="Your provider console: agents' capacity and asks, earnings (and per day), stake, audits, reliability",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(selectors.provider_console(user=request.user))
+
+
 @login_required
 def provider_page(request: HttpRequest) -> HttpResponse:
     """The provider tab: sign-in is required; the socket and the shard downloads authenticate by the session."""
@@ -47,7 +59,10 @@ def provider_page(request: HttpRequest) -> HttpResponse:
         "earningsUrl": reverse("api-provider-earnings"),
         "chainUrl": reverse("api-account-chain"),
         "auditsUrl": reverse("api-provider-audits"),
+        "consoleUrl": reverse("api-provider-console"),
         "benchmarkShard": market_selectors.shard_descriptor(shard) if shard is not None else None,
         "defaultName": f"{request.user.get_username()}-browser"[:100],
     }
-    return render(request, "worker_web/provide.html", {"config": config, "nav": "provide"})
+    console = selectors.provider_console(user=request.user)  # type: ignore[arg-type]  # login_required
+    context = {"config": config, "nav": "provide", "console": console}
+    return render(request, "worker_web/provide.html", context)

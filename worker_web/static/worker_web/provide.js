@@ -141,6 +141,58 @@ $("clear-cache").onclick = () => guarded(async () => {
   log("cache cleared");
 });
 
+// The console of the account's agents (GET /api/provider/console/, the selector the page was rendered from): figures
+// as the server sends them, refreshed along with the earnings. The chart module is loaded apart, so that a chart that
+// cannot load never stops the tab itself.
+let earningsChart = null;
+import("../market/charts.js").then(({ timeChart }) => {
+  earningsChart = timeChart($("chart-earnings"), {
+    series: [{ label: "earned", unit: " units" }], yLabel: "base units per day", bars: true, height: 180,
+  });
+  drawEarnings(JSON.parse($("console-data").textContent).series);
+}).catch((error) => log(`the earnings chart could not load: ${error.message}`, "warning"));
+
+function drawEarnings(series) {
+  $("chart-earnings-empty").hidden = series.length > 0;
+  if (earningsChart) earningsChart.setData(series.map((p) => p.day), [series.map((p) => p.amount)]);
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function showConsole(c) {
+  const shown = (n) => (n === null ? "—" : String(n));
+  for (const [id, value] of [["console-pending", c.pending], ["console-released", c.earnings], ["console-stake", c.stake],
+    ["console-unbonding", c.unbonding], ["console-audits-passed", c.audits_passed],
+    ["console-audits-failed", c.audits_failed], ["console-reliability", c.reliability_permille]]) {
+    $(id).textContent = shown(value);
+  }
+  const rows = c.capacity.map((a) => {
+    const row = document.createElement("tr");
+    row.dataset.providerId = String(a.id);
+    const online = cell(a.online ? "online" : "offline", a.online ? "ok" : "");
+    row.append(cell(a.barred ? `${a.name} (barred)` : a.name), cell(a.backend), cell(String(a.slots), "num"),
+      cell(String(a.busy_slots), "num"), cell(shown(a.speed_ns_per_layer_token), "num"), cell(shown(a.ask), "num"),
+      cell(String(a.reliability_permille), "num"), online);
+    return row;
+  });
+  if (rows.length) $("console-capacity").tBodies[0].replaceChildren(...rows);
+  drawEarnings(c.series);
+}
+
+async function refreshConsole() {
+  try {
+    const response = await fetch(config.consoleUrl, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (response.ok) showConsole(await response.json());
+  } catch {
+    // Offline for a moment: the last figures stay until the next try.
+  }
+}
+
 // Earnings come from the market's ledger (GET /api/provider/earnings/, signed in by the session), never from
 // the page's own counting: what settled jobs paid this account, pending during the challenge window, then released.
 async function refreshEarnings() {
@@ -157,6 +209,7 @@ async function refreshEarnings() {
   } catch {
     // Offline for a moment: the last figure stays until the next try.
   }
+  refreshConsole();
 }
 refreshEarnings();
 setInterval(refreshEarnings, 5000);
