@@ -169,3 +169,11 @@ def test_nothing_private_in_the_overview_or_its_events(market: dict[str, Any]) -
             assert secret not in text
         for field in ('"messages"', '"text"', '"username"', '"name"', '"channel_name"', '"prices"', '"buyer"'):
             assert field not in text
+
+
+def test_anonymous_readers_of_the_api_are_limited_per_address(settings: Any) -> None:
+    """Public, but not free to hammer: the anonymous rate applies (the page's script fetches only after a drop)."""
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "anon": "3/minute"}
+    client = APIClient()
+    assert [client.get("/api/market/").status_code for _ in range(3)] == [200] * 3
+    assert client.get("/api/market/").status_code == 429

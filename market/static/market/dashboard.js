@@ -37,8 +37,9 @@ function showFigures(f) {
   setText("slots-total", f.providers.slots);
   setText("book-bids", f.book.bids);
   setText("book-max-price", f.book.max_price_total);
-  setText("tokens-per-second", f.tokens.per_second);
+  setText("tokens-per-second", f.tokens.per_second.toFixed(2));
   setText("tokens-served", f.tokens.tokens);
+  setText("tokens-jobs", f.tokens.jobs);
   setText("audits", f.verification.total);
   setText("audits-audits", f.verification.audits.total);
   setText("audits-challenges", f.verification.challenges.total);
@@ -75,7 +76,7 @@ function roundRow(r) {
     cell(text(r.price.median)),
     cell(range),
     cell(text(r.welfare)),
-    cell(r.gap_percent === null ? "—" : `${r.gap_percent} %`),
+    cell(r.gap_percent === null ? "—" : `${r.gap_percent.toFixed(2)} %`),
     cell(`${Number(r.wall_time_s).toFixed(3)} s`),
   );
   return tr;
