@@ -280,14 +280,17 @@ def provider_releases(*, provider: User, limit: int = 100) -> QuerySet[PendingRe
     return PendingRelease.objects.filter(provider=provider).order_by("-pk")[:limit]
 
 
-def provider_earnings_series(*, provider: User, days: int = 90) -> list[dict[str, int]]:
-    """What the provider earned per UTC day of settlement over the last `days` days, oldest first:
-    [{"day": Unix seconds of the day's start, "amount": base units}] (pending and released alike; days without a
-    settlement are left out)."""
-    since = timezone.now() - timedelta(days=days)
+def provider_earnings_series(*, provider: User, days: int = 30) -> list[dict[str, int]]:
+    """What the provider earned per UTC day of settlement (pending and released alike), for each of the last `days`
+    days up to today, oldest first, a day without a settlement at 0: [{"day": Unix seconds of the day's start,
+    "amount": base units}]."""
+    now = timezone.now()
+    today = int(now.timestamp()) // 86400 * 86400
+    first = today - (days - 1) * 86400
+    since = now - timedelta(seconds=now.timestamp() - first)  # the first day's start (UTC)
     rows = PendingRelease.objects.filter(provider=provider, settlement__created_at__gte=since)
-    per_day: dict[int, int] = {}
+    per_day = dict.fromkeys(range(first, today + 1, 86400), 0)
     for settled_at, amount in rows.values_list("settlement__created_at", "amount"):
         day = int(settled_at.timestamp()) // 86400 * 86400
         per_day[day] = per_day.get(day, 0) + amount
-    return [{"day": day, "amount": per_day[day]} for day in sorted(per_day)]
+    return [{"day": day, "amount": amount} for day, amount in sorted(per_day.items())]

@@ -77,7 +77,8 @@ def buyer_job(request: HttpRequest, job_id: int) -> HttpResponse:
         job = selectors.job_for_buyer(buyer=buyer, job_id=job_id)
     except NotFound:  # another buyer's job reads exactly like one that does not exist
         raise Http404(f"job {job_id} not found") from None
-    verification = verification_selectors.jsonable(verification_selectors.job_verification(job))
+    checks = verification_selectors.job_verification(job)
+    verification = verification_selectors.jsonable(checks)
     data = JobSerializer(job).data
     context = {
         "nav": "buy",
@@ -87,6 +88,7 @@ def buyer_job(request: HttpRequest, job_id: int) -> HttpResponse:
         "reason": job.error if job.state == Job.State.QUEUED else "",
         "ended": job.state in Job.FINAL_STATES,
         "verification": verification,
+        "window_closes_at": checks["challenge_window_closes_at"],
         "page": {
             "job": data,
             "verification": verification,

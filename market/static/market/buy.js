@@ -4,6 +4,8 @@
 const config = JSON.parse(document.getElementById("buy-config").textContent);
 const $ = (id) => document.getElementById(id);
 const QUOTE_PAUSE_MS = 350; // wait this long after the last keystroke before asking for a quote
+// A quote travels in the URL, and servers refuse request lines much longer than this (Daphne's limit is 16 KiB).
+const QUOTE_URL_MAX = 8192;
 
 function csrfToken() {
   const cookie = document.cookie.split("; ").find((part) => part.startsWith("csrftoken="));
@@ -67,14 +69,24 @@ async function refreshQuote() {
   quoteController = new AbortController();
   const params = new URLSearchParams({ model: chosen.model, prompt, max_new_tokens: $("max-new-tokens").value });
   if (chosen.quant) params.set("quant", chosen.quant);
+  const url = `${config.quote}?${params}`;
+  if (url.length > QUOTE_URL_MAX) {
+    if (!priceEdited) $("max-price").value = "";
+    showQuote(
+      "The prompt is too long for a live quote. Posting it gives the market's answer; with no max price, " +
+        "the bid is the quote at the time of posting.",
+    );
+    return;
+  }
   showQuote("Asking for a quote…");
   let answer;
   try {
-    answer = await request(`${config.quote}?${params}`, { signal: quoteController.signal });
+    answer = await request(url, { signal: quoteController.signal });
   } catch {
     return; // aborted by a newer edit, which asks again
   }
   const { ok, body } = answer;
+  if (!ok && !priceEdited) $("max-price").value = ""; // no stale bid from an earlier quote: the API picks one
   if (ok) {
     showQuote(
       `Quote: ${body.price} base units for ${body.tokens} tokens at the cheapest free pipeline's asks; ` +

@@ -9,6 +9,7 @@ const FINAL = ["done", "failed", "cancelled", "expired"];
 let state = page.job.state;
 let costShown = Boolean(page.job.settled_at);
 let costAsked = false; // a fetch of the cost answered "not settled yet": the next verification event asks again
+let socketOpen = false;
 let pipelineAsked = false; // the pipeline is fetched once when the first token shows the job running
 
 function csrfToken() {
@@ -64,7 +65,8 @@ function showState(next, { reason = "", error = "", finishReason = "" } = {}) {
   state = next;
   $("job-state").textContent = next;
   $("job-state").className = `state state-${next}`;
-  $("job-state-note").textContent = page.states[next] || "";
+  const label = page.states[next] || "";
+  $("job-state-note").textContent = label === next ? "" : label;
   $("job-reason").textContent = next === "queued" ? reason : "";
   $("job-reason").hidden = !(next === "queued" && reason);
   const ended = FINAL.includes(next);
@@ -80,6 +82,7 @@ function showState(next, { reason = "", error = "", finishReason = "" } = {}) {
     }
   }
   $("cancel").disabled = ended;
+  if (socketOpen) $("job-live").textContent = ended ? "live: verification updates" : "live";
   $("challenge").disabled = !(next === "done" && costShown);
 }
 
@@ -214,7 +217,8 @@ function showVerification(v) {
   $("challenge-bond").textContent = String(v.challenge_bond);
   const detail = [];
   if (v.challenge_window_closes_at) {
-    detail.push(el("p", {}, "You may challenge the answer until ", el("time", { datetime: v.challenge_window_closes_at }, v.challenge_window_closes_at), "."));
+    const closes = v.challenge_window_closes_at;
+    detail.push(el("p", {}, "You may challenge the answer until ", el("time", { datetime: closes }, new Date(closes).toLocaleString()), "."));
   }
   if (v.disputes && v.disputes.length) {
     detail.push(el("ul", {}, ...v.disputes.map((d) => el("li", {}, `${d.kind}: ${d.state}${d.reason ? ` (${d.reason})` : ""}`))));
@@ -271,6 +275,7 @@ function connect() {
   const socket = new WebSocket(`${scheme}://${window.location.host}${page.urls.stream}`);
   let heard = false;
   socket.addEventListener("open", () => {
+    socketOpen = true;
     $("job-live").textContent = "live";
   });
   socket.addEventListener("message", (message) => {
@@ -283,6 +288,7 @@ function connect() {
     }
   });
   socket.addEventListener("close", () => {
+    socketOpen = false;
     $("job-live").textContent = FINAL.includes(state) ? "" : "the live stream closed: reload the page to reconnect";
     document.body.dataset.ready = "1";
   });
