@@ -220,7 +220,7 @@ class MyEarningsApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         responses=OpenApiTypes.OBJECT,
         summary="What you earned by providing: pending (inside the challenge window), released, per job, and per "
-        "day of settlement over 90 days (series: [{day: Unix seconds, amount}])",
+        "day of settlement over 30 days (series: [{day: Unix seconds, amount}], 0 on days without)",
     )
     def get(self, request: Request) -> Response:
         balances = ledger_selectors.balances_of(user=request.user)

@@ -46,17 +46,20 @@ def capacity_row(provider: Provider) -> dict[str, Any]:
 
 def provider_console(*, user: User) -> dict[str, Any]:
     """Everything the provider console shows, in base units: the agents' capacity and asks, earnings pending and
-    released (the ledger's balances) and per day, stake and unbonding (None without a chain), audits passed and
-    failed over all agents (verification's record), and their mean reliability (per mille; None without agents)."""
+    released (the ledger's balances) and per day over 30 days, stake and unbonding (None without a chain), audits
+    passed and failed over all agents (verification's record), their mean reliability (per mille; None without
+    agents)."""
     agents = list(market_selectors.providers_of_user(user=user))
     balances = ledger_selectors.balances_of(user=user)
     chain = chain_selectors.stake_view(user=user)
     audits = verification_selectors.provider_audits(user=user)["providers"]
+    series = market_selectors.provider_earnings_series(provider=user)
     return {
         "capacity": [capacity_row(provider) for provider in agents],
         "pending": balances.pending,
         "earnings": balances.earnings,
-        "series": market_selectors.provider_earnings_series(provider=user),
+        "series": series,
+        "earned_in_series": any(point["amount"] for point in series),
         "chain_enabled": chain["enabled"],
         "stake": chain["stake"] if chain["enabled"] else None,
         "unbonding": chain["unbonding"] if chain["enabled"] else None,

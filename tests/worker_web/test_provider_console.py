@@ -96,13 +96,15 @@ def test_earnings_pending_released_and_per_day_are_the_ledgers(alice: User, bob:
     assert text_of(html, "console-pending") == "50" and text_of(html, "console-released") == "300"
     series = market_selectors.provider_earnings_series(provider=alice)
     today = int(timezone.now().timestamp()) // 86400 * 86400
-    assert series == [{"day": today, "amount": 350}]
+    assert len(series) == 30 and series[-1] == {"day": today, "amount": 350}
+    assert [p["day"] for p in series] == [today - (29 - n) * 86400 for n in range(30)]
+    assert sum(p["amount"] for p in series) == 350  # days without a settlement are 0
     earnings = api(alice, "/api/provider/earnings/")
     assert (earnings["pending"], earnings["earnings"], earnings["series"]) == (50, 300, series)
     assert 'id="chart-earnings"' in html
     rendered = re.search(r'id="console-data"[^>]*>(.*?)</script>', html, re.S)
     assert rendered and '"amount": 350' in rendered.group(1)  # the chart's first data, server-rendered
-    assert api(bob, "/api/provider/earnings/")["series"] == []  # another user's earnings are not theirs
+    assert sum(p["amount"] for p in api(bob, "/api/provider/earnings/")["series"]) == 0  # not alice's
 
 
 def test_audits_reliability_and_stake_are_the_selectors(alice: User, settings: Any) -> None:
@@ -123,6 +125,7 @@ def test_audits_reliability_and_stake_are_the_selectors(alice: User, settings: A
 def test_a_new_account_sees_an_empty_console_and_the_tabs_elements(alice: User) -> None:
     html = page(alice)
     assert "No agent yet" in html and text_of(html, "console-reliability") == "—"
+    assert re.search(r'<p id="chart-earnings-empty" class="muted">No settled job', html)  # shown, not hidden
     assert text_of(html, "console-pending") == "0" and text_of(html, "console-audits-passed") == "0"
     for kept in ("benchmark", "start", "stop", "name", "ask", "stat-earned", "stat-stake", "stat-audits", "log"):
         assert f'id="{kept}"' in html

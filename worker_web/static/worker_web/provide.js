@@ -149,11 +149,12 @@ import("../market/charts.js").then(({ timeChart }) => {
   earningsChart = timeChart($("chart-earnings"), {
     series: [{ label: "earned", unit: " units" }], yLabel: "base units per day", bars: true, height: 180,
   });
-  drawEarnings(JSON.parse($("console-data").textContent).series);
+  const first = JSON.parse($("console-data").textContent);
+  drawEarnings(first.series, first.earned_in_series);
 }).catch((error) => log(`the earnings chart could not load: ${error.message}`, "warning"));
 
-function drawEarnings(series) {
-  $("chart-earnings-empty").hidden = series.length > 0;
+function drawEarnings(series, earned) {
+  $("chart-earnings-empty").hidden = earned;
   if (earningsChart) earningsChart.setData(series.map((p) => p.day), [series.map((p) => p.amount)]);
 }
 
@@ -181,7 +182,7 @@ function showConsole(c) {
     return row;
   });
   if (rows.length) $("console-capacity").tBodies[0].replaceChildren(...rows);
-  drawEarnings(c.series);
+  drawEarnings(c.series, c.earned_in_series);
 }
 
 async function refreshConsole() {
