@@ -14,7 +14,7 @@ function styleSheet() {
 }
 
 // A line chart of one or more series over time, as wide as `container` (it follows resizes).
-// series: [{label, color?, unit?}]; x values are Unix seconds. Returns {setData(xs, ys), push(x, values)}:
+// series: [{label, color?, unit?}]; x values are Unix seconds, shown in UTC. Returns {setData(xs, ys), push(x, values)}:
 // ys is one array per series; push appends one point to every series and keeps the last `keep` points.
 export function timeChart(container, { series, yLabel = "", height = 200, keep = 200, bars = false }) {
   styleSheet();
@@ -27,7 +27,11 @@ export function timeChart(container, { series, yLabel = "", height = 200, keep =
     height,
     legend: { show: series.length > 1 },
     axes: [{}, { label: yLabel, size: 60 }],
-    scales: { x: { time: true } },
+    // UTC, like the tables; a lone point gets an hour either side instead of uPlot's years-wide guess.
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+    scales: {
+      x: { time: true, range: (u, min, max) => (min === max ? [min - 3600, max + 3600] : [min, max]) },
+    },
     series: [
       {},
       ...series.map((s, i) => ({
