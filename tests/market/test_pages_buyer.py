@@ -310,3 +310,12 @@ def test_the_prompt_is_escaped_on_the_job_page(model: LanguageModel, alice: User
     html = signed_in(alice).get(f"/buy/jobs/{job.pk}/").content.decode()
     assert attack not in html and "<script>alert(1)" not in html
     assert embedded(html, "job-page")["job"]["messages"][0]["content"] == attack
+
+
+def test_a_job_id_beyond_any_row_is_404_not_500(alice: User) -> None:
+    assert signed_in(alice).get("/buy/jobs/99999999999999999999999/").status_code == 404
+
+
+def test_a_date_at_the_end_of_the_calendar_is_a_clear_error(alice: User) -> None:
+    response = signed_in(alice).get("/buy/?until=9999-12-31")
+    assert response.status_code == 400 and b"until must be a date (YYYY-MM-DD)" in response.content
