@@ -16,6 +16,7 @@ from market.auth import key_sha256
 from market.models import ApiToken
 
 MAX_LIVE_TOKENS = 20  # named tokens not revoked, per user (the default token is not counted)
+KEEP_REVOKED_TOKENS = 50  # revoked rows kept per user for the page's list: making and revoking cannot grow it forever
 KEY_PREFIX = "cmk_"  # tells a named token's key apart from a default one (40 hex digits) when people see it
 
 
@@ -55,6 +56,9 @@ def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
                 code="too_many_tokens",
             )
         token = ApiToken.objects.create(user=user, name=name, key_sha256=key_sha256(key))
+        revoked = ApiToken.objects.filter(user=user, revoked_at__isnull=False)
+        old = revoked.order_by("-revoked_at", "-pk").values_list("pk", flat=True)[KEEP_REVOKED_TOKENS:]
+        ApiToken.objects.filter(pk__in=list(old)).delete()
     return token, key
 
 

@@ -18,11 +18,11 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from config.asgi import application
-from config.errors import Conflict, NotFound
+from config.errors import Conflict, InvalidInput, NotFound
 from config.ws_auth import TokenAuthMiddleware
 from market import services
 from market.models import ApiToken
-from market.services.accounts import MAX_LIVE_TOKENS
+from market.services.accounts import KEEP_REVOKED_TOKENS, MAX_LIVE_TOKENS
 from transport import protocol as p
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -152,6 +152,23 @@ def test_no_more_than_the_limit_of_live_tokens(alice: User) -> None:
     assert refused.value.code == "too_many_tokens" and str(MAX_LIVE_TOKENS) in refused.value.message
     services.api_token_revoke(user=alice, token_id=tokens[0].pk)
     services.api_token_create(user=alice, name="after a revoke")  # a revoked one frees a place
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101])
+def test_a_token_needs_a_name_of_1_to_100_characters(alice: User, name: str) -> None:
+    with pytest.raises(InvalidInput):
+        services.api_token_create(user=alice, name=name)
+    assert not ApiToken.objects.exists()
+
+
+def test_revoked_tokens_kept_are_bounded(alice: User) -> None:
+    for n in range(KEEP_REVOKED_TOKENS + 3):
+        services.api_token_revoke(user=alice, token_id=services.api_token_create(user=alice, name=f"t{n}")[0].pk)
+    live, _ = services.api_token_create(user=alice, name="live")
+    kept = ApiToken.objects.filter(user=alice)
+    assert kept.filter(revoked_at__isnull=False).count() == KEEP_REVOKED_TOKENS
+    assert kept.filter(revoked_at__isnull=True).get() == live
+    assert not kept.filter(name__in=["t0", "t1", "t2"]).exists()  # the oldest revoked ones went
 
 
 def test_last_use_is_stamped_at_most_once_a_minute(alice: User) -> None:
