@@ -221,7 +221,7 @@ def test_the_job_page_embeds_state_text_and_the_pipeline(model: LanguageModel, a
     first, second = hops[0][1], hops[1][1]
     assert "layers 0-2" in first and "tab-one" in first and "tab-two" in first and "wasm" in first
     assert "replaced: deadline: no answer" in first
-    assert '<span data-value="12.5">12.5</span> ms/step' in first
+    assert '<span class="ms">12.5</span> ms/step' in first
     assert "native-box" in second and "native" in second and "30.25" in second
     page = embedded(html, "job-page")
     assert page["job"]["state"] == "running" and page["job"]["text"] == "Hello <b>there</b>"

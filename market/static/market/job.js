@@ -46,7 +46,6 @@ function el(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, String(value));
     else node.setAttribute(key, value === true ? "" : String(value));
   }
   const kept = children.filter((child) => child !== null && child !== undefined);
@@ -116,7 +115,7 @@ function drawPipeline(job) {
     const timing =
       median === null || median === undefined
         ? el("span", { class: "muted" }, "timing when it ends")
-        : el("span", { "data-value": median }, median);
+        : el("span", { class: "ms" }, median);
     return el(
       "li",
       { class: "hop", "data-hop": hop },
