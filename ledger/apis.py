@@ -32,10 +32,12 @@ def _view(request: Request, code: int = status.HTTP_200_OK) -> Response:
 class ChainAccountApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
         responses={200: OpenApiTypes.OBJECT, **errors(502, 503)},
-        summary="Your wallet, stake, unbonding, slashed, pending chain ops",
+        summary="Your wallet and its token balance on chain (null: none, or unreadable), stake, unbonding, slashed, "
+        "pending chain ops",
     )
     def get(self, request: Request) -> Response:
-        return _view(request)
+        view = chain_selectors.stake_view(user=request.user)
+        return Response({**view, "wallet_balance": chain_selectors.wallet_balance(user=request.user)})
 
 
 class WalletApi(APIView):  # type: ignore[misc]

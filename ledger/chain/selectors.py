@@ -9,8 +9,10 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import Q
 from django.utils import timezone
+from eth_utils import to_checksum_address
 
 from ledger.chain import bridge
+from ledger.chain.errors import ChainError
 from ledger.chain.merkle import MerkleTree
 from ledger.chain.models import ChainCursor, ChainDeployment, ChainOp, SettlementLeaf, Wallet
 
@@ -61,6 +63,21 @@ def stake_view(*, user: User) -> dict[str, Any]:
         "can_take_work": not enabled or (fresh and wallet is not None and wallet.stake_active >= max(minimum, 1)),
         "pending_ops": [op_view(op) for op in pending],
     }
+
+
+def wallet_balance(*, user: User) -> int | None:
+    """The market tokens the user's wallet holds on chain, read from the node now (the market mirrors stakes, not
+    wallets); None without a chain, without a wallet, or when the node does not answer."""
+    address = Wallet.objects.filter(user=user).values_list("address", flat=True).first()
+    if not address:
+        return None
+    try:
+        chain = bridge.connect()
+        if chain is None:
+            return None
+        return int(chain.call(chain.token.functions.balanceOf(to_checksum_address(address))))
+    except ChainError:
+        return None
 
 
 def op_view(op: ChainOp) -> dict[str, Any]:

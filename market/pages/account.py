@@ -66,6 +66,7 @@ def _context(user: User, new_key: dict[str, str] | None, error: str | None) -> d
         "nav": "account",
         "balances": ledger_selectors.balances_of(user=user),
         "chain": chain,
+        "wallet_balance": chain_selectors.wallet_balance(user=user),
         "default_token": auth.default_token_of_user(user=user),
         "tokens": auth.api_tokens_of_user(user=user),
         "max_tokens": MAX_LIVE_TOKENS,

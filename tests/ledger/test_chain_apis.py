@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.test import APIClient
 
 from ledger.chain import outbox
@@ -60,6 +61,15 @@ def test_a_deposit_from_the_dev_wallet_is_credited(chain_node: AnvilNode, make_u
     status, body = post(bob, "/api/account/deposit/", {"amount": 1_200})
     assert status == 200 and body["credited"] == 1 and str(body["tx_hash"]).startswith("0x")
     assert books.balance(bob, Account.Kind.USER_AVAILABLE) == 1_200
+    assert api(bob).get("/api/account/chain/").json()["wallet_balance"] == 1_800  # what the wallet kept, on chain
+    client = Client()
+    client.force_login(bob)
+    page = client.get("/account/")
+    assert (
+        b'id="chain-balance" title="The market tokens your wallet holds on chain, read from the node as this page'
+        in (page.content)
+    )
+    assert b'data-value="1800">1800</dd>' in page.content
 
 
 @pytest.mark.parametrize(
@@ -116,6 +126,7 @@ def test_with_the_chain_down_actions_answer_503_and_the_account_still_answers(
     assert status == 202 and op["state"] == "queued"
     account = api(frank).get("/api/account/")
     assert account.status_code == 200 and account.json()["chain"]["pending_ops"][0]["amount"] == 500
+    assert api(frank).get("/api/account/chain/").json()["wallet_balance"] is None  # unreadable, and it says so
 
 
 def test_the_chain_api_needs_a_signed_in_user(chain_node: AnvilNode) -> None:
