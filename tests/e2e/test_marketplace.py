@@ -130,6 +130,12 @@ def new_key(page: Any) -> str:
     return str(max(re.findall(r"[\w-]{20,}", box.text_content() or ""), key=len))
 
 
+def ask_for_a_quote(page: Any) -> None:
+    """The buyer console with a prompt written in and its live quote shown (for its screenshots)."""
+    page.fill("#prompt", STORY)
+    expect(page.locator("#quote")).to_have_text(re.compile(r"\d"), timeout=30_000)
+
+
 def test_sign_up_gives_the_grant_and_the_account_page_creates_and_revokes_api_tokens(
     market: Any, visitor: Callable[[], Site]
 ) -> None:
@@ -206,7 +212,8 @@ def test_a_job_posted_on_the_buyer_console_streams_its_answer_and_shows_its_pipe
 
     console_page = site.open("/buy/")
     expect(console_page.locator(f'table#jobs tr[data-job-id="{job_id}"]')).to_have_count(1)
-    site.shoot(console_page, "buy")
+    ask_for_a_quote(console_page)
+    site.shoot(console_page, "buy", prepare=ask_for_a_quote)
 
 
 def test_the_dashboard_shows_a_new_round_live_without_a_reload(market: Any, visitor: Callable[[], Site]) -> None:
@@ -264,7 +271,7 @@ def test_a_bid_above_the_balance_shows_the_apis_402_message_and_keeps_the_form(
     market: Any, visitor: Callable[[], Site], console: ConsoleErrors
 ) -> None:
     name, site = fresh_name(), visitor()
-    page = site.sign_up(name, PASSWORD)
+    page = site.sign_up(name, PASSWORD, shoot=False)
     page.goto("/buy/")
     wait_ready(page)
     too_much = int(market.env["SIGNUP_GRANT"]) + 1

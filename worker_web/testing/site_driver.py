@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,11 @@ class Site:
             wait_ready(page)
         return page
 
-    def sign_up(self, username: str, password: str) -> Any:
-        """Signs up on /signup/ (a screenshot of the empty form first); returns the page it lands on."""
+    def sign_up(self, username: str, password: str, *, shoot: bool = True) -> Any:
+        """Signs up on /signup/ (`shoot`: screenshots of the empty form first); returns the page it lands on."""
         page = self.open("/signup/", ready=False)
-        self.shoot(page, "signup", ready=False)
+        if shoot:
+            self.shoot(page, "signup", ready=False)
         page.fill("#id_username", username)
         page.fill("#id_password1", password)
         page.fill("#id_password2", password)
@@ -108,12 +109,15 @@ class Site:
         page.wait_for_url(re.compile(re.escape(then) + "$"))
         return page
 
-    def shoot(self, page: Any, name: str, *, ready: bool = True) -> None:
+    def shoot(self, page: Any, name: str, *, ready: bool = True, prepare: Callable[[Any], None] | None = None) -> None:
         """`<name>-desktop.png` of the page as it is and `<name>-phone.png` of the same address opened at phone
-        width (full pages), when a screens folder is set; and whatever the folder, the page must fit the
-        narrowest phone without a horizontal scroll."""
+        width (full pages; `prepare` brings the phone's page to the desktop's state, e.g. a form filled in), when a
+        screens folder is set; and whatever the folder, the page must fit the narrowest phone without a horizontal
+        scroll."""
         phone = self.open(page.url, viewport=PHONE, ready=ready)
         try:
+            if prepare is not None:
+                prepare(phone)
             if self.screens is not None:
                 self.screens.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(self.screens / f"{name}-desktop.png"), full_page=True)
