@@ -250,8 +250,9 @@ def test_a_waiting_bid_shows_why_it_lost_and_no_pipeline(model: LanguageModel, a
     ],
 )
 def test_an_ended_job_says_how_it_ended(model: LanguageModel, alice: User, state: str, error: str, shown: str) -> None:
-    job = make_job(alice, model, state, error=error)
+    job = make_job(alice, model, state, error=error, settled_at=timezone.now())
     html = signed_in(alice).get(f"/buy/jobs/{job.pk}/").content.decode()
+    assert "It never ran on providers." in html and "You may challenge" not in html
     end = re.search(r'<p id="job-end" class="error">\s*(.*?)\s*</p>', html, re.S)
     assert end is not None and end.group(1).startswith(shown)
     assert '<p id="job-reason" class="reason" hidden>' in html  # a waiting bid's reason, not an ended job's

@@ -215,7 +215,7 @@ function showVerification(v) {
   $("verification").className = `verification-${v.state}`;
   $("challenge-bond").textContent = String(v.challenge_bond);
   const detail = [];
-  if (v.challenge_window_closes_at) {
+  if (v.challenge_window_closes_at && state === "done") {
     const closes = v.challenge_window_closes_at;
     detail.push(el("p", {}, "You may challenge the answer until ", el("time", { datetime: closes }, new Date(closes).toLocaleString()), "."));
   }
