@@ -81,6 +81,8 @@ function showState(next, { reason = "", error = "", finishReason = "" } = {}) {
     }
   }
   $("cancel").disabled = ended;
+  const unplaced = document.querySelector("#pipeline .pipeline-empty");
+  if (unplaced && ended) unplaced.textContent = "It never ran on providers.";
   if (socketOpen) $("job-live").textContent = ended ? "live: verification updates" : "live";
   $("challenge").disabled = !(next === "done" && costShown);
 }
