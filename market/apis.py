@@ -21,7 +21,7 @@ from config.errors import Conflict, InvalidInput
 from config.schema import errors
 from ledger import selectors as ledger_selectors
 from ledger.chain import selectors as chain_selectors
-from market import model_files, overview, quotes, selectors, services
+from market import filters, model_files, overview, quotes, selectors, services
 from market.models import AuctionRound, Job, LanguageModel, Provider
 from market.serializers import (
     AuctionRoundSerializer,
@@ -55,15 +55,20 @@ class ProviderListApi(generics.ListAPIView):  # type: ignore[misc]  # DRF ships 
 
 class JobListCreateApi(APIView):  # type: ignore[misc]  # DRF ships no type hints
     @extend_schema(
-        parameters=[OpenApiParameter("state", str, enum=Job.State.values, description="e.g. queued: your open bids")],
+        parameters=[
+            OpenApiParameter("state", str, enum=Job.State.values, description="e.g. queued: your open bids"),
+            OpenApiParameter("model", str, description="a model's name (any quant)"),
+            OpenApiParameter("since", OpenApiTypes.DATE, description="created on or after this day (UTC)"),
+            OpenApiParameter("until", OpenApiTypes.DATE, description="created on or before this day (UTC)"),
+        ],
         responses=JobSerializer(many=True),
         summary="Your jobs, newest first",
     )
     def get(self, request: Request) -> Response:
-        state = request.query_params.get("state")
-        if state is not None and state not in Job.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(Job.State.values)}", code="bad_state")
-        jobs = selectors.jobs_of_buyer(buyer=request.user, state=state)
+        found, problems = filters.job_filters(request.query_params)
+        if problems:
+            raise InvalidInput("; ".join(problems), code="bad_filter")
+        jobs = selectors.jobs_of_buyer(buyer=request.user, **found)
         return Response(JobSerializer(jobs, many=True).data)
 
     @extend_schema(

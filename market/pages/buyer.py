@@ -6,17 +6,16 @@ the API and to /ws/jobs/<id>/ themselves."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import timezone
 
 from config.errors import NotFound
+from market import filters as filters_module
 from market import selectors
 from market.models import Job
 from market.serializers import JobSerializer
@@ -26,7 +25,7 @@ from verification import selectors as verification_selectors
 @login_required
 def buyer_console(request: HttpRequest) -> HttpResponse:
     buyer: User = request.user  # type: ignore[assignment]  # login_required: never anonymous here
-    filters, problems = history_filters(request.GET)
+    filters, problems = filters_module.job_filters(request.GET)
     models = list(selectors.models_listed())
     context = {
         "nav": "buy",
@@ -44,30 +43,6 @@ def buyer_console(request: HttpRequest) -> HttpResponse:
         },
     }
     return render(request, "market/buy.html", context, status=400 if problems else 200)
-
-
-def history_filters(query: QueryDict) -> tuple[dict[str, Any], list[str]]:
-    """The history's filters from the page's GET form, for `selectors.jobs_of_buyer`: state, model (by name), and
-    a range of days (`since` and `until`, both included). Values that do not parse are named in the problems and
-    left out (an empty value means no filter)."""
-    filters: dict[str, Any] = {}
-    problems: list[str] = []
-    if state := query.get("state", ""):
-        if state in Job.State.values:
-            filters["state"] = state
-        else:
-            problems.append(f"state must be one of {', '.join(Job.State.values)}")
-    if model := query.get("model", "").strip():
-        filters["model"] = model
-    for key, field, shift in (("since", "since", 0), ("until", "before", 1)):
-        if raw := query.get(key, "").strip():
-            try:
-                day = date.fromisoformat(raw) + timedelta(days=shift)
-            except (ValueError, OverflowError):
-                problems.append(f"{key} must be a date (YYYY-MM-DD)")
-                continue
-            filters[field] = timezone.make_aware(datetime.combine(day, time.min))
-    return filters, problems
 
 
 @login_required

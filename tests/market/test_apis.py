@@ -103,7 +103,7 @@ def test_the_job_list_filters_by_state_so_a_buyer_sees_its_open_bids(model: Lang
     bid, _ = make_job(alice, model), make_job(alice, model, Job.State.DONE)
     assert [job["id"] for job in api(alice).get("/api/jobs/?state=queued").json()] == [bid.pk]
     refused = api(alice).get("/api/jobs/?state=open")
-    assert (refused.status_code, refused.json()["code"]) == (400, "bad_state")
+    assert (refused.status_code, refused.json()["code"]) == (400, "bad_filter")
 
 
 def test_the_owner_reads_a_job(model: LanguageModel, alice: User) -> None:
@@ -421,7 +421,10 @@ def test_earnings_list_only_your_own_settlements(model: LanguageModel, alice: Us
     assert (mine["pending"], mine["earnings"]) == (600, 0)
     assert [(r["job"], r["amount"], r["state"]) for r in mine["settlements"]] == [("job-7", 600, "pending")]
     assert PendingRelease.objects.count() == 1
-    assert api(alice).get("/api/provider/earnings/").json() == {"pending": 0, "earnings": 0, "settlements": []}
+    assert sum(point["amount"] for point in mine["series"]) == 600  # the day's settlement, in the chart's series
+    theirs = api(alice).get("/api/provider/earnings/").json()
+    assert {k: v for k, v in theirs.items() if k != "series"} == {"pending": 0, "earnings": 0, "settlements": []}
+    assert {point["amount"] for point in theirs["series"]} == {0}
 
 
 def test_auction_rounds_are_listed_newest_first(alice: User) -> None:

@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from market import selectors, services
 from market.models import Job, LanguageModel
@@ -169,6 +170,10 @@ def test_the_history_filters_by_state_model_and_days(model: LanguageModel, alice
     assert rows("state=&model=&since=&until=") == [old.pk, elsewhere.pk, done.pk, queued.pk]  # empty: no filter
     html = client.get("/buy/?state=done").content.decode()
     assert '<option value="done" selected>' in html
+    api = APIClient()
+    api.force_authenticate(alice)
+    for query in ("state=done", "model=other", "state=queued&model=tiny", f"since={today}", "until=2000-01-01"):
+        assert [job["id"] for job in api.get(f"/api/jobs/?{query}").json()] == rows(query)  # the API filters alike
 
 
 def test_a_bad_filter_is_a_clear_error_and_filters_nothing(model: LanguageModel, alice: User) -> None:
