@@ -168,6 +168,7 @@ class Job(models.Model):
         EXPIRED = "expired", "expired: the bid found no providers before its expiry"
 
     FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED, State.EXPIRED)
+    MAX_NEW_TOKENS = 1024  # the most tokens one job may ask for
 
     buyer = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="jobs")
     model = models.ForeignKey(LanguageModel, on_delete=models.PROTECT, related_name="jobs")

@@ -12,7 +12,6 @@ from ledger.models import PendingRelease
 from ledger.services import MAX_AMOUNT
 from market import selectors
 from market.models import AuctionRound, Job, LanguageModel, Provider
-from market.services.jobs import MAX_NEW_TOKENS
 
 
 class MessageSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF ships no type hints
@@ -27,7 +26,7 @@ class JobCreateSerializer(serializers.Serializer):  # type: ignore[misc]  # DRF 
     quant = serializers.ChoiceField(choices=["f32", "q4"], required=False, help_text="Default: newest import.")
     messages = MessageSerializer(many=True, required=False, allow_empty=False, max_length=1_000)
     prompt = serializers.CharField(required=False, allow_blank=False, max_length=100_000, trim_whitespace=False)
-    max_new_tokens = serializers.IntegerField(min_value=1, max_value=MAX_NEW_TOKENS, default=64)
+    max_new_tokens = serializers.IntegerField(min_value=1, max_value=Job.MAX_NEW_TOKENS, default=64)
     temperature = serializers.DecimalField(max_digits=4, decimal_places=2, min_value=0, max_value=2, default=0)
     top_p = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=Decimal("0.01"), max_value=1, default=1)
     seed = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, allow_null=True, default=None)

@@ -23,7 +23,7 @@ from market import model_files, quotes, scheduling, selectors
 from market.models import Assignment, Job, LanguageModel, Provider
 from market.services.settlement import job_settle
 
-MAX_NEW_TOKENS = 1024
+MAX_NEW_TOKENS = Job.MAX_NEW_TOKENS
 
 
 def job_create(

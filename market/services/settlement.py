@@ -22,7 +22,7 @@ from django.utils import timezone
 from config.errors import Conflict
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger_services
-from market import selectors
+from market import overview, selectors
 from market.auction import platform_fee
 from market.models import Assignment, Job, Provider
 
@@ -68,6 +68,8 @@ def job_settle(*, job_id: int) -> Job:
         }
         job.settled_at = timezone.now()
         job.save(update_fields=["cost", "settled_at"])
+        # The job ended and its slots are free: the dashboards' tokens served and free slots changed.
+        transaction.on_commit(overview.publish_figures, robust=True)
     return job
 
 

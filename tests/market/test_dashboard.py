@@ -19,6 +19,8 @@ from django.utils import timezone
 from config.asgi import application
 from market import services
 from market.models import AuctionRound, Job, LanguageModel, Provider
+from verification.models import Dispute
+from verification.services import verdicts
 
 IDS = (
     "live-status",
@@ -197,3 +199,29 @@ def test_what_a_viewer_sends_is_ignored_and_the_feed_goes_on(carol: User) -> Non
     async_to_sync(scenario)()
     assert AuctionRound.objects.count() == 0
     assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_ending_and_a_verdict_reach_the_feed(model: LanguageModel, alice: User) -> None:
+    """The figures change between rounds too: a bid that ends leaves the book (its settlement tells the dashboards),
+    and a verdict changes the counts of checks."""
+    job = services.job_create(
+        buyer=alice, model=model, messages=[{"role": "user", "content": "hello there"}], max_new_tokens=8,
+        temperature=Decimal(0), top_p=Decimal(1), seed=None,
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        ws = await market_feed()
+        try:
+            await sync_to_async(services.job_cancel)(job=job)
+            ended = await ws.receive_json_from(timeout=5)
+            assert ended["type"] == "figures" and ended["figures"]["book"]["bids"] == 0
+            assert_public(ended)
+            dispute = await Dispute.objects.acreate(job=job, kind=Dispute.Kind.AUDIT, state=Dispute.State.NO_FRAUD)
+            await sync_to_async(verdicts.publish)(dispute)
+            checked = await ws.receive_json_from(timeout=5)
+            assert checked["figures"]["verification"]["verified"] == 1
+        finally:
+            await ws.disconnect()
+
+    async_to_sync(scenario)()

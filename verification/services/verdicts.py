@@ -27,6 +27,7 @@ from ledger.chain.models import Wallet
 from ledger.services import chain as chain_services
 from ledger.services import disputes as money
 from ledger.services import issuance
+from market import overview
 from market import selectors as market_selectors
 from market.models import Job, Provider
 from market.services import jobs as market_jobs
@@ -170,5 +171,7 @@ def _slash(dispute: Dispute, cheater: Provider) -> None:
 
 
 def publish(dispute: Dispute) -> None:
-    """The job's stream hears the verdict (its watchers see the verification state change)."""
+    """The job's stream hears the verdict (its watchers see the verification state change), and the dashboards their
+    counts of audits, challenges and verdicts."""
     transaction.on_commit(lambda: selectors.publish_verification(dispute.job_id))
+    transaction.on_commit(overview.publish_figures, robust=True)

@@ -16,7 +16,8 @@ function styleSheet() {
 // A line chart of one or more series over time, as wide as `container` (it follows resizes).
 // series: [{label, color?, unit?}]; x values are Unix seconds, shown in UTC. Returns {setData(xs, ys), push(x, values)}:
 // ys is one array per series; push appends one point to every series and keeps the last `keep` points.
-export function timeChart(container, { series, yLabel = "", height = 200, keep = 200, bars = false }) {
+// Bars start from zero (so their heights compare) and get half a gap of room at either end of the time axis.
+export function timeChart(container, { series, yLabel = "", height = 200, keep = 200, bars = false, fromZero = bars }) {
   styleSheet();
   const xs = [];
   const ys = series.map(() => []);
@@ -25,12 +26,13 @@ export function timeChart(container, { series, yLabel = "", height = 200, keep =
   const options = {
     width: width(),
     height,
-    legend: { show: series.length > 1 },
+    legend: { show: series.length > 1, live: false }, // names the series; no "value: —" rows beside them
     axes: [{}, { label: yLabel, size: 60 }],
-    // UTC, like the tables; a lone point gets an hour either side instead of uPlot's years-wide guess.
+    // UTC, like the tables.
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
     scales: {
-      x: { time: true, range: (u, min, max) => (min === max ? [min - 3600, max + 3600] : [min, max]) },
+      x: { time: true, range: (u, min, max) => padded(min, max) },
+      y: fromZero ? { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } : {},
     },
     series: [
       {},
@@ -44,6 +46,14 @@ export function timeChart(container, { series, yLabel = "", height = 200, keep =
         value: (u, v) => (v == null ? "—" : `${v.toLocaleString()}${s.unit ?? ""}`),
       })),
     ],
+  };
+  // A lone point gets an hour either side (uPlot would guess years); bars get half the smallest gap between points.
+  const padded = (min, max) => {
+    if (min === max) return [min - 3600, max + 3600];
+    if (!bars) return [min, max];
+    let gap = max - min;
+    for (let i = 1; i < xs.length; i++) gap = Math.min(gap, xs[i] - xs[i - 1] || gap);
+    return [min - gap / 2, max + gap / 2];
   };
   const chart = new uPlot(options, [xs, ...ys], container);
   new ResizeObserver(() => chart.setSize({ width: width(), height })).observe(container);

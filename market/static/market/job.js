@@ -41,6 +41,11 @@ function post(url) {
 }
 
 // An element with attributes and children (strings become text nodes, never HTML).
+// "2026-12-03 20:06:34 UTC", as the page's server-rendered times read.
+function utc(iso) {
+  return new Date(iso).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
@@ -157,33 +162,47 @@ async function refreshJob() {
 // --- the cost ----------------------------------------------------------------------------------------------------
 
 function costTable(cost) {
+  // The same table as job.html's first paint; columns marked "wide" are left out on a phone.
   const row = (line) =>
     el(
       "tr",
       { "data-hop": line.hop },
-      el("td", {}, `${line.hop} `, el("span", { class: "muted" }, line.shard)),
+      el("td", {}, `${line.hop} `, el("span", { class: "muted wide" }, line.shard)),
       el("td", {}, line.provider_name || line.provider),
-      el("td", {}, `${line.from_step}–${line.until_step}`),
-      ...["layer_tokens", "unit_price", "payment", "fee", "provider_receipt"].map((key) => el("td", { class: "num" }, line[key])),
+      el("td", { class: "wide" }, `${line.from_step}–${line.until_step}`),
+      el("td", { class: "num wide" }, line.layer_tokens),
+      el("td", { class: "num wide" }, line.unit_price),
+      el("td", { class: "num" }, line.payment),
+      el("td", { class: "num" }, line.fee),
+      el("td", { class: "num wide" }, line.provider_receipt),
     );
   const lines = cost.lines.length
     ? cost.lines.map(row)
     : [el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No work was paid for."))];
-  const total = (label, id, value, rest) =>
-    el("tr", {}, el("th", { colspan: 5 }, label), el("td", { class: "num", id }, value), ...rest);
+  const total = (label, id, value, fee, receipts) =>
+    el(
+      "tr",
+      {},
+      el("th", { colspan: 2 }, label),
+      el("td", { colspan: 3, class: "wide" }),
+      el("td", { class: "num", id }, value),
+      fee,
+      el("td", { class: "num wide" }, receipts ?? ""),
+    );
   const head = ["Hop", "Provider", "Steps", "Layer-tokens", "Price", "Payment", "Fee", "To the provider"];
+  const headClass = ["", "", "wide", "num wide", "num wide", "num", "num", "num wide"];
   const table = el(
     "table",
     { id: "job-cost" },
     el("caption", { class: "muted" }, "Base units; each placement pays its layer-tokens at the price its round cleared."),
-    el("thead", {}, el("tr", {}, ...head.map((name, i) => el("th", { class: i > 2 ? "num" : null }, name)))),
+    el("thead", {}, el("tr", {}, ...head.map((name, i) => el("th", { class: headClass[i] || null }, name)))),
     el("tbody", {}, ...lines),
     el(
       "tfoot",
       {},
-      total("Paid", "cost-paid", cost.paid, [el("td", { class: "num", id: "cost-fee" }, cost.fee), el("td", { class: "num" }, cost.provider_receipts)]),
-      total("Escrowed", "cost-escrowed", cost.escrowed, [el("td", { colspan: 2 })]),
-      total("Refunded", "cost-refunded", cost.refunded, [el("td", { colspan: 2 })]),
+      total("Paid", "cost-paid", cost.paid, el("td", { class: "num", id: "cost-fee" }, cost.fee), cost.provider_receipts),
+      total("Escrowed", "cost-escrowed", cost.escrowed, el("td")),
+      total("Refunded", "cost-refunded", cost.refunded, el("td")),
     ),
   );
   const parts = [el("div", { class: "table-wrap" }, table)];
@@ -219,7 +238,7 @@ function showVerification(v) {
   const detail = [];
   if (v.challenge_window_closes_at && state === "done") {
     const closes = v.challenge_window_closes_at;
-    detail.push(el("p", {}, "You may challenge the answer until ", el("time", { datetime: closes }, new Date(closes).toLocaleString()), "."));
+    detail.push(el("p", {}, "You may challenge the answer until ", el("time", { datetime: closes }, utc(closes)), "."));
   }
   if (v.disputes && v.disputes.length) {
     detail.push(el("ul", {}, ...v.disputes.map((d) => el("li", {}, `${d.kind}: ${d.state}${d.reason ? ` (${d.reason})` : ""}`))));
