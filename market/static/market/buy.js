@@ -1,41 +1,13 @@
 // The buyer console (/buy/): a live quote while the buyer writes (one fetch per edit, after a pause in typing; no
 // polling), and posting the job. Every figure shown comes from the API's answers; the buyer's text only ever goes
 // into the DOM as text.
+import { csrfToken, request } from "./api.js";
+
 const config = JSON.parse(document.getElementById("buy-config").textContent);
 const $ = (id) => document.getElementById(id);
 const QUOTE_PAUSE_MS = 350; // wait this long after the last keystroke before asking for a quote
 // A quote travels in the URL, and servers refuse request lines much longer than this (Daphne's limit is 16 KiB).
 const QUOTE_URL_MAX = 8192;
-
-function csrfToken() {
-  const cookie = document.cookie.split("; ").find((part) => part.startsWith("csrftoken="));
-  return cookie ? decodeURIComponent(cookie.slice("csrftoken=".length)) : "";
-}
-
-// The API's answer as {ok, status, body}; its errors are JSON {code, message}, anything else (a proxy's page, a
-// dropped connection) becomes a message of our own.
-async function request(url, options = {}) {
-  let response;
-  try {
-    response = await fetch(url, { credentials: "same-origin", ...options });
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-    return { ok: false, status: 0, body: { code: "network", message: "the server could not be reached; try again" } };
-  }
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok && !(body && body.message)) {
-    body = { code: "http_error", message: `the server answered ${response.status} ${response.statusText}`.trim() };
-  }
-  if (response.status === 429 && response.headers.get("Retry-After")) {
-    body = { ...body, message: `${body.message} (try again in ${response.headers.get("Retry-After")} s)` };
-  }
-  return { ok: response.ok, status: response.status, body };
-}
 
 function selectedModel() {
   const option = $("model").selectedOptions[0];

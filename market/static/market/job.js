@@ -2,6 +2,8 @@
 // bid, done and verification events), the pipeline and the cost are redrawn from the API when the job ends (one
 // fetch each on `done`, one more for the cost when a verification event shows it settled: never a loop), and the
 // buyer can cancel or challenge. The model's answer and the prompt only ever go into the DOM as text.
+import { csrfToken, request } from "./api.js";
+
 const page = JSON.parse(document.getElementById("job-page").textContent);
 const $ = (id) => document.getElementById(id);
 const FINAL = ["done", "failed", "cancelled", "expired"];
@@ -11,30 +13,6 @@ let costShown = Boolean(page.job.settled_at);
 let costAsked = false; // a fetch of the cost answered "not settled yet": the next verification event asks again
 let socketOpen = false;
 let pipelineAsked = false; // the pipeline is fetched once when the first token shows the job running
-
-function csrfToken() {
-  const cookie = document.cookie.split("; ").find((part) => part.startsWith("csrftoken="));
-  return cookie ? decodeURIComponent(cookie.slice("csrftoken=".length)) : "";
-}
-
-async function request(url, options = {}) {
-  let response;
-  try {
-    response = await fetch(url, { credentials: "same-origin", ...options });
-  } catch {
-    return { ok: false, status: 0, body: { code: "network", message: "the server could not be reached; try again" } };
-  }
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok && !(body && body.message)) {
-    body = { code: "http_error", message: `the server answered ${response.status} ${response.statusText}`.trim() };
-  }
-  return { ok: response.ok, status: response.status, body };
-}
 
 function post(url) {
   return request(url, { method: "POST", headers: { "X-CSRFToken": csrfToken() } });
