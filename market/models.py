@@ -230,7 +230,9 @@ class Job(models.Model):
         indexes = [
             models.Index(
                 fields=["priority", "created_at"], condition=models.Q(state="queued"), name="market_job_book_idx"
-            )
+            ),
+            # The dashboard's tokens served: the jobs that finished lately (market/overview.py), at every settlement.
+            models.Index(fields=["finished_at"], name="market_job_finished_idx"),
         ]
 
     def __str__(self) -> str:
