@@ -2,7 +2,8 @@
 get the grant, API tokens made and revoked on the account page, a job posted on the buyer console with its live
 quote, its answer streamed on its page equal to the API's, its pipeline and its cost after settlement, a round
 arriving live on the dashboard, the provider console's figures equal to the ledger's, a 402 shown as the API's
-message, another buyer's job out of reach, and no console error on any page.
+message, a bid below the price told why it waits and cancelled (from the keyboard alone), another buyer's job out
+of reach, and no console error on any page.
 
 Every page must fit a 375 px wide phone without a horizontal scroll. With SCREENS=<folder> (`make screens`) each
 test also saves the page it exercises at desktop (1280x800) and phone (390x844) width, full page, as
@@ -309,3 +310,43 @@ def test_another_buyers_job_page_is_not_found_and_shows_nothing_of_it(
     anonymous = visitor().open(f"/buy/jobs/{bob_job['id']}/", ready=False)
     assert "/signin/" in anonymous.url
     assert bob_job["text"] not in anonymous.content() and BOB_PROMPT not in anonymous.content()
+
+
+def test_a_bid_below_the_price_says_why_it_waits_and_is_cancelled_all_from_the_keyboard(
+    market: Any, visitor: Callable[[], Site]
+) -> None:
+    """Keyboard only: write the prompt, tab through the form, post with Enter. A bid of 1 base unit loses every round:
+    its page says why, live (the stream's `bid` event), and cancelling it refunds the escrow in full."""
+    site = visitor()
+    page = site.sign_in("alice", PASSWORD, then="/buy/")
+    wait_ready(page)
+    page.focus("#prompt")
+    page.keyboard.type(BOB_PROMPT)
+    page.keyboard.press("Tab")
+    expect(page.locator("#max-new-tokens")).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("8")
+    expect(page.locator("#quote")).to_have_text(re.compile(r"\d"), timeout=30_000)
+    page.keyboard.press("Tab")
+    expect(page.locator("#max-price")).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("1")
+    page.keyboard.press("Tab")
+    expect(page.locator("#post-job")).to_be_focused()
+    page.keyboard.press("Enter")
+
+    page.wait_for_url(re.compile(r"/buy/jobs/\d+/$"), timeout=30_000)
+    job_id = int(re.findall(r"/buy/jobs/(\d+)/$", page.url)[0])
+    wait_ready(page)
+    reason = page.locator("#job-reason")
+    expect(reason).to_contain_text("lost the round", timeout=JOB_MS)
+    expect(reason).to_contain_text("more than its maximum of 1")
+    expect(page.locator("#job-state")).to_have_text("queued")
+
+    page.focus("#cancel")
+    page.keyboard.press("Enter")
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=30_000)
+    status, job = market.api("GET", f"/api/jobs/{job_id}/", token=market.alice)
+    assert status == 200 and job["state"] == "cancelled", job
+    status, cost = market.api("GET", f"/api/jobs/{job_id}/cost/", token=market.alice)
+    assert status == 200 and (cost["escrowed"], cost["paid"], cost["refunded"]) == (1, 0, 1), cost
