@@ -3,7 +3,7 @@
 Two kinds of token are accepted: the account's default token (DRF's authtoken, printed by `manage.py issue_token`)
 and the named tokens made on the account page (ApiToken), which are stored as their SHA-256 only and looked up by
 it, so no key is compared in the application and none is kept. A revoked token, or any token of a deactivated
-user, is refused on its next request: nothing is cached."""
+user, is refused on its next request (nothing is cached), and the WebSockets it opened are closed (`token_group`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def token_user(key: str) -> tuple[User, ApiToken | Token] | None:
     if default is None or not default.user.is_active:
         return None
     return default.user, default
+
+
+def token_group(token: ApiToken | Token) -> str:
+    """The channel-layer group of the WebSockets a token opened: revoking the token closes them all (4401)."""
+    if isinstance(token, ApiToken):
+        return f"api-token-{token.pk}"
+    return f"api-token-default-{token.user_id}"  # one default token per user at a time
 
 
 def _touch(token: ApiToken) -> None:

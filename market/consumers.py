@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from config.errors import NotFound
+from config.ws_auth import TokenRevocationMixin
 from market import overview, selectors
 from market.models import Job
 from transport.inbox import InboxConsumerMixin
@@ -25,7 +26,7 @@ from verification import selectors as verification_selectors
 CLOSE_NOT_FOUND = 4404
 
 
-class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class JobConsumer(TokenRevocationMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     async def connect(self) -> None:
         user = self.scope.get("user")
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
@@ -41,6 +42,7 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
             await self.send(text_data=json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        await self.token_group_join()
         self.sent = len(job.tokens)
         # An open bid also says why the last round did not place it (empty until a round has seen it lose).
         reason = job.error if job.state == Job.State.QUEUED else ""
@@ -49,6 +51,7 @@ class JobConsumer(InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[m
             await self.job_done(selectors.job_done_event(job))
 
     async def disconnect(self, code: int) -> None:
+        await self.token_group_leave()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from config.ws_auth import TokenRevocationMixin
 from inference import wire
 from market import launch, selectors, services
 from transport import protocol as p
@@ -111,7 +112,7 @@ class Route:
             raise wire.BadFrame(f"step {frame.step} returned values that are not finite")
 
 
-class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+class ProviderConsumer(BenchmarkMixin, RelayMixin, TokenRevocationMixin, InboxConsumerMixin, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     provider_id: int | None = None
 
     async def connect(self) -> None:
@@ -127,9 +128,12 @@ class ProviderConsumer(BenchmarkMixin, RelayMixin, InboxConsumerMixin, AsyncWebs
         if user is None or not user.is_authenticated:
             await self._error("unauthorized", "send a valid API token (Authorization: Token <key>, or ?token=)")
             await self.close(code=p.CLOSE_UNAUTHORIZED)
+            return
+        await self.token_group_join()
 
     async def disconnect(self, code: int) -> None:
         self._benchmark_timer_cancel()
+        await self.token_group_leave()
         if self.provider_id is None:
             return
         shutdown.untrack(channel_name=self.channel_name)

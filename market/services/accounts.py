@@ -3,8 +3,11 @@ account's API tokens: named ones made and revoked on the account page, and the d
 
 from __future__ import annotations
 
+import functools
 import secrets
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
@@ -12,7 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from config.errors import Conflict, InvalidInput, NotFound
 from ledger import services as ledger_services
-from market.auth import key_sha256
+from market.auth import key_sha256, token_group
 from market.models import ApiToken
 
 MAX_LIVE_TOKENS = 20  # named tokens not revoked, per user (the default token is not counted)
@@ -63,7 +66,8 @@ def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
 
 
 def api_token_revoke(*, user: User, token_id: int) -> ApiToken:
-    """Revoke one of the user's named tokens (refused from its next request on); another user's is NotFound."""
+    """Revoke one of the user's named tokens (refused from its next request on, and the sockets it opened closed);
+    another user's is NotFound."""
     with transaction.atomic():
         token = ApiToken.objects.select_for_update().filter(pk=token_id, user=user).first()
         if token is None:
@@ -71,14 +75,23 @@ def api_token_revoke(*, user: User, token_id: int) -> ApiToken:
         if token.revoked_at is None:
             token.revoked_at = timezone.now()
             token.save(update_fields=["revoked_at"])
+            transaction.on_commit(functools.partial(_close_sockets, token_group(token)), robust=True)
     return token
 
 
 def default_token_revoke(*, user: User) -> None:
-    """Revoke the account's default token (the one `manage.py issue_token` prints); agents using it get refused."""
-    deleted, _ = Token.objects.filter(user=user).delete()
-    if not deleted:
+    """Revoke the account's default token (the one `manage.py issue_token` prints): refused from its next request on,
+    and the sockets it opened closed."""
+    token = Token.objects.filter(user=user).first()
+    if token is None or not Token.objects.filter(pk=token.pk).delete()[0]:
         raise NotFound("the default token is already revoked", code="token_not_found")
+    transaction.on_commit(functools.partial(_close_sockets, token_group(token)), robust=True)
+
+
+def _close_sockets(group: str) -> None:
+    """Close every WebSocket the revoked token opened (config/ws_auth.py's TokenRevocationMixin): a stolen token
+    stops serving or streaming at once, not when its socket next reconnects."""
+    async_to_sync(get_channel_layer().group_send)(group, {"type": "auth.revoked"})
 
 
 def default_token_create(*, user: User) -> str:

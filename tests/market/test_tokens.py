@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.db import connection
@@ -21,7 +21,7 @@ from config.asgi import application
 from config.errors import Conflict, InvalidInput, NotFound
 from config.ws_auth import TokenAuthMiddleware
 from market import services
-from market.models import ApiToken
+from market.models import ApiToken, Job, LanguageModel
 from market.services.accounts import KEEP_REVOKED_TOKENS, MAX_LIVE_TOKENS
 from transport import protocol as p
 
@@ -192,3 +192,52 @@ def test_wrong_tokens_still_count_against_the_failure_limit(alice: User, setting
     assert api("/api/account/", key).status_code == 401
     assert api("/api/account/", "cmk_" + "0" * 48).status_code == 401
     assert api("/api/account/", Token.objects.get(user=alice).key).status_code == 429  # blocked before the lookup
+
+
+@pytest.mark.parametrize("kind", ["named", "default"])
+def test_revoking_a_token_closes_the_sockets_it_opened(alice: User, kind: str) -> None:
+    """A stolen token stops at once: the provider socket and the job stream it opened close with 4401, while a socket
+    opened with another of the user's tokens stays open."""
+    if kind == "named":
+        token, key = services.api_token_create(user=alice, name="stolen")
+    else:
+        key = Token.objects.get(user=alice).key
+    _, other = services.api_token_create(user=alice, name="kept")
+    model = LanguageModel.objects.create(name="tiny", quant="f32", config={"n_layers": 2}, tokenizer_sha256="0" * 64)
+    job = Job.objects.create(buyer=alice, model=model, messages=[], max_new_tokens=1, max_price=1)
+
+    async def run() -> None:
+        origin = (b"origin", b"http://127.0.0.1")
+        provider = WebsocketCommunicator(
+            application, "/ws/provider/", headers=[origin, (b"authorization", f"Token {key}".encode())]
+        )
+        stream = WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/?token={key}", headers=[origin])
+        kept = WebsocketCommunicator(
+            application, "/ws/provider/", headers=[origin, (b"authorization", f"Token {other}".encode())]
+        )
+        for ws in (provider, stream, kept):
+            assert (await ws.connect(timeout=WAIT))[0]
+        assert (await stream.receive_json_from(timeout=WAIT))["type"] == "snapshot"
+        if kind == "named":
+            await sync_to_async(services.api_token_revoke)(user=alice, token_id=token.pk)
+        else:
+            await sync_to_async(services.default_token_revoke)(user=alice)
+        for ws in (provider, stream):
+            closed = await ws.receive_output(timeout=WAIT)
+            assert closed == {"type": "websocket.close", "code": p.CLOSE_UNAUTHORIZED}
+        await kept.send_json_to(
+            {
+                "type": "hello",
+                "protocol": 1,
+                "name": "box",
+                "kind": "headless",
+                "backend": "cpu",
+                "slots": 1,
+                "memory_bytes": 1 << 30,
+            }
+        )
+        assert (await kept.receive_json_from(timeout=WAIT))["type"] == "welcome"
+        for ws in (provider, stream, kept):
+            await ws.disconnect()
+
+    async_to_sync(run)()

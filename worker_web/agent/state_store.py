@@ -32,13 +32,14 @@ class StateStore:
         self._open.setdefault(session, {})[step] = layer_hidden
 
     def close(self, session: uuid.UUID) -> None:
-        """Write a closed session's states to disk (blocking: call it off the event loop) and free the memory."""
-        steps = self._open.pop(session, None)
-        if not steps:
-            return
-        partial = self.path(session).with_suffix(f".part{os.getpid()}.npz")
-        np.savez(partial, **{f"s{step}": states for step, states in steps.items()})  # type: ignore[arg-type]
-        partial.rename(self.path(session))  # atomic: a crash never leaves half a file under the final name
+        """Write a closed session's states to disk (blocking: call it off the event loop) and free the memory. The
+        states stay in memory until the file is in place, so `layer` finds them all along."""
+        steps = self._open.get(session)
+        if steps:
+            partial = self.path(session).with_suffix(f".part{os.getpid()}.npz")
+            np.savez(partial, **{f"s{step}": states for step, states in steps.items()})  # type: ignore[arg-type]
+            partial.rename(self.path(session))  # atomic: a crash never leaves half a file under the final name
+        self._open.pop(session, None)
 
     def layer(self, session: uuid.UUID, first_step: int, last_step: int) -> dict[int, np.ndarray] | None:
         """Each step's layer_hidden for steps first..last of a session, from memory or disk; None if any is missing."""
