@@ -32,6 +32,11 @@ def alice() -> User:
 
 
 @pytest.fixture
+def bob() -> User:
+    return services.account_open(username="bob")[0]
+
+
+@pytest.fixture
 def carol() -> User:
     return services.account_open(username="carol")[0]
 

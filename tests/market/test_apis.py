@@ -32,16 +32,6 @@ CONTEXT = 256  # inference.tiny.TINY_CONFIG.max_context
 GRANT = 1_000_000  # settings.SIGNUP_GRANT
 
 
-@pytest.fixture
-def alice() -> User:
-    return services.account_open(username="alice")[0]
-
-
-@pytest.fixture
-def bob() -> User:
-    return services.account_open(username="bob")[0]
-
-
 def api(user: User | None = None) -> APIClient:
     client = APIClient()
     if user is not None:

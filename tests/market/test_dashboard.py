@@ -55,6 +55,14 @@ def online_provider(owner: User, name: str, backend: str = "cpu", **fields: Any)
     )  # fmt: skip
 
 
+def post_bid(buyer: User, model: LanguageModel) -> Job:
+    """A bid whose prompt ("hello there") must never reach the dashboard."""
+    return services.job_create(
+        buyer=buyer, model=model, messages=[{"role": "user", "content": "hello there"}], max_new_tokens=8,
+        temperature=Decimal(0), top_p=Decimal(1), seed=None,
+    )  # fmt: skip
+
+
 def element_text(html: str, element_id: str) -> str:
     found = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', html)
     assert found is not None, element_id
@@ -123,10 +131,7 @@ def test_a_round_reaches_the_feed_with_its_prices_and_the_fresh_figures(
 ) -> None:
     online_provider(carol, "first", slots=1)
     online_provider(carol, "second", backend="wasm", slots=1)
-    job = services.job_create(
-        buyer=alice, model=model, messages=[{"role": "user", "content": "hello there"}], max_new_tokens=8,
-        temperature=Decimal(0), top_p=Decimal(1), seed=None,
-    )  # fmt: skip
+    job = post_bid(alice, model)
 
     async def scenario() -> None:
         ws = await market_feed()
@@ -205,10 +210,7 @@ def test_what_a_viewer_sends_is_ignored_and_the_feed_goes_on(carol: User) -> Non
 def test_a_job_ending_and_a_verdict_reach_the_feed(model: LanguageModel, alice: User) -> None:
     """The figures change between rounds too: a bid that ends leaves the book (its settlement tells the dashboards),
     and a verdict changes the counts of checks."""
-    job = services.job_create(
-        buyer=alice, model=model, messages=[{"role": "user", "content": "hello there"}], max_new_tokens=8,
-        temperature=Decimal(0), top_p=Decimal(1), seed=None,
-    )  # fmt: skip
+    job = post_bid(alice, model)
 
     async def scenario() -> None:
         ws = await market_feed()

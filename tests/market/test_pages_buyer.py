@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from market import selectors, services
+from market import selectors
 from market.models import Job, LanguageModel
 
 pytestmark = pytest.mark.django_db
@@ -86,11 +86,6 @@ def embedded(html: str, element_id: str) -> Any:
     match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', html, re.S)
     assert match is not None, f"no json_script {element_id}"
     return json.loads(match.group(1))
-
-
-@pytest.fixture
-def bob() -> User:
-    return services.account_open(username="bob")[0]
 
 
 # --- who sees what -----------------------------------------------------------------------------------------------

@@ -29,16 +29,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 WAIT = 5
 
 
-@pytest.fixture
-def alice() -> User:
-    return services.account_open(username="alice")[0]
-
-
-@pytest.fixture
-def bob() -> User:
-    return services.account_open(username="bob")[0]
-
-
 def api(path: str, key: str | None) -> Any:
     headers = {"Authorization": f"Token {key}"} if key else {}
     return Client(headers=headers).get(path)
